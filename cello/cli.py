@@ -1,0 +1,88 @@
+"""The `cello` command: one sub-command group per stage, each a thin call into the library.
+
+    cello data cells builtin:pbmc68k -o data/cells.parquet
+    cello data puzzles data/cells.parquet -o data/puzzles.parquet
+    cello --help
+
+Sub-command modules live in `cello/commands/` and import only typer and configs at module
+level, so `--help` answers at once. `main(argv) -> int` is what tests call in-process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from cello.errors import CelloError
+
+app = typer.Typer(
+    name="cello",
+    help="Train, evaluate and serve LLM cell-type annotators (the Cell-o1 recipe).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# (module in cello.commands, sub-command name). A module may be absent while a stage is built.
+_GROUPS = [
+    ("data", "data"),
+    ("baseline", "baseline"),
+    ("evaluate", "eval"),
+    ("model", "model"),
+    ("train", "train"),
+    ("serve", "serve"),
+    ("k8s", "k8s"),
+    ("pipeline", "pipeline"),
+]
+
+for _module, _name in _GROUPS:
+    try:
+        _mod = importlib.import_module(f"cello.commands.{_module}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"cello.commands.{_module}":
+            raise
+        continue
+    if isinstance(getattr(_mod, "app", None), typer.Typer):
+        app.add_typer(_mod.app, name=_name)
+    else:  # a single command (e.g. `cello serve`)
+        app.command(_name)(_mod.command)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 2 a user-fixable error)."""
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except CelloError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 1
+    except (typer.BadParameter, SystemExit) as exc:  # pragma: no cover - click handles most
+        return getattr(exc, "code", 2) or 0
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

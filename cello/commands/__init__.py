@@ -1,0 +1,1 @@
+"""CLI sub-commands, one module per stage. Module level imports: typer, cello.config only."""

@@ -1,0 +1,45 @@
+"""User-facing errors.
+
+A `CelloError` is bad input or a bad setting that the user can fix: its message names the
+file or field, the problem and the fix. The CLI prints it without a traceback and exits 2.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CelloError(Exception):
+    """An error the user can fix; the message says what and how."""
+
+
+class InputError(CelloError):
+    """Bad input data (a file, a column, a field)."""
+
+
+class ConfigError(CelloError):
+    """A bad setting in params.yaml or on the command line."""
+
+
+class MissingDependencyError(CelloError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or raise an error that names the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = f"`{module}` is not installed: run `pip install 'cello[{extra}]'` ({exc})."
+        raise MissingDependencyError(msg) from exc
+
+
+def is_available(module: str) -> bool:
+    """True when `module` can be imported; imports nothing."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
