@@ -1,0 +1,134 @@
+"""`cello data ...`: h5ad -> cells -> puzzles -> splits -> records.
+
+    cello data cells builtin:pbmc68k -o data/cells.parquet
+    cello data puzzles data/cells.parquet -o data/puzzles.parquet
+    cello data split data/puzzles.parquet -o data/splits
+    cello data audit data/splits/train.parquet data/splits/test.parquet
+    cello data export data/splits -o data/records/sft --format sft
+    cello data import cellpuzzles_test.json -o data/imported.parquet
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cello.commands._common import PARAMS, PROFILE
+from cello.config import load_params, override
+
+app = typer.Typer(help="Build CellPuzzles data from .h5ad files.", no_args_is_help=True)
+
+
+@app.command("cells")
+def cells(
+    inputs: list[str] = typer.Argument(None, help=".h5ad files, directories (searched recursively), or builtin:pbmc68k. Default: data.inputs in params."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output cells.parquet."),
+    cell_type_key: Optional[str] = typer.Option(None, help="obs column with the cell type [cell_type]."),
+    donor_key: Optional[str] = typer.Option(None, help="obs column with the donor [donor_id]; 'none': one donor per file."),
+    batch_key: Optional[str] = typer.Option(None, help="obs column with the batch [none]."),
+    gene_symbols: Optional[str] = typer.Option(None, help="var column with symbols ['auto'; 'none': var_names]."),
+    matrix: Optional[str] = typer.Option(None, help="'X', 'raw' or a layer name [X]."),
+    top_n: Optional[int] = typer.Option(None, help="Genes per cell [50]."),
+    keep_suspension: Optional[str] = typer.Option(None, help="Keep this suspension_type ['cell'; 'none': all]."),
+    max_cells: Optional[int] = typer.Option(None, help="Seeded subsample per file [all]."),
+    extra_context: Optional[list[str]] = typer.Option(None, "--extra-context", help="More obs fields for the donor sentence."),
+    workers: Optional[int] = typer.Option(None, help="Files processed in parallel [2]."),
+    params: Path = PARAMS,
+    profile: Optional[str] = PROFILE,
+) -> None:
+    """Rank each cell's top genes and write its donor context sentence."""
+    from cello.data.cells import make_cells
+
+    p = load_params(params, profile=profile)
+    none = lambda v: "" if v is not None and v.lower() == "none" else v  # noqa: E731
+    cfg = override(
+        p.data.cells, cell_type_key=cell_type_key, donor_key=none(donor_key), batch_key=batch_key,
+        gene_symbols=none(gene_symbols), matrix=matrix, top_n=top_n, keep_suspension=none(keep_suspension),
+        max_cells=max_cells, extra_context_fields=extra_context or None, workers=workers,
+    )
+    summary = make_cells(inputs or p.data.inputs, out, cfg=cfg)
+    typer.echo(summary.render())
+
+
+@app.command("puzzles")
+def puzzles(
+    cells_path: Path = typer.Argument(..., help="cells.parquet from `cello data cells`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
+    min_n: Optional[int] = typer.Option(None, help="Smallest N [8]."),
+    max_n: Optional[int] = typer.Option(None, help="Largest N [15]."),
+    per_n: Optional[int] = typer.Option(None, help="Puzzles per N per dataset [40]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    params: Path = PARAMS,
+    profile: Optional[str] = PROFILE,
+) -> None:
+    """Sample CellPuzzles: N cells of N distinct types from one donor (and batch)."""
+    from cello.data.puzzles import make_puzzles
+
+    p = load_params(params, profile=profile)
+    cfg = override(p.data.puzzles, min_n=min_n, max_n=max_n, per_n=per_n, seed=seed)
+    summary = make_puzzles(cells_path, out, cfg=cfg)
+    typer.echo(summary.render())
+
+
+@app.command("split")
+def split(
+    puzzles_path: Path = typer.Argument(..., help="puzzles.parquet from `cello data puzzles`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.parquet, test.parquet, summary.json)."),
+    by: Optional[str] = typer.Option(None, help="Keep no 'cell' (default) or no 'donor' in both splits."),
+    test_fraction: Optional[float] = typer.Option(None, help="Share of puzzles per N in test [0.1]."),
+    max_test: Optional[int] = typer.Option(None, help="Cap on test size [1000]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    params: Path = PARAMS,
+    profile: Optional[str] = PROFILE,
+) -> None:
+    """Split puzzles into train/test, stratified by N, without leakage."""
+    from cello.data.split import make_split
+
+    p = load_params(params, profile=profile)
+    cfg = override(p.data.split, by=by, test_fraction=test_fraction, max_test=max_test, seed=seed)
+    summary = make_split(puzzles_path, out, cfg=cfg)
+    typer.echo(summary.render())
+
+
+@app.command("audit")
+def audit(
+    train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (.json/.jsonl)."),
+    test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
+    params: Path = PARAMS,
+) -> None:
+    """Count test puzzles that share an identical cell (same ranked gene list) with train."""
+    from cello.data.split import audit_paths
+
+    report = audit_paths(train, test, template=load_params(params).prompt, out=out)
+    typer.echo(report.render())
+
+
+@app.command("export")
+def export(
+    splits: Path = typer.Argument(..., help="Directory from `cello data split`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (one JSONL file per split)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="sft | grpo | eval | cellpuzzles."),
+    params: Path = PARAMS,
+) -> None:
+    """Render puzzles into SFT, GRPO, eval or published-CellPuzzles records."""
+    from cello.data.records import export_split
+
+    counts = export_split(splits, out, fmt=fmt, template=load_params(params).prompt)
+    typer.echo(", ".join(f"{name}: {n} records" for name, n in counts.items()) + f" -> {out}")
+
+
+@app.command("import")
+def import_(
+    source: Path = typer.Argument(..., help="Published CellPuzzles records (.json list or .jsonl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
+    dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
+    params: Path = PARAMS,
+) -> None:
+    """Read published CellPuzzles records (system_msg/user_msg/assistant_msg) into puzzles.parquet."""
+    from cello.data.records import import_cellpuzzles
+
+    n = import_cellpuzzles(source, out, dataset=dataset, template=load_params(params).prompt)
+    typer.echo(f"imported {n} puzzles -> {out}")
