@@ -1,0 +1,289 @@
+"""cells.parquet -> puzzles.parquet: CellPuzzles, N cells of N distinct types from one donor group.
+
+A puzzle (the Cell-o1 "CellPuzzle") takes N cells from one donor (and batch, where the data
+has batches), each of a different cell type; the model sees the cells' ranked top genes plus
+the N types as sorted candidates and must assign every type to exactly one cell.
+
+Sampling, per dataset: for every N in `min_n..max_n`, `per_n` puzzles; each picks a random
+eligible group (one with at least N distinct types), N distinct types in random order, and one
+random cell of each type. An exact repeat of an earlier cell set is re-drawn a bounded number of
+times. Randomness comes from a numpy Generator seeded with `seed` and a stable hash of the
+dataset name, so the output is the same for the same input and seed.
+
+    cello data puzzles data/cells.parquet -o data/puzzles.parquet --min-n 8 --max-n 15
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cello._io import atomic_path
+from cello.config import PuzzlesConfig
+from cello.data import schema as S
+from cello.errors import InputError
+
+log = logging.getLogger(__name__)
+
+REQUIRED = [S.CELL_ID, S.DATASET, S.DONOR, S.CELL_TYPE, S.TOP_GENES]
+OPTIONAL = [S.BATCH, S.CONTEXT]
+MAX_TRIES = 20  # draws per puzzle before an exact repeat of a cell set is accepted
+MISSING_LABELS = {"", "nan", "none", "na", "n/a", "unknown"}
+
+
+def stable_seed(seed: int, name: str) -> list[int]:
+    """Seed material for `np.random.default_rng` from `seed` and a stable hash of `name`."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return [int(seed) % 2**63, int.from_bytes(digest[:8], "little")]
+
+
+def safe_id(text: str) -> str:
+    """`text` with every run of characters outside [A-Za-z0-9._-] replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+@dataclass
+class PuzzleSummary:
+    """What `build_puzzles` made, and what it had to skip."""
+
+    min_n: int
+    max_n: int
+    per_n: int
+    by_n: dict[int, int] = field(default_factory=dict)
+    by_dataset: dict[str, int] = field(default_factory=dict)
+    groups_total: int = 0
+    groups_used: int = 0
+    skipped_groups: list[dict] = field(default_factory=list)  # {dataset, group, n_types}
+    missing_n: dict[str, list[int]] = field(default_factory=dict)  # dataset -> Ns no group allows
+    repeated_cell_sets: int = 0
+    unlabelled_cells: int = 0
+    max_types: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_n.values())
+
+    @property
+    def groups_skipped(self) -> int:
+        return len(self.skipped_groups)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["by_n"] = {str(k): v for k, v in self.by_n.items()}
+        out.update(total=self.total, groups_skipped=self.groups_skipped)
+        return out
+
+    def render(self) -> str:
+        lines = [
+            f"puzzles: {self.total} from {len(self.by_dataset)} dataset(s); groups: "
+            f"{self.groups_used} used, {self.groups_skipped} skipped (< {self.min_n} types) "
+            f"of {self.groups_total}"
+        ]
+        ns = sorted(self.by_n)
+        lines.append("  N      " + " ".join(f"{n:>5}" for n in ns))
+        lines.append("  count  " + " ".join(f"{self.by_n[n]:>5}" for n in ns))
+        width = max([len(d) for d in self.by_dataset] + [7])
+        for ds, count in self.by_dataset.items():
+            lines.append(f"  {ds:<{width}}  {count} puzzles")
+        if self.skipped_groups:
+            shown = ", ".join(
+                f"{g['dataset']}:{g['group']} ({g['n_types']})" for g in self.skipped_groups[:5]
+            )
+            more = len(self.skipped_groups) - 5
+            lines.append(f"  skipped groups (types): {shown}" + (f" (+{more} more)" if more > 0 else ""))
+        for ds, missing in self.missing_n.items():
+            lines.append(f"  {ds}: no group has enough types for N = {_ranges(missing)}")
+        if self.repeated_cell_sets:
+            lines.append(f"  {self.repeated_cell_sets} puzzle(s) repeat a cell set (groups too small to avoid it)")
+        if self.unlabelled_cells:
+            lines.append(f"  {self.unlabelled_cells} cell(s) without a cell type were left out")
+        return "\n".join(lines)
+
+
+def _ranges(values: list[int]) -> str:
+    """[8, 9, 10, 12] -> '8-10, 12'."""
+    out: list[str] = []
+    for v in sorted(values):
+        if out and out[-1].split("-")[-1] == str(v - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
+
+
+@dataclass
+class _Group:
+    name: str
+    donor: str
+    types: list[str]
+    rows: list[np.ndarray]  # row positions of each type's cells, aligned with `types`
+
+
+def _clean(values: pd.Series, *, default: str = "") -> pd.Series:
+    out = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    return out.where(out != "", default) if default else out
+
+
+def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
+    """Normalised copy: string columns, a group column, unlabelled cells dropped, stable order."""
+    missing = [c for c in REQUIRED if c not in cells.columns]
+    if missing:
+        msg = (
+            f"{source}: missing column(s) {missing}; a cells table needs {REQUIRED}. "
+            "Rebuild it with `cello data cells`."
+        )
+        raise InputError(msg)
+    df = pd.DataFrame({c: cells[c] for c in REQUIRED})
+    df[S.BATCH] = _clean(cells[S.BATCH]) if S.BATCH in cells.columns else ""
+    df[S.CONTEXT] = _clean(cells[S.CONTEXT]) if S.CONTEXT in cells.columns else ""
+    for col in (S.CELL_ID, S.DATASET, S.CELL_TYPE):
+        df[col] = _clean(df[col])
+    df[S.DONOR] = _clean(df[S.DONOR], default="unknown")
+    labelled = ~df[S.CELL_TYPE].str.lower().isin(MISSING_LABELS)
+    unlabelled = int((~labelled).sum())
+    df = df[labelled]
+    df[S.GROUP] = df[S.DONOR].where(df[S.BATCH] == "", df[S.DONOR] + "/" + df[S.BATCH])
+    df = df.sort_values([S.DATASET, S.GROUP, S.CELL_TYPE, S.CELL_ID], kind="stable")
+    return df.reset_index(drop=True), unlabelled
+
+
+def _groups(df: pd.DataFrame) -> dict[str, list[_Group]]:
+    """dataset -> its groups (sorted by name), each with its types and their cells' rows."""
+    out: dict[str, list[_Group]] = {}
+    donor = df[S.DONOR].to_numpy()
+    indices = df.groupby([S.DATASET, S.GROUP, S.CELL_TYPE], sort=True).indices
+    for (ds, grp, ctype), rows in sorted(indices.items(), key=lambda kv: kv[0]):
+        groups = out.setdefault(ds, [])
+        if not groups or groups[-1].name != grp:
+            groups.append(_Group(grp, str(donor[rows[0]]), [], []))
+        groups[-1].types.append(ctype)
+        groups[-1].rows.append(np.sort(rows))
+    return out
+
+
+def _context(contexts: list[str]) -> str:
+    """The most common context of the chosen cells (ties: the first in cell order)."""
+    counts = Counter(contexts)
+    return max(counts, key=lambda c: counts[c])
+
+
+def build_puzzles(
+    cells: pd.DataFrame, *, cfg: PuzzlesConfig, source: str = "cells table"
+) -> tuple[pd.DataFrame, PuzzleSummary]:
+    """Sample puzzles from a cells table (schema in `cello.data.schema`); pure, no I/O.
+
+    `source` names the table in error messages. Raises `InputError` when a required column is
+    missing or when no group has `cfg.min_n` distinct cell types.
+    """
+    df, unlabelled = _prepare(cells, source)
+    summary = PuzzleSummary(min_n=cfg.min_n, max_n=cfg.max_n, per_n=cfg.per_n, unlabelled_cells=unlabelled)
+    by_dataset = _groups(df)
+    cell_id = df[S.CELL_ID].to_numpy()
+    genes = df[S.TOP_GENES].to_numpy()
+    context = df[S.CONTEXT].to_numpy()
+    rows_out: list[dict] = []
+    ids: set[str] = set()
+    used: set[tuple[str, str]] = set()
+    largest = (0, "", "")
+    for ds, groups in by_dataset.items():
+        summary.groups_total += len(groups)
+        for g in groups:
+            largest = max(largest, (len(g.types), ds, g.name), key=lambda t: t[0])
+            if len(g.types) < cfg.min_n:
+                summary.skipped_groups.append({"dataset": ds, "group": g.name, "n_types": len(g.types)})
+        rng = np.random.default_rng(stable_seed(cfg.seed, ds))
+        seen: set[frozenset] = set()
+        counters: Counter = Counter()
+        for n in range(cfg.min_n, cfg.max_n + 1):
+            eligible = [g for g in groups if len(g.types) >= n]
+            if not eligible:
+                summary.missing_n.setdefault(ds, []).append(n)
+                continue
+            for _ in range(cfg.per_n):
+                for _try in range(MAX_TRIES):
+                    g = eligible[int(rng.integers(len(eligible)))]
+                    picked = rng.choice(len(g.types), size=n, replace=False)  # random order
+                    rows = [int(g.rows[t][rng.integers(len(g.rows[t]))]) for t in picked]
+                    key = frozenset(rows)
+                    if key not in seen:
+                        break
+                else:
+                    summary.repeated_cell_sets += 1
+                seen.add(key)
+                k = counters[(g.name, n)]
+                counters[(g.name, n)] += 1
+                pid = base = safe_id(f"{ds}-{g.name}-n{n}-{k}")
+                dup = 1
+                while pid in ids:
+                    dup += 1
+                    pid = f"{base}-{dup}"
+                ids.add(pid)
+                used.add((ds, g.name))
+                answer = [g.types[t] for t in picked]
+                rows_out.append({
+                    S.PUZZLE_ID: pid,
+                    S.DATASET: ds,
+                    S.GROUP: g.name,
+                    S.DONOR: g.donor,
+                    S.N: n,
+                    S.CELL_IDS: [str(cell_id[r]) for r in rows],
+                    S.CELL_GENES: [[str(x) for x in genes[r]] for r in rows],
+                    S.CONTEXT: _context([str(context[r]) for r in rows]),
+                    S.CANDIDATES: sorted(answer),
+                    S.ANSWER: answer,
+                })
+                summary.by_n[n] = summary.by_n.get(n, 0) + 1
+                summary.by_dataset[ds] = summary.by_dataset.get(ds, 0) + 1
+    summary.groups_used = len(used)
+    summary.by_n = dict(sorted(summary.by_n.items()))
+    summary.max_types = largest[0]
+    if not rows_out:
+        where = f" (group {largest[2]!r} of dataset {largest[1]!r})" if largest[0] else ""
+        msg = (
+            f"{source}: no puzzle can be made: puzzles need at least min_n={cfg.min_n} distinct "
+            f"cell types in one donor group, and the most any group has is {largest[0]}{where}. "
+            f"Lower data.puzzles.min_n (--min-n) to at most {max(largest[0], 2)}, or check "
+            "--donor-key/--batch-key of `cello data cells` (a too fine grouping splits the types)."
+        )
+        raise InputError(msg)
+    out = pd.DataFrame(rows_out, columns=S.PUZZLE_COLUMNS)
+    out[S.N] = out[S.N].astype("int64")
+    return out, summary
+
+
+def read_cells(path: str | os.PathLike) -> pd.DataFrame:
+    """Read the columns puzzles need from cells.parquet, with clear errors for bad files."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: no such file; build it with `cello data cells ... -o {path}`."
+        raise InputError(msg)
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        msg = f"{path}: not a readable Parquet file ({exc}); rebuild it with `cello data cells`."
+        raise InputError(msg) from exc
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        msg = f"{path}: missing column(s) {missing}; rebuild it with `cello data cells`."
+        raise InputError(msg)
+    return pd.read_parquet(path, columns=[c for c in REQUIRED + OPTIONAL if c in names])
+
+
+def make_puzzles(cells_path: str | os.PathLike, out_path: str | os.PathLike, *, cfg: PuzzlesConfig) -> PuzzleSummary:
+    """Read cells.parquet, sample puzzles, write puzzles.parquet atomically; return the summary."""
+    cells = read_cells(cells_path)
+    puzzles, summary = build_puzzles(cells, cfg=cfg, source=str(cells_path))
+    with atomic_path(out_path) as tmp:
+        puzzles.to_parquet(tmp, index=False)
+    log.info("wrote %d puzzles to %s", len(puzzles), out_path)
+    return summary
