@@ -279,6 +279,27 @@ def read_cells(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(path, columns=[c for c in REQUIRED + OPTIONAL if c in names])
 
 
+def read_puzzles(path: str | os.PathLike, *, required: list[str] | None = None) -> pd.DataFrame:
+    """Read a puzzles.parquet; a missing/unreadable file or column is an `InputError`."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    required = S.PUZZLE_COLUMNS if required is None else required
+    if not path.is_file():
+        msg = f"{path}: no such file; build it with `cello data puzzles` (or `cello data split`)."
+        raise InputError(msg)
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        msg = f"{path}: not a readable Parquet file ({exc}); rebuild it with `cello data puzzles`."
+        raise InputError(msg) from exc
+    missing = [c for c in required if c not in names]
+    if missing:
+        msg = f"{path}: missing column(s) {missing}; is this a puzzles table from `cello data puzzles`?"
+        raise InputError(msg)
+    return pd.read_parquet(path)
+
+
 def make_puzzles(cells_path: str | os.PathLike, out_path: str | os.PathLike, *, cfg: PuzzlesConfig) -> PuzzleSummary:
     """Read cells.parquet, sample puzzles, write puzzles.parquet atomically; return the summary."""
     cells = read_cells(cells_path)
