@@ -205,6 +205,18 @@ class TrainConfig(Section):
     distill: DistillStageConfig = Field(default_factory=DistillStageConfig)
 
 
+# ---------------------------------------------------------------- baselines (cello.baselines)
+class BaselineConfig(Section):
+    """`cello baseline`: the non-LLM marker-gene solver (gene-type association + Hungarian assignment)."""
+
+    alpha: float = Field(0.1, gt=0, description="Additive smoothing of the gene-given-type frequencies (log-lift weights).")
+    rank_weighting: Literal["log", "linear", "uniform"] = Field(
+        "log", description="Weight of a gene by its rank in a cell: 'log' 1/log2(rank+2), 'linear' 1-rank/top_k, 'uniform' 1."
+    )
+    top_k: int | None = Field(None, ge=1, description="Use only each cell's first top_k genes; null: all of them.")
+    seed: int = Field(0, description="Seed of the chance baseline.")
+
+
 # ---------------------------------------------------------------- all sections
 class Params(Section):
     """Everything in params.yaml."""
@@ -214,6 +226,7 @@ class Params(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     prompt: PromptTemplate = Field(default_factory=PromptTemplate)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
 
 
 S = TypeVar("S", bound=BaseModel)
