@@ -93,6 +93,33 @@ class DataConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
 
 
+# ---------------------------------------------------------------- tiny models (cello.llm.tiny)
+class TinyModelConfig(Section):
+    """A random-weight Qwen2 causal LM + a BPE tokenizer trained on the puzzle corpus (tests, CPU runs)."""
+
+    hidden_size: int = Field(64, ge=8, description="Hidden width (must be a multiple of num_heads).")
+    num_layers: int = Field(2, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention); divides num_heads.")
+    intermediate_size: int = Field(128, ge=8, description="MLP width.")
+    max_position_embeddings: int = Field(8192, ge=128, description="Longest sequence (RoPE; costs no parameters).")
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary (bytes + merges + specials); large enough to keep gene names whole.")
+    min_frequency: int = Field(2, ge=1, description="A merge needs at least this many occurrences in the corpus.")
+    max_texts: int | None = Field(50000, ge=1, description="Cap on corpus texts used to train the tokenizer; null: all.")
+    tie_word_embeddings: bool = Field(True, description="Share input and output embeddings (fewer parameters).")
+    seed: int = Field(0, description="Seed for the weights and the built-in corpus.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            msg = f"tiny_model.hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}; change one."
+            raise ValueError(msg)
+        if self.num_heads % self.num_kv_heads:
+            msg = f"tiny_model.num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}; use a divisor."
+            raise ValueError(msg)
+        return self
+
+
 # ---------------------------------------------------------------- training (cello.train: SFT, GRPO, distill)
 class LoraStageConfig(Section):
     """PEFT adapter (the paper: LoRA r 256, alpha 512, dropout 0.05 on all linear layers)."""
@@ -205,6 +232,91 @@ class TrainConfig(Section):
     distill: DistillStageConfig = Field(default_factory=DistillStageConfig)
 
 
+# ---------------------------------------------------------------- serving (cello serve, cello.k8s)
+_DNS_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class ServeConfig(Section):
+    """`cello serve`: the KServe model server. Every request limit lives here."""
+
+    model_name: str = Field("cello", pattern=_DNS_LABEL, description="Name in the routes (/v1/models/NAME:predict) and the OpenAI `model`.")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port (KServe binds 0.0.0.0).")
+    max_puzzles: int = Field(8, ge=1, le=1024, description="Puzzles per request.")
+    min_cells: int = Field(2, ge=1, description="Fewest cells in a puzzle.")
+    max_cells: int = Field(32, ge=1, le=1024, description="Most cells in a puzzle (the paper: 8-15).")
+    max_genes: int = Field(200, ge=1, description="Most genes in a ranked top-gene list.")
+    max_expression_genes: int = Field(40000, ge=1, description="Most entries in a gene -> expression map.")
+    top_genes: int = Field(50, ge=1, description="Genes kept per cell from an expression map, highest first (the paper: 50).")
+    max_name_length: int = Field(128, ge=1, description="Longest gene name, cell type, cell id or context field.")
+    max_context_length: int = Field(2000, ge=1, description="Longest donor context sentence.")
+    max_body_bytes: int = Field(4 * 2**20, ge=1024, description="Largest request body; larger bodies get 413.")
+    max_new_tokens: int = Field(1024, ge=1, description="Generation budget per puzzle.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding.")
+    timeout_s: float = Field(120.0, gt=0, description="Generation timeout per request; past it the client gets 504.")
+    max_batch_size: int = Field(8, ge=1, description="Conversations generated together (requests are batched, not dropped).")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
+    max_queue: int = Field(1024, ge=1, description="Conversations waiting for generation; beyond it the client gets 429.")
+    repair: bool = Field(True, description="Repair invalid answers into a valid assignment (cello.scoring.repair).")
+    auth_token_env: str = Field("CELLO_SERVE_TOKEN", description="Env var holding the bearer token; unset/empty: no auth.")
+    auth_token_file: str | None = Field(None, description="File holding the bearer token (a mounted Secret); wins over the env var.")
+
+    @model_validator(mode="after")
+    def _check_cells(self) -> ServeConfig:
+        if self.max_cells < self.min_cells:
+            msg = f"serve.max_cells={self.max_cells} is below serve.min_cells={self.min_cells}; set max_cells >= min_cells."
+            raise ValueError(msg)
+        return self
+
+
+class DeployConfig(Section):
+    """`cello k8s render isvc|runtime`: KServe InferenceService = vLLM predictor + `cello serve` transformer."""
+
+    name: str = Field("cello", pattern=_DNS_LABEL, description="InferenceService name (a DNS-1035 label).")
+    namespace: str = Field("cello", pattern=_DNS_LABEL, description="Namespace of the InferenceService.")
+    deployment_mode: Literal["Standard", "Knative"] = Field(
+        "Standard", description="KServe deployment mode (Standard was called RawDeployment before KServe 0.15/0.16)."
+    )
+    served_model_name: str = Field("cello", pattern=_DNS_LABEL, description="--model_name of the vLLM predictor (the OpenAI `model`).")
+    runtime: str | None = Field(None, description="ServingRuntime to pin (e.g. the one from `cello k8s render runtime`); null: KServe auto-selects its huggingface runtime.")
+    runtime_name: str = Field("cello-vllm", pattern=_DNS_LABEL, description="Name of the ServingRuntime that `cello k8s render runtime` writes.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("bfloat16", description="vLLM --dtype.")
+    max_model_len: int = Field(8192, ge=256, description="vLLM --max-model-len (prompt + completion tokens).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM --tensor-parallel-size (GPUs per replica).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
+    extra_args: list[str] = Field(default_factory=list, description="More predictor args, e.g. ['--enable-prefix-caching'].")
+    gpus: int = Field(1, ge=1, description="GPUs per predictor replica (>= tensor_parallel_size).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
+    cpu: str = Field("8", description="Predictor CPU request and limit.")
+    memory: str = Field("64Gi", description="Predictor memory request and limit (7B bf16 weights are ~15 GB).")
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Predictor pod tolerations (GPU node taints).",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Predictor node selector, e.g. {'nvidia.com/gpu.product': 'NVIDIA-A100-SXM4-80GB'}.")
+    startup_timeout_s: int = Field(1800, ge=60, description="Startup probe budget: download + load a 7B checkpoint (minutes).")
+    min_replicas: int = Field(1, ge=0, description="Fewest predictor replicas.")
+    max_replicas: int = Field(1, ge=1, description="Most predictor replicas.")
+    canary_traffic_percent: int | None = Field(None, ge=0, le=100, description="Share of traffic for a new model (gradual rollout); null: all traffic.")
+    canary_name: str = Field("candidate", pattern=_DNS_LABEL, description="Predictor name of the canary (Standard mode, spec.canary).")
+    auth: bool = Field(True, description="Ask the platform to require a token (the annotation below).")
+    auth_annotation: str = Field("security.opendatahub.io/enable-auth", description="Annotation that turns on auth (Open Data Hub / OpenShift AI; upstream KServe has none).")
+    transformer: bool = Field(True, description="Put `cello serve` in front of the predictor as the KServe transformer.")
+    transformer_cpu: str = Field("2", description="Transformer CPU request and limit.")
+    transformer_memory: str = Field("4Gi", description="Transformer memory request and limit.")
+    token_secret: str | None = Field(None, description="Secret (key 'token') with the transformer's own bearer token; null: none.")
+    service_account: str | None = Field(None, description="ServiceAccount of the predictor (holds the s3 credentials); null: default.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeployConfig:
+        if self.gpus < self.tensor_parallel_size:
+            msg = f"deploy.gpus={self.gpus} is below deploy.tensor_parallel_size={self.tensor_parallel_size}; give each replica at least tensor_parallel_size GPUs."
+            raise ValueError(msg)
+        if self.max_replicas < max(self.min_replicas, 1):
+            msg = f"deploy.max_replicas={self.max_replicas} is below deploy.min_replicas={self.min_replicas}; set max_replicas >= min_replicas."
+            raise ValueError(msg)
+        return self
+
+
 # ---------------------------------------------------------------- baselines (cello.baselines)
 class BaselineConfig(Section):
     """`cello baseline`: the non-LLM marker-gene solver (gene-type association + Hungarian assignment)."""
@@ -225,7 +337,10 @@ class Params(Section):
 
     data: DataConfig = Field(default_factory=DataConfig)
     prompt: PromptTemplate = Field(default_factory=PromptTemplate)
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
 
 

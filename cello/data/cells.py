@@ -1,0 +1,296 @@
+"""h5ad -> cells.parquet: each cell's ranked top-N genes and its donor-context sentence.
+
+    cello data cells data/raw/ -o data/cells.parquet --max-cells 20000
+    cello data cells builtin:pbmc68k -o data/cells.parquet
+
+Files are read in row chunks straight from HDF5 (AnnData's on-disk sparse datasets), so peak
+memory depends on `chunk_size`, not on the number of cells; several files are processed in
+parallel processes, each writing its own Parquet part, merged at the end. The ranking itself is
+vectorised (`cello.data.topgenes`). The output appears atomically: on any error nothing is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from cello._io import atomic_path
+from cello.config import CellsConfig
+from cello.data import schema as S
+from cello.data.context import clean, context_columns, sentences
+from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
+from cello.data.topgenes import top_genes
+from cello.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_ENSEMBL_SUFFIX = re.compile(r"^(.+?)[_|](ENS[A-Z]*G\d{6,}(?:\.\d+)?)$")
+
+
+def strip_ensembl(names: np.ndarray) -> np.ndarray:
+    """'CD3E_ENSG00000198851' -> 'CD3E'; other names unchanged."""
+    return np.array([m.group(1) if (m := _ENSEMBL_SUFFIX.match(n)) else n for n in names], dtype=object)
+
+
+@dataclass
+class FileSummary:
+    source: str
+    dataset: str
+    cells_in_file: int = 0
+    kept: int = 0
+    dropped_suspension: int = 0
+    dropped_unlabelled: int = 0
+    dropped_no_donor: int = 0
+    dropped_subsample: int = 0
+    dropped_no_expression: int = 0
+    fewer_than_top_n: int = 0
+    donors: int = 0
+    groups: int = 0
+    cell_types: int = 0
+
+
+@dataclass
+class CellsSummary:
+    out: str
+    files: list[FileSummary] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return sum(f.kept for f in self.files)
+
+    def to_dict(self) -> dict:
+        return {"out": self.out, "cells": self.kept, "files": [asdict(f) for f in self.files]}
+
+    def render(self) -> str:
+        lines = [f"{self.kept} cells from {len(self.files)} file(s) -> {self.out}"]
+        for f in self.files:
+            dropped = {k: v for k, v in asdict(f).items() if k.startswith("dropped_") and v}
+            lines.append(
+                f"  {f.dataset}: {f.kept}/{f.cells_in_file} cells, {f.donors} donors, "
+                f"{f.groups} groups, {f.cell_types} cell types"
+                + (f"; dropped {dropped}" if dropped else "")
+                + (f"; {f.fewer_than_top_n} cells with fewer expressed genes than top_n" if f.fewer_than_top_n else "")
+            )
+        return "\n".join(lines)
+
+
+def resolve_inputs(inputs: list[str]) -> list[str]:
+    """Expand directories (recursively) into .h5ad files; check that every input exists."""
+    if not inputs:
+        msg = "no input given: pass .h5ad files or directories, or builtin:pbmc68k."
+        raise InputError(msg)
+    out: list[str] = []
+    for item in inputs:
+        if item.startswith(BUILTIN_PREFIX):
+            out.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*.h5ad"))
+            if not found:
+                msg = f"{path}: directory holds no .h5ad file; point to .h5ad files or another directory."
+                raise InputError(msg)
+            out.extend(found)
+        elif path.is_file():
+            if path.suffix != ".h5ad":
+                msg = f"{path}: not an .h5ad file (suffix {path.suffix!r}); convert it with anndata (adata.write_h5ad)."
+                raise InputError(msg)
+            out.append(str(path))
+        else:
+            msg = f"{path}: no such file or directory."
+            raise InputError(msg)
+    return out
+
+
+def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
+    if key not in obs.columns:
+        hint = [c for c in obs.columns if any(w in c.lower() for w in ("type", "label", "donor", "batch", "sample"))]
+        msg = (
+            f"{source}: obs has no column {key!r} for the {what}; set --{what.replace(' ', '-')}-key "
+            f"(or data.cells.{what.replace(' ', '_')}_key in params.yaml). Candidate columns: {hint or list(obs.columns)[:20]}."
+        )
+        raise InputError(msg)
+    col = obs[key]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        mapping = {c: clean(c) for c in col.cat.categories}
+        return col.astype(object).map(mapping).fillna("").astype(str).to_numpy()
+    return col.map(clean).to_numpy().astype(str)
+
+
+def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> tuple[np.ndarray, dict]:
+    """Boolean mask of the cells to keep, and their label arrays."""
+    n = len(obs)
+    keep = np.ones(n, dtype=bool)
+    if cfg.keep_suspension and cfg.suspension_key in obs.columns:
+        ok = obs[cfg.suspension_key].astype(str).str.lower().to_numpy() == cfg.keep_suspension.lower()
+        summary.dropped_suspension = int((~ok).sum())
+        keep &= ok
+    cell_type = _labels(obs, cfg.cell_type_key, "cell type", summary.source)
+    summary.dropped_unlabelled = int((keep & (cell_type == "")).sum())
+    keep &= cell_type != ""
+    if cfg.donor_key:
+        donor = _labels(obs, cfg.donor_key, "donor", summary.source)
+        summary.dropped_no_donor = int((keep & (donor == "")).sum())
+        keep &= donor != ""
+    else:
+        donor = np.full(n, summary.dataset, dtype=object)
+    batch = _labels(obs, cfg.batch_key, "batch", summary.source) if cfg.batch_key else np.full(n, "", dtype=object)
+    if cfg.max_cells is not None and keep.sum() > cfg.max_cells:
+        rng = np.random.default_rng([cfg.seed, int.from_bytes(summary.dataset.encode()[:8].ljust(8, b"\0"), "little")])
+        chosen = rng.choice(np.flatnonzero(keep), size=cfg.max_cells, replace=False)
+        sub = np.zeros(n, dtype=bool)
+        sub[chosen] = True
+        summary.dropped_subsample = int(keep.sum() - cfg.max_cells)
+        keep = sub
+    return keep, {S.CELL_TYPE: cell_type, S.DONOR: donor, S.BATCH: batch}
+
+
+def _gene_names(var: pd.DataFrame, cfg: CellsConfig, source: str) -> np.ndarray:
+    key = cfg.gene_symbols
+    if key == "auto":
+        key = "feature_name" if "feature_name" in var.columns else None
+    if key:
+        if key not in var.columns:
+            msg = (
+                f"{source}: var has no column {key!r} for gene symbols; set --gene-symbols to one of "
+                f"{list(var.columns)[:20]}, or 'none' to use var_names."
+            )
+            raise InputError(msg)
+        names = var[key].astype(object).to_numpy()
+        fallback = var.index.to_numpy().astype(object)
+        names = np.where(pd.isna(names) | (names == ""), fallback, names).astype(str)
+    else:
+        names = var.index.to_numpy().astype(str)
+    return strip_ensembl(names)
+
+
+def _cells_table(rows: np.ndarray, tops: np.ndarray, genes: pa.Array, labels: dict, obs_names: np.ndarray,
+                 ctx: pd.DataFrame, context: np.ndarray, dataset: str) -> pa.Table:
+    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
+    valid = tops >= 0
+    lengths = valid.sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = genes.take(pa.array(tops[valid]))
+    cols = {
+        S.CELL_ID: pa.array([f"{dataset}:{n}" for n in obs_names[rows]], pa.string()),
+        S.DATASET: pa.array(np.full(len(rows), dataset, dtype=object), pa.string()),
+        S.DONOR: pa.array(labels[S.DONOR][rows].astype(str), pa.string()),
+        S.BATCH: pa.array(labels[S.BATCH][rows].astype(str), pa.string()),
+        S.CELL_TYPE: pa.array(labels[S.CELL_TYPE][rows].astype(str), pa.string()),
+        S.TOP_GENES: pa.ListArray.from_arrays(pa.array(offsets), values),
+        S.CONTEXT: pa.array(context[rows].astype(str), pa.string()),
+    }
+    for name in ctx.columns:
+        cols[S.CTX_PREFIX + name] = pa.array(ctx[name].to_numpy()[rows].astype(str), pa.string())
+    return pa.table(cols)
+
+
+def process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool = False) -> FileSummary:
+    """Rank the cells of one input and write them to the Parquet file `part`."""
+    if source.startswith(BUILTIN_PREFIX):
+        handle = open_builtin(source)
+    else:
+        handle = open_h5ad(source, matrix=cfg.matrix)
+    with handle as (dataset, obs, var, reader):
+        reader: MatrixReader
+        summary = FileSummary(source=source, dataset=dataset, cells_in_file=len(obs))
+        names = _gene_names(var, cfg, source)
+        if len(names) < cfg.top_n:
+            msg = (
+                f"{source}: only {len(names)} genes but top_n={cfg.top_n}; lower --top-n "
+                f"(data.cells.top_n) to at most {len(names)}, or use a matrix with more genes (--matrix raw)."
+            )
+            raise InputError(msg)
+        keep, labels = _select_rows(obs, cfg, summary)
+        ctx = context_columns(obs, cfg.context_fields, cfg.extra_context_fields)
+        context = sentences(ctx, extra=cfg.extra_context_fields).to_numpy()
+        genes = pa.array(names, pa.string())
+        obs_names = obs.index.to_numpy().astype(str)
+        writer = None
+        try:
+            chunks = range(0, len(obs), cfg.chunk_size)
+            for r0 in tqdm(chunks, desc=dataset, unit="chunk", disable=not progress, leave=False):
+                r1 = min(r0 + cfg.chunk_size, len(obs))
+                local = np.flatnonzero(keep[r0:r1])
+                if local.size == 0:
+                    continue
+                block = reader.rows(r0, r1)
+                tops = top_genes(block[local] if local.size < r1 - r0 else block, cfg.top_n)
+                expressed = (tops >= 0).sum(axis=1)
+                summary.dropped_no_expression += int((expressed == 0).sum())
+                summary.fewer_than_top_n += int(((expressed > 0) & (expressed < cfg.top_n)).sum())
+                ok = expressed > 0
+                rows = r0 + local[ok]
+                table = _cells_table(rows, tops[ok], genes, labels, obs_names, ctx, context, dataset)
+                if writer is None:
+                    writer = pq.ParquetWriter(part, table.schema)
+                writer.write_table(table)
+                summary.kept += len(rows)
+        finally:
+            if writer is not None:
+                writer.close()
+        final = keep.copy()
+        if summary.kept:
+            kept_rows = np.flatnonzero(final)
+            kept_df = pd.DataFrame({k: labels[k][kept_rows] for k in (S.DONOR, S.BATCH, S.CELL_TYPE)})
+            summary.donors = kept_df[S.DONOR].nunique()
+            summary.groups = len(kept_df.groupby([S.DONOR, S.BATCH]))
+            summary.cell_types = kept_df[S.CELL_TYPE].nunique()
+        return summary
+
+
+def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -> CellsSummary:
+    """Build cells.parquet from .h5ad files/directories (or builtin:pbmc68k)."""
+    sources = resolve_inputs(list(inputs))
+    summary = CellsSummary(out=str(out))
+    with tempfile.TemporaryDirectory(prefix="cello-cells-") as tmp:
+        parts = {src: os.path.join(tmp, f"part-{i:05d}.parquet") for i, src in enumerate(sources)}
+        results: dict[str, FileSummary] = {}
+        parallel = [s for s in sources if not s.startswith(BUILTIN_PREFIX)]
+        if cfg.workers > 1 and len(parallel) > 1:
+            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(parallel))) as pool:
+                futures = {pool.submit(process_source, s, parts[s], cfg): s for s in parallel}
+                for fut in tqdm(as_completed(futures), total=len(futures), desc="files", unit="file"):
+                    results[futures[fut]] = fut.result()
+        for src in sources:
+            if src not in results:
+                results[src] = process_source(src, parts[src], cfg, progress=True)
+        summary.files = [results[s] for s in sources]
+        written = [parts[s] for s in sources if results[s].kept]
+        if not written:
+            msg = (
+                f"no cells left from {', '.join(sources)}: every cell was filtered out "
+                f"({[asdict(f) for f in summary.files]}). Check --keep-suspension, --cell-type-key and --donor-key."
+            )
+            raise InputError(msg)
+        datasets = [f.dataset for f in summary.files]
+        if len(set(datasets)) < len(datasets):
+            msg = f"two inputs share a dataset name ({datasets}); rename one file so cell ids stay unique."
+            raise InputError(msg)
+        schema = pa.unify_schemas([pq.read_schema(p) for p in written])
+        with atomic_path(out) as tmp_out:
+            with pq.ParquetWriter(tmp_out, schema) as writer:
+                for p in written:
+                    for batch in pq.ParquetFile(p).iter_batches():
+                        writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+    log.info("wrote %d cells to %s", summary.kept, out)
+    return summary
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Add missing context columns (files may have different extra fields) as empty strings."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([""] * table.num_rows, pa.string()))
+    return table.select(schema.names)

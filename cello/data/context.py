@@ -1,0 +1,79 @@
+"""The donor-context sentence of a cell, from its obs fields.
+
+Missing or placeholder values ("unknown", "na", "", NaN, ...) are dropped, never printed:
+a sentence that says "a unknown donor" teaches the model noise. The sentence is built once
+per distinct combination of field values, not once per cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+MISSING = frozenset(
+    {"", "na", "n/a", "nan", "none", "null", "unknown", "unspecified", "not applicable",
+     "not available", "not reported", "missing", "?", "-"}
+)
+
+
+def clean(value: object) -> str:
+    """The value as text, or "" when it is missing or a placeholder."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    return "" if text.lower() in MISSING else text
+
+
+def sentence(fields: Mapping[str, str], *, extra: Sequence[str] = ()) -> str:
+    """One readable sentence from cleaned fields (sex, development_stage, ... plus extras)."""
+    sex, stage = fields.get("sex", ""), fields.get("development_stage", "")
+    parts = []
+    if sex and stage:
+        parts.append(f"The cell is from a {sex} donor at the {stage} stage.")
+    elif sex:
+        parts.append(f"The cell is from a {sex} donor.")
+    elif stage:
+        parts.append(f"The cell is from a donor at the {stage} stage.")
+    if fields.get("self_reported_ethnicity"):
+        parts.append(f"The donor's self-reported ethnicity is {fields['self_reported_ethnicity']}.")
+    if fields.get("tissue"):
+        parts.append(f"The sample was taken from the {fields['tissue']}.")
+    if fields.get("disease"):
+        disease = fields["disease"]
+        if disease.lower() == "normal":
+            parts.append("The donor is healthy.")
+        else:
+            parts.append(f"The donor has been diagnosed with {disease}.")
+    for name in extra:
+        if fields.get(name):
+            parts.append(f"{name.replace('_', ' ').capitalize()}: {fields[name]}.")
+    return " ".join(parts)
+
+
+def context_columns(obs: pd.DataFrame, fields: Sequence[str], extra: Sequence[str]) -> pd.DataFrame:
+    """Cleaned context fields of every cell (absent columns give "")."""
+    out = {}
+    for name in [*fields, *extra]:
+        if name in obs.columns:
+            col = obs[name]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                mapping = {c: clean(c) for c in col.cat.categories}
+                out[name] = col.astype(object).map(mapping).fillna("").astype(str).to_numpy()
+            else:
+                out[name] = col.map(clean).to_numpy()
+        else:
+            out[name] = [""] * len(obs)
+    return pd.DataFrame(out, index=obs.index)
+
+
+def sentences(ctx: pd.DataFrame, *, extra: Sequence[str] = ()) -> pd.Series:
+    """Sentence per row of `context_columns`, computed once per distinct combination."""
+    if ctx.empty or ctx.shape[1] == 0:
+        return pd.Series([""] * len(ctx), dtype=object, index=ctx.index)
+    cols = list(ctx.columns)
+    uniq = ctx.drop_duplicates().reset_index(drop=True)
+    uniq["_sentence"] = [sentence(dict(zip(cols, row, strict=False)), extra=extra) for row in uniq.itertuples(index=False)]
+    merged = ctx.reset_index(drop=True).merge(uniq, on=cols, how="left", sort=False)
+    return pd.Series(merged["_sentence"].to_numpy(), index=ctx.index, dtype=object)

@@ -1,0 +1,125 @@
+"""Where cells come from: .h5ad files read lazily from disk, or a built-in dataset.
+
+`open_h5ad` reads obs and var with AnnData's element reader and leaves the expression matrix
+on disk (AnnData's sparse dataset for CSR/CSC, h5py for dense), so rows are read chunk by
+chunk. `open_builtin("builtin:pbmc68k")` turns the real PBMC dataset shipped inside scanpy
+(700 cells, 10 types in `bulk_labels`, one donor) into the same CELLxGENE-like shape, so the
+demo needs no download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cello.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+BUILTINS = {"pbmc68k": "pbmc68k_reduced"}
+
+
+class MatrixReader:
+    """Row-chunk access to an expression matrix (in memory or on disk)."""
+
+    def __init__(self, matrix, n_obs: int, n_vars: int):
+        self.matrix, self.n_obs, self.n_vars = matrix, n_obs, n_vars
+
+    def rows(self, start: int, stop: int):
+        """Rows [start, stop) as a scipy CSR matrix or a dense ndarray."""
+        block = self.matrix[start:stop]
+        if sp.issparse(block):
+            return block.tocsr()
+        return np.asarray(block)
+
+
+def _read_elem(h5, key: str, source: str):
+    import anndata as ad
+
+    if key not in h5:
+        msg = f"{source}: the file has no '{key}' element; is it a complete .h5ad written by anndata?"
+        raise InputError(msg)
+    return ad.io.read_elem(h5[key])
+
+
+@contextlib.contextmanager
+def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, MatrixReader]]:
+    """Yield (dataset name, obs, var, reader) for an .h5ad file; X stays on disk."""
+    import anndata as ad
+    import h5py
+
+    source = str(path)
+    try:
+        h5 = h5py.File(source, "r")
+    except OSError as exc:
+        msg = f"{source}: cannot be read as an .h5ad (HDF5) file ({exc}); the file is corrupt or not h5ad: re-download or re-export it."
+        raise InputError(msg) from exc
+    try:
+        if matrix == "X":
+            mkey, vkey = "X", "var"
+        elif matrix == "raw":
+            mkey, vkey = "raw/X", "raw/var"
+        else:
+            mkey, vkey = f"layers/{matrix}", "var"
+        if mkey not in h5:
+            layers = list(h5["layers"].keys()) if "layers" in h5 else []
+            msg = (
+                f"{source}: no matrix {matrix!r} ({mkey}); choose --matrix X"
+                + (", raw" if "raw" in h5 else "") + "".join(f", {k}" for k in layers) + "."
+            )
+            raise InputError(msg)
+        try:
+            obs = _read_elem(h5, "obs", source)
+            var = _read_elem(h5, vkey, source)
+            elem = h5[mkey]
+            if isinstance(elem, h5py.Group):
+                encoding = elem.attrs.get("encoding-type", "")
+                if encoding not in ("csr_matrix", "csc_matrix"):
+                    msg = f"{source}: matrix {mkey} has unsupported encoding {encoding!r} (expected csr/csc or dense)."
+                    raise InputError(msg)
+                data = ad.io.sparse_dataset(elem)
+                if encoding == "csc_matrix":
+                    log.warning("%s: %s is stored column-wise (CSC): each row chunk reads the whole matrix; "
+                                "rewrite it as CSR for large files.", source, mkey)
+            else:
+                data = elem
+            n_obs, n_vars = data.shape
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            msg = f"{source}: the .h5ad file is malformed ({type(exc).__name__}: {exc}); re-export it with anndata."
+            raise InputError(msg) from exc
+        if n_obs != len(obs) or n_vars != len(var):
+            msg = f"{source}: matrix shape {(n_obs, n_vars)} does not match obs/var ({len(obs)}, {len(var)}); the file is corrupt."
+            raise InputError(msg)
+        yield Path(source).stem, obs, var, MatrixReader(data, n_obs, n_vars)
+    finally:
+        h5.close()
+
+
+@contextlib.contextmanager
+def open_builtin(spec: str) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, MatrixReader]]:
+    """The bundled real dataset in the CELLxGENE shape: cell_type, donor_id, tissue; genes from .raw."""
+    name = spec[len(BUILTIN_PREFIX):]
+    if name not in BUILTINS:
+        msg = f"unknown built-in source {spec!r}; available: {', '.join(BUILTIN_PREFIX + k for k in BUILTINS)}."
+        raise InputError(msg)
+    import scanpy as sc
+
+    adata = sc.datasets.pbmc68k_reduced()
+    raw = adata.raw
+    obs = pd.DataFrame(
+        {
+            "cell_type": adata.obs["bulk_labels"].astype(str).to_numpy(),
+            "donor_id": BUILTINS[name],  # one donor: the whole dataset is one group
+            "tissue": "blood",  # peripheral blood mononuclear cells
+        },
+        index=adata.obs_names,
+    )
+    var = pd.DataFrame(index=raw.var_names)
+    yield BUILTINS[name], obs, var, MatrixReader(raw.X, raw.X.shape[0], raw.X.shape[1])

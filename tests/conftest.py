@@ -1,0 +1,83 @@
+"""Shared fixtures: synthetic AnnData, the shared real h5ad files, the demo data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def make_adata(
+    n_cells: int = 60,
+    n_genes: int = 80,
+    *,
+    n_donors: int = 3,
+    n_types: int = 5,
+    sparse: str | None = "csr",
+    seed: int = 0,
+    with_batch: bool = False,
+    ensembl_suffix: bool = False,
+):
+    """A small labelled AnnData in the CELLxGENE schema, with marker genes per type."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    types = np.array([f"type {chr(65 + i)}" for i in range(n_types)])
+    cell_type = types[np.arange(n_cells) % n_types]
+    donor = np.array([f"donor{i % n_donors}" for i in range(n_cells)])
+    x = rng.poisson(0.3, size=(n_cells, n_genes)).astype(np.float32)
+    for t in range(n_types):  # genes 3t..3t+2 mark type t
+        x[cell_type == types[t], 3 * t : 3 * t + 3] += 20 + 3 * np.arange(3)[::-1]
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(cell_type),
+            "donor_id": pd.Categorical(donor),
+            "sex": np.where(np.arange(n_cells) % 2, "female", "unknown"),
+            "development_stage": "45-year-old stage",
+            "self_reported_ethnicity": "na",
+            "tissue": "blood",
+            "disease": "normal",
+            "suspension_type": "cell",
+        },
+        index=[f"c{i}" for i in range(n_cells)],
+    )
+    if with_batch:
+        obs["batch"] = np.where(np.arange(n_cells) % 4 < 2, "b1", "b2")
+    symbols = [f"G{i}" for i in range(n_genes)]
+    if ensembl_suffix:
+        symbols = [f"{s}_ENSG{100000 + i:011d}" for i, s in enumerate(symbols)]
+    var = pd.DataFrame({"feature_name": symbols}, index=[f"ENSG{100000 + i:011d}" for i in range(n_genes)])
+    matrix = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, None: np.asarray}[sparse](x)
+    return ad.AnnData(X=matrix, obs=obs, var=var)
+
+
+@pytest.fixture
+def adata_factory():
+    return make_adata
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared real h5ad files; tests using it skip cleanly when they are absent."""
+    path = SHARED / "data"
+    if not any(path.glob("*.h5ad")):
+        pytest.skip(f"no shared h5ad files at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo data (cells, puzzles, splits) built from builtin:pbmc68k through the CLI."""
+    from cello.cli import main
+
+    root = tmp_path_factory.mktemp("demo")
+    assert main(["data", "cells", "builtin:pbmc68k", "-o", str(root / "cells.parquet"), "--params", str(REPO / "params.yaml")]) == 0
+    assert main(["data", "puzzles", str(root / "cells.parquet"), "-o", str(root / "puzzles.parquet"), "--params", str(REPO / "params.yaml")]) == 0
+    assert main(["data", "split", str(root / "puzzles.parquet"), "-o", str(root / "splits"), "--params", str(REPO / "params.yaml")]) == 0
+    return root

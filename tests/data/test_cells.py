@@ -1,0 +1,195 @@
+"""cello.data.cells / topgenes / context / sources: h5ad -> cells.parquet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cello.cli import main
+from cello.config import CellsConfig
+from cello.data.cells import make_cells, strip_ensembl
+from cello.data.context import clean, sentence
+from cello.data.topgenes import top_genes, top_genes_reference
+from cello.errors import InputError
+from tests.conftest import make_adata
+
+
+def _write(adata, path):
+    adata.write_h5ad(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------ ranking
+def test_top_genes_literal_matrix_with_ties():
+    x = np.array(
+        [
+            [0, 5, 5, 1, 0],  # tie 5/5: lower gene index first
+            [0, 0, 0, 0, 0],  # nothing expressed
+            [2, 0, 0, 0, 3],
+        ],
+        dtype=np.float32,
+    )
+    got = top_genes(x, 3)
+    assert got.tolist() == [[1, 2, 3], [-1, -1, -1], [4, 0, -1]]
+    assert (top_genes(sp.csr_matrix(x), 3) == got).all()
+    assert (top_genes(sp.csc_matrix(x), 3) == got).all()
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+def test_top_genes_matches_per_cell_reference(density):
+    rng = np.random.default_rng(1)
+    x = sp.random(150, 400, density=density, format="csr", random_state=2, dtype=np.float32)
+    x.data = np.round(x.data * 4)  # many ties and explicit zeros
+    dense = x.toarray()
+    for top_n in (1, 10, 50):
+        got = top_genes(x, top_n)
+        for i in rng.choice(150, 40, replace=False):
+            assert [g for g in got[i] if g >= 0] == top_genes_reference(dense[i], top_n)
+        assert (top_genes(dense, top_n) == got).all()
+
+
+def test_negative_values_rank_below_positive():
+    x = np.array([[-1.0, 0.5, -0.2, 2.0]], dtype=np.float32)
+    assert top_genes(x, 4).tolist() == [[3, 1, 2, 0]]
+
+
+def test_strip_ensembl_suffix():
+    names = np.array(["CD3E_ENSG00000198851", "MT-CO1", "HLA-DRA|ENSG00000204287.14", "ENSG00000000003"])
+    assert strip_ensembl(names).tolist() == ["CD3E", "MT-CO1", "HLA-DRA", "ENSG00000000003"]
+
+
+# ------------------------------------------------------------------ context
+def test_context_never_prints_missing_values():
+    assert clean("unknown") == clean("NA") == clean(float("nan")) == clean(None) == clean(" ") == ""
+    text = sentence({"sex": "female", "development_stage": "", "tissue": "lung", "disease": "normal",
+                     "self_reported_ethnicity": ""})
+    assert text == "The cell is from a female donor. The sample was taken from the lung. The donor is healthy."
+    assert "unknown" not in sentence({"sex": "", "development_stage": "", "disease": ""})
+
+
+# ------------------------------------------------------------------ files
+@pytest.mark.parametrize("layout", ["csr", "csc", None])
+def test_cells_from_h5ad_dense_and_sparse(tmp_path, layout):
+    adata = make_adata(sparse=layout)
+    path = _write(adata, tmp_path / "toy.h5ad")
+    out = tmp_path / "cells.parquet"
+    summary = make_cells([path], out, cfg=CellsConfig(top_n=3, chunk_size=7))
+    df = pd.read_parquet(out)
+    assert summary.kept == len(df) == adata.n_obs
+    # Markers of type t are genes 3t..3t+2, strongest first.
+    first = df.iloc[0]
+    t = ord(first.cell_type[-1]) - 65
+    assert list(first.top_genes) == [f"G{3 * t}", f"G{3 * t + 1}", f"G{3 * t + 2}"]
+    assert df.cell_id.is_unique and df.cell_id.str.startswith("toy:").all()
+    assert set(df.batch) == {""}
+    assert "unknown" not in " ".join(df.context) and " na " not in " ".join(df.context)
+    assert df.context.str.contains("45-year-old stage").all()
+
+
+def test_same_output_for_every_layout_and_chunk_size(tmp_path):
+    frames = []
+    for i, (layout, chunk) in enumerate([("csr", 5), ("csc", 64), (None, 13)]):
+        path = _write(make_adata(sparse=layout, seed=3), tmp_path / f"toy{i}.h5ad")
+        make_cells([path], tmp_path / f"c{i}.parquet", cfg=CellsConfig(top_n=20, chunk_size=chunk))
+        frames.append(pd.read_parquet(tmp_path / f"c{i}.parquet"))
+    for other in frames[1:]:
+        assert [list(g) for g in other.top_genes] == [list(g) for g in frames[0].top_genes]
+
+
+def test_batch_column_and_ensembl_names(tmp_path):
+    path = _write(make_adata(with_batch=True, ensembl_suffix=True), tmp_path / "b.h5ad")
+    make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3, batch_key="batch"))
+    df = pd.read_parquet(tmp_path / "c.parquet")
+    assert set(df.batch) == {"b1", "b2"}
+    assert all(not g.startswith("ENSG") and "_" not in g for genes in df.top_genes for g in genes)
+
+
+def test_suspension_filter_and_subsample(tmp_path):
+    adata = make_adata(n_cells=40)
+    adata.obs["suspension_type"] = np.where(np.arange(40) < 10, "nucleus", "cell")
+    path = _write(adata, tmp_path / "s.h5ad")
+    summary = make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
+    assert summary.kept == 30 and summary.files[0].dropped_suspension == 10
+    a = make_cells([path], tmp_path / "a.parquet", cfg=CellsConfig(top_n=3, max_cells=12, seed=5))
+    make_cells([path], tmp_path / "b.parquet", cfg=CellsConfig(top_n=3, max_cells=12, seed=5))
+    assert a.kept == 12
+    assert pd.read_parquet(tmp_path / "a.parquet").cell_id.tolist() == pd.read_parquet(tmp_path / "b.parquet").cell_id.tolist()
+
+
+def test_directory_input_in_parallel(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    _write(make_adata(seed=1), tmp_path / "in" / "one.h5ad")
+    _write(make_adata(seed=2), tmp_path / "in" / "sub" / "two.h5ad")
+    summary = make_cells([str(tmp_path / "in")], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3, workers=2))
+    df = pd.read_parquet(tmp_path / "c.parquet")
+    assert summary.kept == 120 and set(df.dataset) == {"one", "two"}
+
+
+def test_builtin_pbmc68k():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = make_cells(["builtin:pbmc68k"], Path(tmp) / "c.parquet", cfg=CellsConfig())
+        df = pd.read_parquet(Path(tmp) / "c.parquet")
+    assert summary.kept == 700 and df.cell_type.nunique() == 10 and df.donor_id.nunique() == 1
+    assert all(len(g) == 50 for g in df.top_genes)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("mutate", "flags", "needle"),
+    [
+        (lambda a: a.obs.drop(columns="cell_type", inplace=True), [], "cell_type"),
+        (lambda a: a.obs.drop(columns="donor_id", inplace=True), [], "donor_id"),
+        (lambda a: None, ["--gene-symbols", "symbol"], "symbol"),
+        (lambda a: None, ["--top-n", "500"], "top_n=500"),
+        (lambda a: None, ["--batch-key", "lane"], "lane"),
+        (lambda a: None, ["--matrix", "counts"], "counts"),
+        (lambda a: a.obs.__setitem__("suspension_type", "nucleus"), [], "no cells left"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path, capsys, mutate, flags, needle):
+    adata = make_adata()
+    mutate(adata)
+    path = _write(adata, tmp_path / "bad.h5ad")
+    out = tmp_path / "out" / "cells.parquet"
+    assert main(["data", "cells", path, "-o", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err.replace("\n", " ")
+    assert not out.exists() and not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_missing_corrupt_and_non_h5ad_files(tmp_path, capsys):
+    (tmp_path / "broken.h5ad").write_bytes(b"this is not hdf5")
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    for path, needle in [
+        (tmp_path / "absent.h5ad", "no such file"),
+        (tmp_path / "broken.h5ad", "corrupt"),
+        (tmp_path / "table.csv", "not an .h5ad"),
+        (tmp_path, "no .h5ad"),
+    ]:
+        if path == tmp_path:
+            (tmp_path / "broken.h5ad").unlink()
+        assert main(["data", "cells", str(path), "-o", str(tmp_path / "c.parquet")]) == 2
+        assert needle in capsys.readouterr().err.replace("\n", " ")
+        assert not (tmp_path / "c.parquet").exists()
+
+
+def test_unknown_builtin_is_an_error():
+    with pytest.raises(InputError, match="builtin:pbmc68k"):
+        make_cells(["builtin:nope"], "/nonexistent/never-written.parquet", cfg=CellsConfig())
+
+
+# ------------------------------------------------------------------ real data
+def test_shared_real_files(shared_data, tmp_path):
+    kang = shared_data / "kang2018_pbmc_3donors_8celltypes_100genes.h5ad"
+    if not kang.exists():
+        pytest.skip("Kang 2018 file absent")
+    make_cells([str(kang)], tmp_path / "c.parquet", cfg=CellsConfig(top_n=50))
+    df = pd.read_parquet(tmp_path / "c.parquet")
+    assert df.donor_id.nunique() == 3
+    assert df.groupby("donor_id").cell_type.nunique().tolist() == [8, 8, 8]
+    assert "systemic lupus erythematosus" in df.context.iloc[0]
