@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,18 +24,18 @@ app = typer.Typer(help="Build CellPuzzles data from .h5ad files.", no_args_is_he
 def cells(
     inputs: list[str] = typer.Argument(None, help=".h5ad files, directories (searched recursively), or builtin:pbmc68k. Default: data.inputs in params."),
     out: Path = typer.Option(..., "--out", "-o", help="Output cells.parquet."),
-    cell_type_key: Optional[str] = typer.Option(None, help="obs column with the cell type [cell_type]."),
-    donor_key: Optional[str] = typer.Option(None, help="obs column with the donor [donor_id]; 'none': one donor per file."),
-    batch_key: Optional[str] = typer.Option(None, help="obs column with the batch [none]."),
-    gene_symbols: Optional[str] = typer.Option(None, help="var column with symbols ['auto'; 'none': var_names]."),
-    matrix: Optional[str] = typer.Option(None, help="'X', 'raw' or a layer name [X]."),
-    top_n: Optional[int] = typer.Option(None, help="Genes per cell [50]."),
-    keep_suspension: Optional[str] = typer.Option(None, help="Keep this suspension_type ['cell'; 'none': all]."),
-    max_cells: Optional[int] = typer.Option(None, help="Seeded subsample per file [all]."),
-    extra_context: Optional[list[str]] = typer.Option(None, "--extra-context", help="More obs fields for the donor sentence."),
-    workers: Optional[int] = typer.Option(None, help="Files processed in parallel [2]."),
+    cell_type_key: str | None = typer.Option(None, help="obs column with the cell type [cell_type]."),
+    donor_key: str | None = typer.Option(None, help="obs column with the donor [donor_id]; 'none': one donor per file."),
+    batch_key: str | None = typer.Option(None, help="obs column with the batch [none]."),
+    gene_symbols: str | None = typer.Option(None, help="var column with symbols ['auto'; 'none': var_names]."),
+    matrix: str | None = typer.Option(None, help="'X', 'raw' or a layer name [X]."),
+    top_n: int | None = typer.Option(None, help="Genes per cell [50]."),
+    keep_suspension: str | None = typer.Option(None, help="Keep this suspension_type ['cell'; 'none': all]."),
+    max_cells: int | None = typer.Option(None, help="Seeded subsample per file [all]."),
+    extra_context: list[str] | None = typer.Option(None, "--extra-context", help="More obs fields for the donor sentence."),
+    workers: int | None = typer.Option(None, help="Files processed in parallel [2]."),
     params: Path = PARAMS,
-    profile: Optional[str] = PROFILE,
+    profile: str | None = PROFILE,
 ) -> None:
     """Rank each cell's top genes and write its donor context sentence."""
     from cello.data.cells import make_cells
@@ -56,12 +55,12 @@ def cells(
 def puzzles(
     cells_path: Path = typer.Argument(..., help="cells.parquet from `cello data cells`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
-    min_n: Optional[int] = typer.Option(None, help="Smallest N [8]."),
-    max_n: Optional[int] = typer.Option(None, help="Largest N [15]."),
-    per_n: Optional[int] = typer.Option(None, help="Puzzles per N per dataset [40]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    min_n: int | None = typer.Option(None, help="Smallest N [8]."),
+    max_n: int | None = typer.Option(None, help="Largest N [15]."),
+    per_n: int | None = typer.Option(None, help="Puzzles per N per dataset [40]."),
+    seed: int | None = typer.Option(None, help="Random seed [0]."),
     params: Path = PARAMS,
-    profile: Optional[str] = PROFILE,
+    profile: str | None = PROFILE,
 ) -> None:
     """Sample CellPuzzles: N cells of N distinct types from one donor (and batch)."""
     from cello.data.puzzles import make_puzzles
@@ -76,12 +75,12 @@ def puzzles(
 def split(
     puzzles_path: Path = typer.Argument(..., help="puzzles.parquet from `cello data puzzles`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.parquet, test.parquet, summary.json)."),
-    by: Optional[str] = typer.Option(None, help="Keep no 'cell' (default) or no 'donor' in both splits."),
-    test_fraction: Optional[float] = typer.Option(None, help="Share of puzzles per N in test [0.1]."),
-    max_test: Optional[int] = typer.Option(None, help="Cap on test size [1000]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    by: str | None = typer.Option(None, help="Keep no 'cell' (default) or no 'donor' in both splits."),
+    test_fraction: float | None = typer.Option(None, help="Share of puzzles per N in test [0.1]."),
+    max_test: int | None = typer.Option(None, help="Cap on test size [1000]."),
+    seed: int | None = typer.Option(None, help="Random seed [0]."),
     params: Path = PARAMS,
-    profile: Optional[str] = PROFILE,
+    profile: str | None = PROFILE,
 ) -> None:
     """Split puzzles into train/test, stratified by N, without leakage."""
     from cello.data.split import make_split
@@ -96,7 +95,7 @@ def split(
 def audit(
     train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (.json/.jsonl)."),
     test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
     params: Path = PARAMS,
 ) -> None:
     """Count test puzzles that share an identical cell (same ranked gene list) with train."""
