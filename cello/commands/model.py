@@ -1,0 +1,64 @@
+"""`cello model ...`: model directories built locally.
+
+    cello model tiny -o models/tiny
+    cello model tiny -o models/tiny --corpus data/records/sft/train.jsonl --hidden 128 --layers 4
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cello.commands._common import PARAMS, PROFILE
+from cello.config import load_params, override
+
+app = typer.Typer(help="Build model directories locally (no hub needed).", no_args_is_help=True)
+
+
+# Options as module-level singletons (ruff B008); "[x]" in a help text is the built-in default.
+_OUT = typer.Option(..., "--out", "-o", help="Output directory (a Hugging Face model dir).")
+_CORPUS = typer.Option(
+    None, "--corpus",
+    help="Tokenizer corpus: export records (.jsonl), puzzles.parquet, or a directory of them. Repeatable. Default: built-in puzzle-like text.",
+)
+_HIDDEN = typer.Option(None, "--hidden", help="Hidden size [64].")
+_LAYERS = typer.Option(None, "--layers", help="Decoder layers [2].")
+_HEADS = typer.Option(None, "--heads", help="Attention heads [4].")
+_KV_HEADS = typer.Option(None, "--kv-heads", help="Key/value heads [2].")
+_INTERMEDIATE = typer.Option(None, "--intermediate", help="MLP width [128].")
+_VOCAB = typer.Option(None, "--vocab-size", help="BPE vocabulary size [2048].")
+_SEED = typer.Option(None, "--seed", help="Seed for weights and built-in corpus [0].")
+
+
+@app.command("tiny")
+def tiny(
+    out: Path = _OUT,
+    corpus: list[Path] | None = _CORPUS,
+    hidden: int | None = _HIDDEN,
+    layers: int | None = _LAYERS,
+    heads: int | None = _HEADS,
+    kv_heads: int | None = _KV_HEADS,
+    intermediate: int | None = _INTERMEDIATE,
+    vocab_size: int | None = _VOCAB,
+    seed: int | None = _SEED,
+    params: Path = PARAMS,
+    profile: str | None = PROFILE,
+) -> None:
+    """A random-weight Qwen2 model (~0.1-5M parameters) with a tokenizer trained on the puzzle corpus."""
+    import itertools
+    import json
+
+    from cello.llm.tiny import build_tiny_model, load_corpus
+
+    p = load_params(params, profile=profile)
+    cfg = override(
+        p.tiny_model, hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+        intermediate_size=intermediate, vocab_size=vocab_size, seed=seed,
+    )
+    texts = itertools.chain.from_iterable(load_corpus(c, prompt=p.prompt) for c in corpus) if corpus else None
+    path = build_tiny_model(out, corpus=texts, cfg=cfg, prompt=p.prompt)
+    c = json.loads((path / "config.json").read_text())
+    typer.echo(
+        f"tiny model -> {path}: vocab {c['vocab_size']}, hidden {c['hidden_size']}, layers {c['num_hidden_layers']}"
+    )

@@ -1,0 +1,16 @@
+"""Fixtures for tests/llm: one tiny model per session (built in ~4 s, shared by all tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+try:  # tests/ is on sys.path when it is not a package (pytest's default rootdir insertion)
+    from llm_server import build_test_model
+except ImportError:  # pragma: no cover - tests/ became a package
+    from tests.llm_server import build_test_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Qwen2 model directory (built-in corpus, default TinyModelConfig), built once."""
+    return build_test_model(tmp_path_factory.getbasetemp())
