@@ -329,6 +329,50 @@ class BaselineConfig(Section):
     seed: int = Field(0, description="Seed of the chance baseline.")
 
 
+# ---------------------------------------------------------------- generation (cello.llm backends)
+class SamplingParams(Section):
+    """How to sample completions; the same meaning for every backend (transformers, HTTP, vLLM)."""
+
+    max_new_tokens: int = Field(1024, ge=1, description="Most tokens generated per completion.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding; above 0 samples.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
+    n: int = Field(1, ge=1, description="Completions per conversation.")
+    seed: int | None = Field(0, description="Sampling seed (deterministic runs); null: unseeded.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings; a completion ends before the first one.")
+
+
+class BackendConfig(Section):
+    """Which model generates, and how to reach it. `spec` picks the backend (see cello.llm.make_backend)."""
+
+    spec: str = Field(
+        "", description="Model dir or hf:DIR (transformers), http(s)://HOST:PORT/v1 or openai:MODEL@URL (OpenAI-compatible HTTP), vllm:DIR (vLLM engine)."
+    )
+    # transformers (in process)
+    batch_size: int = Field(8, ge=1, description="transformers: conversations per generate() call.")
+    device: str = Field("auto", description="transformers: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="transformers/vLLM: 'auto' = bfloat16 on GPU, float32 on CPU.")
+    attn_implementation: str | None = Field(None, description="transformers: null = flash_attention_2 on GPU when importable, else sdpa.")
+    # OpenAI-compatible HTTP
+    model: str | None = Field(None, description="HTTP: the server's model name; null: the first of GET /models.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="HTTP: env var holding the API key (sent as a bearer token; unset: none).")
+    concurrency: int = Field(8, ge=1, description="HTTP: requests in flight at once.")
+    timeout_s: float = Field(300.0, gt=0, description="HTTP: timeout per request (connect, read, write).")
+    max_retries: int = Field(5, ge=0, description="HTTP: retries after the first attempt, on 429, 5xx, timeouts, connection errors.")
+    backoff_s: float = Field(1.0, ge=0, description="HTTP: first retry delay; doubles each retry, with jitter.")
+    backoff_max_s: float = Field(30.0, ge=0, description="HTTP: cap on one retry delay (also caps a server's Retry-After).")
+    # vLLM offline engine (GPU)
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights + KV cache.")
+    max_model_len: int | None = Field(None, ge=16, description="vLLM: context length; null: the model's.")
+
+
+class GenerationConfig(Section):
+    """Default backend and sampling for stages that generate (eval, distill)."""
+
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
 # ---------------------------------------------------------------- all sections
 class Params(Section):
     """Everything in params.yaml."""
@@ -338,6 +382,7 @@ class Params(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     prompt: PromptTemplate = Field(default_factory=PromptTemplate)
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
