@@ -1,0 +1,52 @@
+"""`cello baseline ...`: the non-LLM marker-gene solver (no GPU needed).
+
+    cello baseline fit data/splits/train.parquet -o outputs/baseline.json
+    cello baseline predict outputs/baseline.json data/splits/test.parquet -o outputs/baseline/predictions.jsonl
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cello.commands._common import PARAMS, PROFILE
+from cello.config import load_params, override
+
+app = typer.Typer(help="Non-LLM baselines: fit the marker-gene solver, predict and score a split.", no_args_is_help=True)
+
+
+@app.command("fit")
+def fit(
+    train: Path = typer.Argument(..., help="Train puzzles (.parquet from `cello data split`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output baseline.json."),
+    alpha: float | None = typer.Option(None, help="Smoothing of the gene-type frequencies [0.1]."),
+    rank_weighting: str | None = typer.Option(None, help="log | linear | uniform [log]."),
+    top_k: int | None = typer.Option(None, help="Genes per cell used [all]."),
+    params: Path = PARAMS,
+    profile: str | None = PROFILE,
+) -> None:
+    """Learn gene-to-cell-type association weights from the train puzzles."""
+    from cello.baselines import fit_baseline
+
+    p = load_params(params, profile=profile)
+    cfg = override(p.baseline, alpha=alpha, rank_weighting=rank_weighting, top_k=top_k)
+    model = fit_baseline(train, out, cfg=cfg)
+    typer.echo(f"marker baseline: {len(model.counts)} cell types, {sum(model.cells.values())} cells -> {out}")
+
+
+@app.command("predict")
+def predict(
+    model: Path = typer.Argument(..., help="baseline.json from `cello baseline fit`."),
+    puzzles: Path = typer.Argument(..., help="Puzzles (.parquet) or eval records (.jsonl) to solve."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output predictions.jsonl (the `cello eval` record format)."),
+    metrics: Path | None = typer.Option(None, "--metrics", help="Also write the metrics (JSON)."),
+    params: Path = PARAMS,
+    profile: str | None = PROFILE,
+) -> None:
+    """Solve every puzzle, write scored predictions, print accuracy next to chance."""
+    from cello.baselines import predict_baseline
+
+    p = load_params(params, profile=profile)
+    summary = predict_baseline(model, puzzles, out, metrics_out=metrics, template=p.prompt)
+    typer.echo(summary.render())
