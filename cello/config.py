@@ -130,6 +130,10 @@ class LoraStageConfig(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field("all-linear", description="Module names to adapt; 'all-linear': every linear layer except the output head.")
     use_dora: bool = Field(False, description="DoRA (weight-decomposed LoRA) instead of plain LoRA.")
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full next to the adapter (e.g. [embed_tokens] for a random-weight tiny model, whose frozen embeddings cap the logits); merged like the adapter.",
+    )
 
 
 class _TrainerStageConfig(Section):
