@@ -1,0 +1,219 @@
+"""cello.baselines and `cello baseline`: chance, the marker-gene solver, the CLI, the demo data.
+
+    .venv/bin/pytest tests/test_baselines.py -q -s     # -s prints baseline vs chance on the demo split
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cello.baselines import (
+    ChanceBaseline,
+    MarkerBaseline,
+    chance_expected_accuracy,
+    fit_baseline,
+    normalize_type,
+    predict_baseline,
+)
+from cello.cli import main
+from cello.config import BaselineConfig
+from cello.data.prompt import PromptTemplate
+from cello.errors import InputError
+from cello.scoring import compute_metrics, prediction_record, score
+
+TYPES = [f"type {chr(65 + i)}" for i in range(10)]
+NOISE = [f"G{i}" for i in range(200)]
+
+
+def synthetic_puzzles(k: int, *, seed: int, min_n: int = 4, max_n: int = 8, prefix: str = "p") -> pd.DataFrame:
+    """Puzzles whose cells carry three marker genes of their type among noise genes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(k):
+        n = int(rng.integers(min_n, max_n + 1))
+        answer = [TYPES[j] for j in rng.choice(len(TYPES), size=n, replace=False)]
+        cells = []
+        for t in answer:
+            genes = list(rng.choice(NOISE, size=20, replace=False))
+            for m in range(3):  # markers land somewhere in the top 8
+                genes.insert(int(rng.integers(0, 8)), f"{t.split()[1]}_MARK{m}")
+            cells.append(genes)
+        rows.append({
+            "puzzle_id": f"{prefix}{i}", "dataset": "synthetic", "group": "d0", "donor_id": "d0", "n": n,
+            "cell_ids": [f"{prefix}{i}c{j}" for j in range(n)], "cell_genes": cells, "context": "",
+            "candidates": sorted(answer), "answer": answer,
+        })
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return MarkerBaseline().fit(synthetic_puzzles(60, seed=0))
+
+
+def _accuracy(predictor, puzzles: pd.DataFrame) -> dict:
+    recs = [prediction_record(MarkerBaseline.completion(predictor(p)), list(p["answer"]), id=p["puzzle_id"])
+            for p in puzzles.to_dict("records")]
+    return compute_metrics(recs, n_boot=100)["overall"]
+
+
+def test_chance_expected_accuracy():
+    assert chance_expected_accuracy(1) == (1.0, 1.0)
+    assert chance_expected_accuracy(4) == pytest.approx((0.25, 1 / 24))
+    assert chance_expected_accuracy(15).batch == pytest.approx(1 / math.factorial(15))
+    with pytest.raises(ValueError):
+        chance_expected_accuracy(0)
+
+
+def test_chance_baseline_is_valid_reproducible_and_near_one_over_n():
+    puzzles = synthetic_puzzles(400, seed=1, min_n=5, max_n=5)
+    chance = ChanceBaseline(seed=3)
+    first = puzzles.iloc[0].to_dict()
+    labels = chance.predict(first)
+    assert sorted(labels) == sorted(first["candidates"])
+    assert ChanceBaseline(seed=3).predict(first) == labels  # same seed and id: same answer
+    acc = _accuracy(chance.predict, puzzles)
+    assert acc["format_rate"] == 1.0
+    assert acc["cell_accuracy"] == pytest.approx(1 / 5, abs=0.05)
+
+
+def test_marker_baseline_solves_marker_puzzles(fitted):
+    test = synthetic_puzzles(40, seed=2, prefix="t")
+    marker = _accuracy(fitted.predict, test)
+    chance = _accuracy(ChanceBaseline(0).predict, test)
+    print(f"synthetic: marker cell {marker['cell_accuracy']:.3f} batch {marker['batch_accuracy']:.3f}; "
+          f"chance cell {chance['cell_accuracy']:.3f}")
+    assert marker["cell_accuracy"] >= 0.98 and marker["batch_accuracy"] >= 0.95
+    assert chance["cell_accuracy"] < 0.35
+
+
+def test_score_matrix_unseen_type_and_gene_are_neutral(fitted):
+    cells = [["A_MARK0", "G1"], ["NEW_GENE"], ["B_MARK1", "G7"]]
+    cands = ["type A", "never seen", "TYPE  b"]  # case and whitespace are normalised
+    s = fitted.score_matrix(cells, cands)
+    assert s.shape == (3, 3)
+    assert np.all(s[:, 1] == 0.0)  # unseen type: neutral column
+    assert np.all(s[1] == 0.0)  # unseen genes: no evidence
+    assert s[0, 0] > s[0, 2] and s[2, 2] > s[2, 0]
+    assert fitted.assign(cells, cands) == ["type A", "never seen", "TYPE  b"]
+    assert normalize_type("  CD4+   T Cell ") == "cd4+ t cell"
+    with pytest.raises(InputError, match="candidates"):
+        fitted.assign(cells, cands[:2])
+
+
+def test_rank_weighting_counts_top_genes_more():
+    one = [{"cell_genes": [["X", "Y"]], "candidates": ["t"], "answer": ["t"]}]
+    model = MarkerBaseline(BaselineConfig(rank_weighting="log")).fit(one)
+    assert model.counts["t"]["X"] > model.counts["t"]["Y"]
+    top1 = MarkerBaseline(BaselineConfig(top_k=1)).fit(one)
+    assert set(top1.counts["t"]) == {"X"}
+
+
+def test_fit_counts_a_reused_cell_once():
+    p = {"cell_ids": ["c1"], "cell_genes": [["X"]], "candidates": ["t"], "answer": ["t"]}
+    model = MarkerBaseline().fit([p, p, {**p, "cell_ids": ["c2"]}])
+    assert model.cells == {"t": 2}
+    with pytest.raises(InputError, match="no training cells"):
+        MarkerBaseline().fit([])
+
+
+def test_save_load_roundtrip(tmp_path, fitted):
+    path = tmp_path / "baseline.json"
+    fitted.save(path)
+    loaded = MarkerBaseline.load(path)
+    cells, cands = [["A_MARK0"], ["C_MARK2", "G3"]], ["type C", "type A"]
+    np.testing.assert_allclose(loaded.score_matrix(cells, cands), fitted.score_matrix(cells, cands), rtol=1e-6)
+    assert loaded.cfg == fitted.cfg
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(InputError, match="not a marker baseline"):
+        MarkerBaseline.load(tmp_path / "bad.json")
+
+
+def test_completion_is_scored_like_an_llm(fitted):
+    p = synthetic_puzzles(1, seed=5).iloc[0].to_dict()
+    labels = fitted.predict(p)
+    s = score(MarkerBaseline.completion(labels), list(p["answer"]))
+    assert s.valid and s.reward == 1.0
+
+
+def test_predict_from_eval_record_matches_puzzle_row(fitted):
+    p = synthetic_puzzles(1, seed=6).iloc[0].to_dict()
+    record = {"id": p["puzzle_id"], "messages": PromptTemplate().messages(p["context"], p["cell_genes"], p["candidates"]),
+              "answer": p["answer"]}
+    assert fitted.predict(record) == fitted.predict(p)
+    with pytest.raises(InputError, match="neither"):
+        fitted.predict({"id": "x", "answer": ["a"]})
+
+
+def test_files_and_cli(tmp_path, capsys):
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    synthetic_puzzles(50, seed=7).to_parquet(train)
+    synthetic_puzzles(15, seed=8, prefix="t").to_parquet(test)
+    model, preds, metrics = tmp_path / "b.json", tmp_path / "out" / "pred.jsonl", tmp_path / "m.json"
+    assert main(["baseline", "fit", str(train), "-o", str(model), "--params", str(tmp_path / "none.yaml"), "--top-k", "15"]) == 0
+    assert json.loads(model.read_text())["config"]["top_k"] == 15
+    assert main(["baseline", "predict", str(model), str(test), "-o", str(preds), "--metrics", str(metrics)]) == 0
+    out = capsys.readouterr().out
+    assert "cell accuracy" in out and "chance" in out
+    lines = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(lines) == 15
+    for key in ("id", "n", "dataset", "completion", "labels", "valid", "reward", "correct"):
+        assert key in lines[0]
+    assert json.loads(metrics.read_text())["overall"]["count"] == 15
+    # bad inputs are user errors (exit 2), not tracebacks
+    assert main(["baseline", "predict", str(tmp_path / "missing.json"), str(test), "-o", str(preds)]) == 2
+    assert main(["baseline", "fit", str(tmp_path / "x.csv"), "-o", str(model)]) == 2
+    for argv in (["baseline", "--help"], ["baseline", "fit", "--help"], ["baseline", "predict", "--help"]):
+        assert main(argv) == 0
+
+
+def test_predict_baseline_library_call(tmp_path, fitted):
+    test = tmp_path / "test.parquet"
+    synthetic_puzzles(10, seed=9, prefix="t").to_parquet(test)
+    summary = predict_baseline(fitted, test, tmp_path / "p.jsonl", n_boot=50)
+    assert summary.metrics["overall"]["count"] == 10
+    assert summary.chance_cell == pytest.approx(np.mean([1 / n for n in pd.read_parquet(test)["n"]]))
+    assert "N=" in summary.render()
+    fit_baseline(test, tmp_path / "again.json")
+    assert (tmp_path / "again.json").exists()
+
+
+_DATA_MODULES = ("cello.data.cells", "cello.data.puzzles", "cello.data.split")
+
+
+def _missing_data_modules() -> list[str]:
+    return [m for m in _DATA_MODULES if importlib.util.find_spec(m) is None]
+
+
+@pytest.mark.skipif(bool(_missing_data_modules()), reason=f"demo data commands not available yet (missing: {_missing_data_modules()})")
+def test_marker_baseline_beats_chance_on_demo_split(tmp_path, capsys):
+    """Real PBMCs (scanpy's pbmc68k_reduced): fit on the demo train split, score the test split."""
+    if importlib.util.find_spec("scanpy") is None:
+        pytest.skip("scanpy (the `data` extra) is not installed: the demo dataset ships inside it")
+    cells, puzzles, splits = tmp_path / "cells.parquet", tmp_path / "puzzles.parquet", tmp_path / "splits"
+    none = str(tmp_path / "no-params.yaml")  # built-in defaults, whatever params.yaml says
+    assert main(["data", "cells", "builtin:pbmc68k", "-o", str(cells), "--params", none]) == 0
+    assert main(["data", "puzzles", str(cells), "-o", str(puzzles), "--min-n", "4", "--max-n", "8",
+                 "--per-n", "40", "--params", none]) == 0
+    assert main(["data", "split", str(puzzles), "-o", str(splits), "--params", none]) == 0
+    model, preds = tmp_path / "baseline.json", tmp_path / "pred.jsonl"
+    assert main(["baseline", "fit", str(splits / "train.parquet"), "-o", str(model), "--params", none]) == 0
+    summary = predict_baseline(model, splits / "test.parquet", preds, n_boot=200)
+    test = pd.read_parquet(splits / "test.parquet")
+    chance = _accuracy(ChanceBaseline(0).predict, test)
+    marker = summary.metrics["overall"]
+    with capsys.disabled():
+        print(f"\ndemo split ({marker['count']} test puzzles, N 4-8): marker baseline cell accuracy "
+              f"{marker['cell_accuracy']:.3f} [{marker['cell_accuracy_ci'][0]:.3f}, {marker['cell_accuracy_ci'][1]:.3f}], batch {marker['batch_accuracy']:.3f}; "
+              f"chance: expected cell {summary.chance_cell:.3f}, observed cell {chance['cell_accuracy']:.3f}, "
+              f"expected batch {summary.chance_batch:.4f}")
+    assert marker["count"] >= 10
+    assert marker["cell_accuracy"] >= summary.chance_cell + 0.3
+    assert marker["cell_accuracy_ci"][0] > chance["cell_accuracy"]
+    assert marker["batch_accuracy"] > summary.chance_batch + 0.1
