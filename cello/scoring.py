@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,11 @@ REASONS = {
     "empty_label": "a label is empty",
     "duplicate_label": "a label is repeated (case-insensitive)",
 }
-_LAYOUT = re.compile(r"\s*<think>.*?</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+
+
+def _blank(text: str, start: int, end: int) -> bool:
+    """True when text[start:end] is empty or whitespace only."""
+    return start >= end or text[start:end].isspace()
 
 
 def _split(inner: str) -> list[str]:
@@ -108,10 +111,13 @@ def check_format(text: str, n: int) -> FormatCheck:
         problem = "missing_answer"
     if problem is not None:
         return FormatCheck(False, problem, parse_answer(text))
-    m = _LAYOUT.fullmatch(text)
-    if m is None:
+    # Each tag occurs once: check their order and that only whitespace lies outside the blocks.
+    ts, te = text.find("<think>"), text.find("</think>")
+    as_, ae = text.find("<answer>"), text.find("</answer>")
+    if not (ts < te < as_ < ae) or not _blank(text, 0, ts) or not _blank(text, te + 8, as_) \
+            or not _blank(text, ae + 9, len(text)):
         return FormatCheck(False, "layout", parse_answer(text))
-    labels = _split(m.group(1))
+    labels = _split(text[as_ + 8:ae])
     if len(labels) != n:
         return FormatCheck(False, "wrong_count", labels)
     if "" in labels:
