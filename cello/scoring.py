@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -296,7 +296,8 @@ def prediction_record(
 
 @dataclass(frozen=True)
 class ScoredSet:
-    """Per-puzzle arrays over a set of predictions (one entry per record, in input order)."""
+    """Per-puzzle arrays over a set of predictions (one entry per record, in input order);
+    `correct_cells` counts the correct cells of each puzzle (0 when invalid)."""
 
     ids: np.ndarray
     dataset: np.ndarray
@@ -311,7 +312,7 @@ class ScoredSet:
     repaired: np.ndarray
     repaired_cell_accuracy: np.ndarray
     repaired_exact: np.ndarray
-    correct_cells: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    correct_cells: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)

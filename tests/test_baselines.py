@@ -158,7 +158,8 @@ def test_files_and_cli(tmp_path, capsys):
     model, preds, metrics = tmp_path / "b.json", tmp_path / "out" / "pred.jsonl", tmp_path / "m.json"
     assert main(["baseline", "fit", str(train), "-o", str(model), "--params", str(tmp_path / "none.yaml"), "--top-k", "15"]) == 0
     assert json.loads(model.read_text())["config"]["top_k"] == 15
-    assert main(["baseline", "predict", str(model), str(test), "-o", str(preds), "--metrics", str(metrics)]) == 0
+    assert main(["baseline", "predict", str(model), str(test), "-o", str(preds), "--metrics", str(metrics),
+                 "--params", str(tmp_path / "none.yaml")]) == 0
     out = capsys.readouterr().out
     assert "cell accuracy" in out and "chance" in out
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
