@@ -16,6 +16,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from cello.errors import CelloError
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except CelloError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        Console(stderr=True, soft_wrap=True).print(Text("error: ", style="bold red") + Text(str(exc)))
         return 2
     except typer.Exit as exc:
         return exc.exit_code

@@ -46,7 +46,8 @@ class CellsConfig(Section):
     context_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTEXT_FIELDS), description="obs fields in the donor sentence.")
     extra_context_fields: list[str] = Field(default_factory=list, description="More obs fields, written as 'field: value'.")
     chunk_size: int = Field(8192, ge=1, description="Rows read from disk at a time (bounds peak memory).")
-    workers: int = Field(2, ge=1, description="Files processed in parallel.")
+    workers: int = Field(2, ge=1, description="Files processed in parallel (processes).")
+    threads: int = Field(2, ge=1, description="Chunks of one file ranked in parallel (threads).")
     seed: int = 0
 
 
@@ -107,6 +108,9 @@ class TinyModelConfig(Section):
     min_frequency: int = Field(2, ge=1, description="A merge needs at least this many occurrences in the corpus.")
     max_texts: int | None = Field(50000, ge=1, description="Cap on corpus texts used to train the tokenizer; null: all.")
     tie_word_embeddings: bool = Field(True, description="Share input and output embeddings (fewer parameters).")
+    init_std: float = Field(
+        0.02, gt=0, le=1, description="Std of the random weights (Qwen: 0.02; ~0.2 makes greedy output depend visibly on the prompt)."
+    )
     seed: int = Field(0, description="Seed for the weights and the built-in corpus.")
 
     @model_validator(mode="after")

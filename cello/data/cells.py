@@ -15,7 +15,8 @@ import logging
 import os
 import re
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -217,32 +218,48 @@ def process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool =
         context = sentences(ctx, extra=cfg.extra_context_fields).to_numpy()
         genes = pa.array(names, pa.string())
         obs_names = obs.index.to_numpy().astype(str)
+        def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
+            """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
+            tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n)
+            expressed = (tops >= 0).sum(axis=1)
+            ok = expressed > 0
+            counts = {"dropped_no_expression": int((~ok).sum()),
+                      "fewer_than_top_n": int((ok & (expressed < cfg.top_n)).sum())}
+            rows = r0 + local[ok]
+            return _cells_table(rows, tops[ok], genes, labels, obs_names, ctx, context, dataset), counts
+
         writer = None
+
+        def write(table: pa.Table, counts: dict) -> None:
+            nonlocal writer
+            if writer is None:
+                writer = pq.ParquetWriter(part, table.schema)
+            writer.write_table(table)
+            summary.kept += table.num_rows
+            for key, value in counts.items():
+                setattr(summary, key, getattr(summary, key) + value)
+
+        # Read chunk i+1 (HDF5, this thread) while worker threads rank the chunks before it;
+        # at most `threads + 1` chunks are in memory at once.
         try:
-            chunks = range(0, len(obs), cfg.chunk_size)
-            for r0 in tqdm(chunks, desc=dataset, unit="chunk", disable=not progress, leave=False):
-                r1 = min(r0 + cfg.chunk_size, len(obs))
-                local = np.flatnonzero(keep[r0:r1])
-                if local.size == 0:
-                    continue
-                block = reader.rows(r0, r1)
-                tops = top_genes(block[local] if local.size < r1 - r0 else block, cfg.top_n)
-                expressed = (tops >= 0).sum(axis=1)
-                summary.dropped_no_expression += int((expressed == 0).sum())
-                summary.fewer_than_top_n += int(((expressed > 0) & (expressed < cfg.top_n)).sum())
-                ok = expressed > 0
-                rows = r0 + local[ok]
-                table = _cells_table(rows, tops[ok], genes, labels, obs_names, ctx, context, dataset)
-                if writer is None:
-                    writer = pq.ParquetWriter(part, table.schema)
-                writer.write_table(table)
-                summary.kept += len(rows)
+            with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
+                pending: deque = deque()
+                chunks = range(0, len(obs), cfg.chunk_size)
+                for r0 in tqdm(chunks, desc=dataset, unit="chunk", disable=not progress, leave=False):
+                    r1 = min(r0 + cfg.chunk_size, len(obs))
+                    local = np.flatnonzero(keep[r0:r1])
+                    if local.size == 0:
+                        continue
+                    pending.append(pool.submit(rank, r0, local, reader.rows(r0, r1)))
+                    while len(pending) > cfg.threads:
+                        write(*pending.popleft().result())
+                while pending:
+                    write(*pending.popleft().result())
         finally:
             if writer is not None:
                 writer.close()
-        final = keep.copy()
         if summary.kept:
-            kept_rows = np.flatnonzero(final)
+            kept_rows = np.flatnonzero(keep)
             kept_df = pd.DataFrame({k: labels[k][kept_rows] for k in (S.DONOR, S.BATCH, S.CELL_TYPE)})
             summary.donors = kept_df[S.DONOR].nunique()
             summary.groups = len(kept_df.groupby([S.DONOR, S.BATCH]))

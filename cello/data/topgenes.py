@@ -39,39 +39,49 @@ def _decode_genes(keys: np.ndarray) -> np.ndarray:
 
 
 def _top_of_padded(keys2d: np.ndarray, top_n: int) -> np.ndarray:
-    """Largest `top_n` keys of each row, descending; pad (0) stays 0."""
+    """Largest `top_n` keys of each row, descending (in place; pad 0 stays last)."""
     width = keys2d.shape[1]
     if width > top_n:
-        keys2d = np.partition(keys2d, width - top_n, axis=1)[:, width - top_n:]
-    return np.sort(keys2d, axis=1)[:, ::-1]
+        keys2d.partition(width - top_n, axis=1)
+        keys2d = keys2d[:, width - top_n :]
+    keys2d.sort(axis=1)
+    return keys2d[:, ::-1]
 
 
 def top_genes_csr(block: sp.csr_matrix, top_n: int) -> np.ndarray:
-    """Gene indices (rows x top_n, int64, -1 where a cell has fewer expressed genes)."""
+    """Gene indices (rows x top_n, int64, -1 where a cell has fewer expressed genes).
+
+    Rows are grouped by their number of stored values into power-of-two width classes, so
+    the padded key blocks waste at most half their space even when a few cells detect many
+    more genes than the rest.
+    """
     block = block.tocsr()
     n_rows = block.shape[0]
     out = np.full((n_rows, top_n), -1, dtype=np.int64)
-    if n_rows == 0:
+    if n_rows == 0 or block.nnz == 0:
         return out
     data, indices, indptr = block.data, block.indices, block.indptr
+    keys = _keys(data, indices)
+    zero = data == 0
+    if zero.any():  # explicit zeros are stored but not expressed
+        keys[zero] = 0
     counts = np.diff(indptr)
-    width = max(int(counts.max()), 1)
-    step = max(1, _MAX_BLOCK // width)  # rows per padded sub-block
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
-        lo, hi = indptr[start], indptr[stop]
-        sub_counts = counts[start:stop]
-        vals, cols = data[lo:hi], indices[lo:hi]
-        row = np.repeat(np.arange(stop - start), sub_counts)
-        pos = np.arange(hi - lo) - np.repeat(indptr[start:stop] - lo, sub_counts)
-        keys = _keys(vals, cols)
-        zero = vals == 0
-        if zero.any():  # explicit zeros are stored but not expressed
-            keys[zero] = 0
-        keys2d = np.zeros((stop - start, max(int(sub_counts.max()), 1)), dtype=np.uint64)
-        keys2d[row, pos] = keys
-        top = _top_of_padded(keys2d, top_n)
-        out[start:stop, : top.shape[1]] = np.where(top > 0, _decode_genes(top), -1)
+    width_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    for k in np.unique(width_class):
+        width = 1 << int(k)
+        rows_k = np.flatnonzero(width_class == k)
+        step = max(1, _MAX_BLOCK // width)
+        for s in range(0, len(rows_k), step):
+            rows = rows_k[s : s + step]
+            c = counts[rows]
+            first = np.cumsum(c) - c  # where each row's values start in the gathered run
+            run = np.arange(int(c.sum()))
+            src = run + np.repeat(indptr[rows] - first, c)
+            dest = run + np.repeat(np.arange(len(rows)) * width - first, c)
+            keys2d = np.zeros((len(rows), width), dtype=np.uint64)
+            keys2d.ravel()[dest] = keys[src]
+            top = _top_of_padded(keys2d, top_n)
+            out[rows, : top.shape[1]] = np.where(top > 0, _decode_genes(top), -1)
     return out
 
 
@@ -84,7 +94,7 @@ def top_genes_dense(block: np.ndarray, top_n: int) -> np.ndarray:
     genes_idx = np.arange(n_genes)
     for start in range(0, n_rows, step):
         sub = block[start : start + step]
-        keys2d = _keys(sub, np.broadcast_to(genes_idx, sub.shape))
+        keys2d = _keys(sub, np.broadcast_to(genes_idx, sub.shape)).reshape(sub.shape)
         keys2d[sub == 0] = 0
         top = _top_of_padded(keys2d, top_n)
         out[start : start + step, : top.shape[1]] = np.where(top > 0, _decode_genes(top), -1)
