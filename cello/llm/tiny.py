@@ -236,6 +236,7 @@ def build_tiny_model(
         num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.init_std,
         bos_token_id=None,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
