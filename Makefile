@@ -23,8 +23,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
+# The local chain on the bundled data: DVC data stages, then the non-LLM baseline.
+DEMO := runs/demo
 demo: install
-	$(BIN)/cello demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/cello baseline fit data/splits/train.parquet -o $(DEMO)/baseline.json
+	$(BIN)/cello baseline predict $(DEMO)/baseline.json data/splits/test.parquet \
+		-o $(DEMO)/baseline/predictions.jsonl --metrics $(DEMO)/baseline/metrics.json
+	@echo; echo "Demo outputs:"; \
+	echo "  data (DVC):        data/cells.parquet data/puzzles.parquet data/splits/"; \
+	echo "  training records:  data/records/{sft,grpo,eval}/{train,test}.jsonl"; \
+	echo "  baseline:          $(DEMO)/baseline.json $(DEMO)/baseline/"
 
 test: install
 	$(BIN)/python -m pytest -q
