@@ -169,6 +169,11 @@ def _groups(df: pd.DataFrame) -> dict[str, list[_Group]]:
     return out
 
 
+def _as_list(genes) -> list[str]:
+    """A gene list (a list, or the numpy array Parquet gives back) as a plain list."""
+    return genes.tolist() if isinstance(genes, np.ndarray) else list(genes)
+
+
 def _context(contexts: list[str]) -> str:
     """The most common context of the chosen cells (ties: the first in cell order)."""
     counts = Counter(contexts)
@@ -235,7 +240,7 @@ def build_puzzles(
                     S.DONOR: g.donor,
                     S.N: n,
                     S.CELL_IDS: [str(cell_id[r]) for r in rows],
-                    S.CELL_GENES: [[str(x) for x in genes[r]] for r in rows],
+                    S.CELL_GENES: [_as_list(genes[r]) for r in rows],
                     S.CONTEXT: _context([str(context[r]) for r in rows]),
                     S.CANDIDATES: sorted(answer),
                     S.ANSWER: answer,

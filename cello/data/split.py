@@ -4,10 +4,11 @@ Test puzzles are drawn per N (`test_fraction` of each N, at least one where N ha
 puzzles), then the total is capped at `max_test`, shared out across N in proportion. Leakage:
 
 - by="cell" (default): every puzzle that uses a cell of a test puzzle is dropped from train
-  (counted in the summary), so no cell id is in both splits. Test puzzles are drawn greedily,
-  cheapest first (the fewest train puzzles lost), ties in seeded random order: with plenty of
-  cells that is a plain random draw per N; on small data (one donor, rare types) it reuses test
-  cells and keeps far more of train than a random draw would.
+  (counted in the summary), so no cell id is in both splits. Test puzzles are picked greedily,
+  cheapest first (the fewest train puzzles lost), ties spread over the groups, then seeded
+  random order. With plenty of cells that is a random draw per N; on scarce data it reuses test
+  cells and keeps far more of train than a random draw (measured: 58 vs 19 train puzzles on the
+  bundled PBMC data, 14,721 vs 0 on 50 one-donor datasets of 150 cells).
 - by="donor": whole (dataset, donor) units go to test, in seeded random order, until the test
   fraction is reached; then the cap is applied per N (capped-out test puzzles are dropped, since
   their donors must stay out of train).
@@ -234,9 +235,12 @@ def _draw(df: pd.DataFrame, candidates: np.ndarray, quota: dict[int, int], rng) 
 def _pick_by_cell(df: pd.DataFrame, quota: dict[int, int], rng) -> tuple[np.ndarray, np.ndarray]:
     """Choose test puzzles per N so that few train puzzles must be dropped; (test, dropped) masks.
 
-    Greedy: a puzzle's cost is the number of still-free puzzles (itself included) that would
-    leave train if it went to test; the cheapest goes first, ties in seeded random order. On data
-    with plenty of cells every cost is 1 and this is a plain random draw per N.
+    Greedy, one pick at a time: the puzzle whose cost (the still-free puzzles, itself included,
+    that would leave train if it went to test) is lowest; among equal costs, one from the group
+    (dataset + donor group) with the smallest share of its puzzles in test; then seeded random
+    order. With plenty of cells every cost is 1 and this is a random draw per N spread over the
+    groups. On scarce data it reuses test cells, and may hold out whole groups, which the summary
+    shows (test_groups, test_datasets); a random draw would lose most of train there.
     """
     import heapq
 
@@ -248,24 +252,34 @@ def _pick_by_cell(df: pd.DataFrame, quota: dict[int, int], rng) -> tuple[np.ndar
         for c in cs:
             holders[c].append(p)
     n_of = df[S.N].to_numpy()
+    group_of = pd.factorize(df[S.DATASET].astype(str) + "\0" + df[S.GROUP].astype(str))[0]
+    members: dict[int, list[int]] = {}
+    for p, g in enumerate(group_of):
+        members.setdefault(int(g), []).append(p)
+    in_group_test = np.zeros(len(members), dtype=np.int64)
     status = np.zeros(len(df), dtype=np.int8)  # 0 free (train), 1 test, 2 dropped
     in_test_cell = np.zeros(len(index), dtype=bool)
     order = rng.permutation(len(df))
 
-    def key(p: int) -> tuple[int, int]:
-        free = {q for c in cells[p] if not in_test_cell[c] for q in holders[c] if status[q] == 0}
-        return (len(free), int(order[p]))
+    def cost(p: int) -> int:
+        return len({q for c in cells[p] if not in_test_cell[c] for q in holders[c] if status[q] == 0})
 
-    keys = {p: key(p) for p in range(len(df)) if quota.get(int(n_of[p]), 0) > 0}
+    def key(p: int, c: int) -> tuple[int, float, int]:
+        g = group_of[p]
+        return (c, in_group_test[g] / len(members[g]), int(order[p]))
+
+    costs = {p: cost(p) for p in range(len(df)) if quota.get(int(n_of[p]), 0) > 0}
+    keys = {p: key(p, c) for p, c in costs.items()}
     heap = [(k, p) for p, k in keys.items()]
     heapq.heapify(heap)
     left = dict(quota)
     while heap and any(left.values()):
         k, p = heapq.heappop(heap)
-        if status[p] == 1 or keys.get(p) != k or left[int(n_of[p])] == 0:
+        if status[p] == 1 or keys[p] != k or left[int(n_of[p])] == 0:
             continue
         status[p] = 1
         left[int(n_of[p])] -= 1
+        in_group_test[group_of[p]] += 1
         gone = [p]
         for c in cells[p]:
             if not in_test_cell[c]:
@@ -274,10 +288,12 @@ def _pick_by_cell(df: pd.DataFrame, quota: dict[int, int], rng) -> tuple[np.ndar
                     if status[q] == 0:
                         status[q] = 2
                         gone.append(q)
-        touched = {r for q in gone for c in cells[q] for r in holders[c]}
-        for r in touched:
+        by_cells = {r for q in gone for c in cells[q] for r in holders[c]}
+        for r in by_cells.union(members[group_of[p]]):
             if r in keys and status[r] != 1:
-                new = key(r)
+                if r in by_cells:
+                    costs[r] = cost(r)
+                new = key(r, costs[r])
                 if new != keys[r]:
                     keys[r] = new
                     heapq.heappush(heap, (new, r))

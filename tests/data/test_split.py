@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,8 @@ from cello.data.prompt import PromptTemplate
 from cello.data.puzzles import build_puzzles
 from cello.data.records import export_split
 from cello.data.split import (
+    _by_n,
+    _draw,
     audit_overlap,
     audit_paths,
     cap_quota,
@@ -101,6 +104,23 @@ def test_scarce_data_keeps_train_and_never_leaks():
     assert len(train) > 0 and summary.dropped_for_leakage > 0
     assert summary.test_by_n == {3: 2, 4: 2, 5: 2, 6: 2}
     assert "dropped" in summary.render()
+
+
+def test_greedy_spreads_over_groups_and_beats_a_random_draw():
+    _, test, summary = split_puzzles(RICH, cfg=SplitConfig(test_fraction=0.1, max_test=None))
+    assert summary.test_groups == 4  # plenty of cells: test covers every donor group
+    scarce = make_puzzles({(f"ds{i}", "d"): 2 for i in range(6)}, per_n=10)
+    train, test, summary = split_puzzles(scarce, cfg=SplitConfig(test_fraction=0.1, max_test=None))
+    assert not cell_set(train) & cell_set(test)
+    rng = np.random.default_rng(0)
+    quota = cap_quota(stratified_quota(_by_n(scarce), 0.1), None)
+    kept = []
+    for _ in range(20):  # a plain random draw of the same size per N
+        drawn = scarce.iloc[_draw(scarce, np.arange(len(scarce)), quota, rng)]
+        used = cell_set(drawn)
+        rest = scarce.drop(index=drawn.index)
+        kept.append(sum(not used & set(ids) for ids in rest["cell_ids"]))
+    assert len(train) > max(kept)
 
 
 def test_same_seed_same_split_other_seed_differs():
