@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from cello.config import SamplingParams
@@ -70,44 +71,60 @@ class TransformersBackend(Backend):
         attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             msg = f"{path}: not a model directory (no config.json); build one with `cello model tiny -o {path}` or pass a trained checkpoint."
             raise InputError(msg)
+        dev = resolve_device(device)
+        attn = pick_attention(dev, attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=attn).to(dev)
+        self._setup(model, tokenizer, batch_size=batch_size, name=str(path))
+        self.attn_implementation = attn
+        self.model_dir = path
+
+    @classmethod
+    def from_objects(cls, model, tokenizer, *, batch_size: int = 8) -> TransformersBackend:
+        """Wrap a model and tokenizer already in memory (e.g. inside a trainer or a server)."""
+        self = cls.__new__(cls)
+        Backend.__init__(self)
+        self._setup(model, tokenizer, batch_size=batch_size, name=type(model).__name__)
+        self.attn_implementation = getattr(model.config, "_attn_implementation", None)
+        self.model_dir = None
+        return self
+
+    def _setup(self, model, tokenizer, *, batch_size: int, name: str) -> None:
+        import torch
+
         if batch_size < 1:
             msg = f"batch_size={batch_size}; use 1 or more."
             raise ConfigError(msg)
-        self.model_dir = path
-        self.batch_size = batch_size
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.attn_implementation = pick_attention(self.device, attn_implementation)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if not self.tokenizer.chat_template:
-            msg = f"{path}: the tokenizer has no chat template; use an instruct model or a `cello model tiny` directory."
+        if not tokenizer.chat_template:
+            msg = f"{name}: the tokenizer has no chat template; use an instruct model or a `cello model tiny` directory."
             raise InputError(msg)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.dtype, attn_implementation=self.attn_implementation
-        ).to(self.device)
-        self.model.eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
         self._torch = torch
-        eos = self.model.generation_config.eos_token_id
+        self._lock = threading.Lock()  # one generate() at a time on this model
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.device = str(model.device)
+        self.dtype = model.dtype
+        eos = model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self._eos_ids.add(self.tokenizer.eos_token_id)
-        log.info("transformers backend: %s on %s (%s, %s)", path, self.device, self.dtype, self.attn_implementation)
+        self._eos_ids.add(tokenizer.eos_token_id)
+        log.info("transformers backend: %s on %s (%s)", name, self.device, self.dtype)
 
     def _gen_kwargs(self, params: SamplingParams) -> dict:
         sample = params.temperature > 0
         kw = {
             "max_new_tokens": params.max_new_tokens,
             "do_sample": sample,
-            "num_return_sequences": params.n,
+            "num_return_sequences": params.n if sample else 1,  # greedy: one, copied n times
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": sorted(self._eos_ids),
             # Override the model's defaults (e.g. Qwen's top_k 20, repetition_penalty 1.05):
@@ -135,11 +152,13 @@ class TransformersBackend(Backend):
             enc = self.tokenizer.apply_chat_template(
                 [conversations[i] for i in idx], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
             ).to(self.device)
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 out = self.model.generate(**enc, **kw)
             with self._usage_lock:
                 self.usage.requests += 1
             new = out[:, enc["input_ids"].shape[1] :].cpu()
+            if params.temperature == 0 and params.n > 1:
+                new = new.repeat_interleave(params.n, dim=0)
             prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
             for b, i in enumerate(idx):
                 rows = new[b * params.n : (b + 1) * params.n]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-try:  # tests/ is on sys.path when it is not a package (pytest's default rootdir insertion)
-    from llm_server import build_test_model
-except ImportError:  # pragma: no cover - tests/ became a package
-    from tests.llm_server import build_test_model
+from tests.llm_server import build_test_model
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,7 @@ from cello.config import BackendConfig, SamplingParams
 from cello.data.prompt import PromptTemplate
 from cello.errors import CelloError, ConfigError, InputError, MissingDependencyError, is_available
 from cello.llm import OpenAIHTTPBackend, TransformersBackend, make_backend, parse_spec
-
-try:
-    from llm_server import serve_openai
-except ImportError:  # tests/ is a package
-    from tests.llm_server import serve_openai
+from tests.llm_server import serve_openai
 
 P = PromptTemplate()
 CONVS = [
@@ -88,6 +84,16 @@ def test_sampling_n_seeded(hf):
     assert a == hf.generate(CONVS[:2], params)
     assert len(set(a[0])) > 1
     assert a != hf.generate(CONVS[:2], params.model_copy(update={"seed": 8}))
+
+
+def test_wraps_objects_in_memory(hf):
+    b = TransformersBackend.from_objects(hf.model, hf.tokenizer, batch_size=2)
+    assert b.generate(CONVS[:3], GREEDY) == hf.generate(CONVS[:3], GREEDY)
+
+
+def test_greedy_n_gives_n_copies(hf):
+    one = hf.generate(CONVS[:2], GREEDY)
+    assert hf.generate(CONVS[:2], GREEDY.model_copy(update={"n": 2})) == [x * 2 for x in one]
 
 
 def test_token_counts_stop_strings_and_progress(hf):
