@@ -228,3 +228,16 @@ def test_properties(cells, min_n, extra, per_n, seed):
         assert types_per_group.loc[ds].max() >= n
     again, _ = build_puzzles(cells, cfg=config)
     assert records(again) == records(puzzles)
+
+
+def test_cli_puzzles(tmp_path, capsys):
+    from cello.cli import main
+
+    src = tmp_path / "cells.parquet"
+    BIG.to_parquet(src)
+    none = str(tmp_path / "no-params.yaml")
+    out = tmp_path / "p.parquet"
+    assert main(["data", "puzzles", str(src), "-o", str(out), "--min-n", "3", "--max-n", "4", "--per-n", "2", "--params", none]) == 0
+    assert "puzzles: 8 from 2 dataset(s)" in capsys.readouterr().out
+    assert main(["data", "puzzles", str(src), "-o", str(out), "--min-n", "9", "--max-n", "9", "--params", none]) == 2
+    assert "--min-n" in capsys.readouterr().err

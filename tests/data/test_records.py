@@ -196,3 +196,16 @@ def test_export_only_present_splits(tmp_path, split_dir):
     counts = export_split(split_dir, tmp_path / "o", fmt="eval", template=TEMPLATE)
     assert counts == {"test": 3}
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["test.jsonl"]
+
+
+def test_cli_export_and_import(tmp_path, split_dir, capsys):
+    from cello.cli import main
+
+    none = str(tmp_path / "no-params.yaml")
+    out = tmp_path / "cp"
+    assert main(["data", "export", str(split_dir), "-o", str(out), "--format", "cellpuzzles", "--params", none]) == 0
+    assert "train: 6 records, test: 3 records" in capsys.readouterr().out
+    assert main(["data", "import", str(out / "test.jsonl"), "-o", str(tmp_path / "p.parquet"), "--params", none]) == 0
+    assert len(pd.read_parquet(tmp_path / "p.parquet")) == 3
+    assert main(["data", "export", str(split_dir), "-o", str(out), "--format", "chat", "--params", none]) == 2
+    assert "sft, grpo, eval, cellpuzzles" in capsys.readouterr().err

@@ -254,3 +254,21 @@ def test_make_split_writes_one_directory(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "test.parquet", "train.parquet"]
     with pytest.raises(InputError, match="no such file"):
         make_split(tmp_path / "absent.parquet", out, cfg=SplitConfig())
+
+
+def test_cli_split_and_audit(tmp_path, capsys):
+    from cello.cli import main
+
+    src = tmp_path / "puzzles.parquet"
+    RICH.to_parquet(src)
+    none = str(tmp_path / "no-params.yaml")
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "splits"), "--max-test", "8", "--params", none]) == 0
+    assert "split by cell" in capsys.readouterr().out
+    args = ["data", "audit", str(tmp_path / "splits" / "train.parquet"), str(tmp_path / "splits" / "test.parquet")]
+    assert main([*args, "-o", str(tmp_path / "audit.json"), "--params", none]) == 0
+    assert "identical cell" in capsys.readouterr().out
+    assert json.loads((tmp_path / "audit.json").read_text())["test_puzzles"] == 8
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "s2"), "--by", "donor", "--params", none]) == 0
+    SCARCE.to_parquet(tmp_path / "one.parquet")
+    assert main(["data", "split", str(tmp_path / "one.parquet"), "-o", str(tmp_path / "s3"), "--by", "donor", "--params", none]) == 2
+    assert "at least 2 donors" in capsys.readouterr().err
