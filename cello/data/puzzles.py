@@ -90,17 +90,22 @@ class PuzzleSummary:
         ns = sorted(self.by_n)
         lines.append("  N      " + " ".join(f"{n:>5}" for n in ns))
         lines.append("  count  " + " ".join(f"{self.by_n[n]:>5}" for n in ns))
-        width = max([len(d) for d in self.by_dataset] + [7])
-        for ds, count in self.by_dataset.items():
+        shown_ds = list(self.by_dataset.items())[:10]
+        width = max([len(d) for d, _ in shown_ds] + [7])
+        for ds, count in shown_ds:
             lines.append(f"  {ds:<{width}}  {count} puzzles")
+        if len(self.by_dataset) > len(shown_ds):
+            lines.append(f"  (+{len(self.by_dataset) - len(shown_ds)} more datasets)")
         if self.skipped_groups:
             shown = ", ".join(
                 f"{g['dataset']}:{g['group']} ({g['n_types']})" for g in self.skipped_groups[:5]
             )
             more = len(self.skipped_groups) - 5
             lines.append(f"  skipped groups (types): {shown}" + (f" (+{more} more)" if more > 0 else ""))
-        for ds, missing in self.missing_n.items():
+        for ds, missing in list(self.missing_n.items())[:5]:
             lines.append(f"  {ds}: no group has enough types for N = {_ranges(missing)}")
+        if len(self.missing_n) > 5:
+            lines.append(f"  (+{len(self.missing_n) - 5} more datasets lack some N)")
         if self.repeated_cell_sets:
             lines.append(f"  {self.repeated_cell_sets} puzzle(s) repeat a cell set (groups too small to avoid it)")
         if self.unlabelled_cells:
