@@ -81,3 +81,11 @@ def demo_data(tmp_path_factory) -> Path:
     assert main(["data", "puzzles", str(root / "cells.parquet"), "-o", str(root / "puzzles.parquet"), "--params", str(REPO / "params.yaml")]) == 0
     assert main(["data", "split", str(root / "puzzles.parquet"), "-o", str(root / "splits"), "--params", str(REPO / "params.yaml")]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2-architecture model built offline, once per test session."""
+    from tests.llm_server import build_test_model
+
+    return build_test_model(tmp_path_factory.getbasetemp())
