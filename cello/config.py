@@ -220,18 +220,22 @@ class GRPOStageConfig(_TrainerStageConfig):
 class DistillStageConfig(Section):
     """Reasoning traces from a teacher endpoint, kept by rejection sampling on the reward."""
 
-    endpoint: str = Field("http://localhost:8000/v1", description="OpenAI-compatible base URL of the teacher (vLLM, KServe, a hosted API).")
-    teacher: str = Field("teacher", description="Model name sent to the endpoint.")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key; null: no key.")
+    endpoint: str = Field(
+        "http://localhost:8000/v1",
+        description="Teacher: an OpenAI-compatible base URL (vLLM, KServe /openai/v1, a hosted API), or any cello.llm backend spec (e.g. a model dir).",
+    )
+    teacher: str | None = Field(None, description="Model name sent to the endpoint; null: the first of GET /models.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (unset: no key).")
     samples: int = Field(4, ge=1, description="Completions sampled per puzzle (k).")
     temperature: float = Field(0.8, ge=0, description="Teacher sampling temperature.")
     max_tokens: int = Field(4096, ge=1, description="Longest teacher completion, in tokens.")
     min_reward: float = Field(1.0, ge=0, le=1, description="Keep a completion only if its reward >= this (1.0: a perfect answer). A valid format is always required.")
     keep_per_puzzle: int = Field(1, ge=1, description="At most this many distinct top-reward completions kept per puzzle.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    retries: int = Field(3, ge=0, description="Retries per request on a transport error or 5xx.")
+    retries: int = Field(3, ge=0, description="Retries per request on 429, 5xx, timeouts and connection errors.")
     timeout: float = Field(600.0, gt=0, description="Seconds per request.")
-    seed: int = Field(0, description="Base seed sent with each request (seed + sample index).")
+    chunk: int = Field(64, ge=1, description="Puzzles per round trip to the output files (what a resumed run may redo).")
+    seed: int = Field(0, description="Sampling seed sent with each request.")
 
 
 class TrainConfig(Section):
