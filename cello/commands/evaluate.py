@@ -1,0 +1,151 @@
+"""`cello eval ...`: evaluate a model or a baseline on an eval split, gate a candidate, plot runs.
+
+    cello eval --model models/tiny data/records/eval/test.jsonl -o outputs/eval/tiny --limit 20
+    cello eval --baseline outputs/baseline.json data/splits/test.parquet -o outputs/eval/baseline
+    cello eval gate --candidate outputs/eval/tiny/metrics.json --baseline outputs/eval/baseline/metrics.json \\
+        -o outputs/gate/decision.json
+    cello eval plot outputs/eval/*/metrics.json -o outputs/eval/by_n.png
+
+`cello eval SPLIT ...` is short for `cello eval run SPLIT ...` (the group runs `run` when the
+first word is not a sub-command).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+from cello.commands._common import PARAMS, PROFILE
+from cello.config import load_params, override
+
+
+class _RunByDefault(TyperGroup):
+    """A group whose default sub-command is `run`: `cello eval SPLIT --model M` works."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_RunByDefault,
+    help="Evaluate models and baselines, gate a candidate, plot runs. `cello eval SPLIT --model M -o DIR` = `cello eval run ...`.",
+    no_args_is_help=True,
+)
+
+# Options as module-level singletons (ruff B008). Defaults in parentheses, not [brackets]: rich reads those as markup.
+_SPLIT = typer.Argument(..., help="Eval split: eval records (.jsonl), a puzzles split (.parquet), or a directory with test.jsonl/test.parquet.")
+_OUT = typer.Option(..., "--out", "-o", help="Run directory: predictions.jsonl, metrics.json, report.md, accuracy_by_n.png.")
+_MODEL = typer.Option(None, "--model", "-m", help="Backend spec: model DIR (transformers), http(s)://HOST/v1 or openai:NAME@URL, vllm:DIR.")
+_BASELINE = typer.Option(None, "--baseline", help="Evaluate a baseline instead: baseline.json (`cello baseline fit`) or 'chance'.")
+_NAME = typer.Option(None, "--name", help="Model name in metrics, report and plot (default: dir name / served model).")
+_MAX_NEW = typer.Option(None, "--max-new-tokens", help="Most tokens per completion (default: generation.sampling).")
+_TEMP = typer.Option(None, "--temperature", help="0 = greedy (default: generation.sampling).")
+_BATCH = typer.Option(None, "--batch-size", help="transformers: conversations per forward pass (default: generation.backend).")
+_CONC = typer.Option(None, "--concurrency", help="HTTP: requests in flight (default: generation.backend).")
+_CHUNK = typer.Option(None, "--chunk-size", help="Puzzles per append to predictions.jsonl (default: eval.chunk_size: per backend).")
+_LIMIT = typer.Option(None, "--limit", help="Only the first K puzzles, for quick runs (default: eval.limit).")
+_COMPARE = typer.Option(None, "--compare", help="Another run's metrics.json, added to the plot and report. Repeatable.")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Discard predictions.jsonl in OUT instead of resuming from it.")
+_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
+
+
+@app.command("run")
+def run(
+    split: Path = _SPLIT,
+    out: Path = _OUT,
+    model: str | None = _MODEL,
+    baseline: str | None = _BASELINE,
+    name: str | None = _NAME,
+    max_new_tokens: int | None = _MAX_NEW,
+    temperature: float | None = _TEMP,
+    batch_size: int | None = _BATCH,
+    concurrency: int | None = _CONC,
+    chunk_size: int | None = _CHUNK,
+    limit: int | None = _LIMIT,
+    compare: list[Path] | None = _COMPARE,
+    overwrite: bool = _OVERWRITE,
+    no_progress: bool = _NO_PROGRESS,
+    params: Path = PARAMS,
+    profile: str | None = PROFILE,
+) -> None:
+    """Run a model (or a baseline) over an eval split and score it; resumes an interrupted run."""
+    from cello.evaluate import evaluate
+
+    p = load_params(params, profile=profile)
+    result = evaluate(
+        split, out, model=model, baseline=baseline, name=name,
+        backend=override(p.generation.backend, batch_size=batch_size, concurrency=concurrency),
+        sampling=override(p.generation.sampling, max_new_tokens=max_new_tokens, temperature=temperature),
+        cfg=override(p.eval, chunk_size=chunk_size, limit=limit), template=p.prompt,
+        compare=compare or [], overwrite=overwrite, progress=not no_progress,
+    )
+    typer.echo(result.render())
+
+
+_CAND = typer.Option(..., "--candidate", help="The candidate's metrics.json.")
+_INC = typer.Option(None, "--incumbent", help="The deployed model's metrics.json; omit for a first deployment.")
+_BASE = typer.Option(None, "--baseline", help="The marker baseline's metrics.json (`cello eval --baseline baseline.json`).")
+_CAND_PRED = typer.Option(None, "--candidate-predictions", help="The candidate's predictions.jsonl (default: next to its metrics.json).")
+_INC_PRED = typer.Option(None, "--incumbent-predictions", help="The incumbent's predictions.jsonl (default: next to its metrics.json).")
+_DECISION = typer.Option(None, "--out", "-o", help="decision.json to write (default: decision.json next to the candidate's metrics).")
+_METRIC = typer.Option(None, "--metric", help="batch_accuracy | cell_accuracy | repaired_batch_accuracy | repaired_cell_accuracy (default: gate.metric).")
+_MIN_ACC = typer.Option(None, "--min-accuracy", help="Rule 1 floor (default: gate.min_accuracy).")
+_TOL = typer.Option(None, "--tolerance", help="Rule 2: allowed drop below the incumbent (default: gate.regression_tolerance).")
+_MARGIN = typer.Option(None, "--baseline-margin", help="Rule 3: margin over the baseline (default: gate.baseline_margin).")
+_FAIL = typer.Option(False, "--fail-on-reject", help="Exit 1 when the candidate is rejected (CI); default: exit 0 either way.")
+
+
+@app.command("gate")
+def gate(
+    candidate: Path = _CAND,
+    incumbent: Path | None = _INC,
+    baseline: Path | None = _BASE,
+    candidate_predictions: Path | None = _CAND_PRED,
+    incumbent_predictions: Path | None = _INC_PRED,
+    out: Path | None = _DECISION,
+    metric: str | None = _METRIC,
+    min_accuracy: float | None = _MIN_ACC,
+    tolerance: float | None = _TOL,
+    baseline_margin: float | None = _MARGIN,
+    fail_on_reject: bool = _FAIL,
+    params: Path = PARAMS,
+    profile: str | None = PROFILE,
+) -> None:
+    """Decide whether the candidate may replace the incumbent; write decision.json with every reason."""
+    from cello.gate import gate as decide
+
+    p = load_params(params, profile=profile)
+    cfg = override(p.gate, metric=metric, min_accuracy=min_accuracy, regression_tolerance=tolerance, baseline_margin=baseline_margin)
+    out = out or candidate.parent / "decision.json"
+    decision = decide(candidate, incumbent=incumbent, baseline=baseline, candidate_predictions=candidate_predictions,
+                      incumbent_predictions=incumbent_predictions, cfg=cfg, out=out)
+    typer.echo(f"{decision.render()}\n-> {out}")
+    if fail_on_reject and not decision.passed:
+        # SystemExit, not typer.Exit: click in non-standalone mode turns Exit into a return
+        # value that cello.cli.main drops, while SystemExit reaches main() as exit code 1.
+        raise SystemExit(1)
+
+
+_RUNS = typer.Argument(..., help="metrics.json files written by `cello eval`, one line per file.")
+_PLOT = typer.Option(..., "--out", "-o", help="PNG to write.")
+_LABELS = typer.Option(None, "--label", help="Legend label per file, in order (default: the model names). Repeatable.")
+_TITLE = typer.Option(None, "--title", help="Figure title.")
+
+
+@app.command("plot")
+def plot(metrics: list[Path] = _RUNS, out: Path = _PLOT, label: list[str] | None = _LABELS, title: str | None = _TITLE) -> None:
+    """Plot cell and batch accuracy by N for several runs (with bootstrap bands and chance)."""
+    from cello.errors import ConfigError
+    from cello.report import load_metrics, model_label, plot_accuracy_by_n
+
+    if label and len(label) != len(metrics):
+        msg = f"{len(label)} --label for {len(metrics)} metrics files; give one label per file or none."
+        raise ConfigError(msg)
+    loaded = [load_metrics(m) for m in metrics]
+    names = label or [model_label(m, path) for m, path in zip(loaded, metrics, strict=True)]
+    plot_accuracy_by_n(list(zip(names, loaded, strict=True)), out, title=title)
+    typer.echo(f"{len(loaded)} run(s) -> {out}")

@@ -1,0 +1,145 @@
+"""Human-readable views of eval metrics: a Markdown report and a plot of accuracy by N.
+
+    cello eval plot outputs/eval/tiny/metrics.json outputs/eval/baseline/metrics.json -o by_n.png
+
+    from cello.report import load_metrics, render_report, plot_accuracy_by_n
+    plot_accuracy_by_n([("tiny", load_metrics("a/metrics.json"))], "by_n.png")
+
+Inputs are metrics.json files written by `cello eval` (cello.evaluate); the plot draws one
+line per model with its bootstrap 95% band, and chance (1/N per cell, 1/N! per batch).
+matplotlib runs on the Agg canvas (no display, no global pyplot state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cello._io import atomic_path
+from cello.errors import InputError
+
+__all__ = ["load_metrics", "model_label", "render_report", "plot_accuracy_by_n"]
+
+Run = tuple[str, Mapping[str, Any]]  # (label, metrics)
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A metrics.json written by `cello eval`; an InputError names the file and the fix."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"{path}: cannot read eval metrics ({exc}); pass a metrics.json written by `cello eval`."
+        raise InputError(msg) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("overall"), dict) or "by_n" not in data:
+        msg = f"{path}: not eval metrics (no 'overall'/'by_n'); pass a metrics.json written by `cello eval`."
+        raise InputError(msg)
+    return data
+
+
+def model_label(metrics: Mapping[str, Any], path: str | os.PathLike | None = None) -> str:
+    """The model's name from its metrics, else the name of the run's directory."""
+    return str(metrics.get("model") or (Path(path).resolve().parent.name if path else "model"))
+
+
+# ---------------------------------------------------------------- Markdown
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ci(group: Mapping[str, Any], key: str) -> str:
+    lo, hi = group.get(f"{key}_ci") or (None, None)
+    return f"{_f(group.get(key))} [{_f(lo)}, {_f(hi)}]"
+
+
+_HEAD = ("| {first} | puzzles | cell acc. [95% CI] | batch acc. [95% CI] | format | unique labels "
+         "| repaired cell | repaired batch | repair rate | mean reward |\n"
+         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+
+
+def _row(label: str, g: Mapping[str, Any]) -> str:
+    if not g.get("count"):
+        return f"| {label} | 0 | - | - | - | - | - | - | - | - |"
+    return (f"| {label} | {g['count']} | {_ci(g, 'cell_accuracy')} | {_ci(g, 'batch_accuracy')} "
+            f"| {g['format_rate']:.1%} | {g['label_uniqueness']:.1%} | {_f(g['repaired_cell_accuracy'])} "
+            f"| {_f(g['repaired_batch_accuracy'])} | {g['repair_rate']:.1%} | {_f(g['mean_reward'])} |")
+
+
+def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) -> str:
+    """The Markdown report of one run (overall, by N, by dataset), plus a table of `compare` runs."""
+    m, o = metrics, metrics["overall"]
+    lines = [f"# Evaluation: {m.get('model', 'model')}", ""]
+    lines.append(f"- split: `{m.get('split', '?')}`: {o.get('count', 0)} puzzles, {o.get('cells', 0)} cells "
+                 f"(ids fingerprint `{m.get('puzzles', '?')}`{', limit ' + str(m['limit']) if m.get('limit') else ''})")
+    samp = m.get("sampling") or {}
+    kind = f"{m.get('kind', '?')}" + (f"; max_new_tokens {samp.get('max_new_tokens')}, temperature {samp.get('temperature')}" if samp else "")
+    lines.append(f"- model: {m.get('model', '?')} ({kind})")
+    if m.get("chance"):
+        lines.append(f"- chance (expected): cell accuracy {_f(m['chance']['cell_accuracy'])}, batch accuracy {_f(m['chance']['batch_accuracy'], 4)}")
+    t = m.get("timing")
+    if t:
+        lines.append(f"- time: {t['wall_s']:.1f} s: load {t['load_s']:.1f} s, generation {t['generation_s']:.1f} s, "
+                     f"scoring/IO {t['scoring_io_s']:.1f} s ({t['outside_generation_share']:.0%} outside generation); "
+                     f"{t['generated']} puzzles generated, {t['resumed']} resumed")
+    lines += [
+        "",
+        "Cell accuracy: mean share of correct cells per puzzle (an invalid answer scores 0). Batch accuracy: "
+        "share of puzzles with every cell right. Repaired: the same after turning each answer into a valid "
+        "assignment by optimal matching. Intervals: percentile bootstrap over puzzles.",
+        "", "## Overall and by N", "", _HEAD.format(first="set"), _row("**overall**", o),
+    ]
+    lines += [_row(f"N = {n}", g) for n, g in sorted(m.get("by_n", {}).items(), key=lambda kv: int(kv[0]))]
+    if len(m.get("by_dataset", {})) > 1 or compare:
+        lines += ["", "## By dataset", "", _HEAD.format(first="dataset")]
+        lines += [_row(d or "(none)", g) for d, g in m.get("by_dataset", {}).items()]
+    if compare:
+        lines += ["", "## Compared runs", "", _HEAD.format(first="model"), _row(f"**{m.get('model', 'this run')}**", o)]
+        lines += [_row(label, other["overall"]) for label, other in compare]
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plot
+def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Cell and batch accuracy by N, one line (with its 95% band) per run; written atomically (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not runs:
+        msg = "plot_accuracy_by_n(): no runs to plot; pass at least one metrics.json."
+        raise InputError(msg)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharex=True)
+    all_n: set[int] = set()
+    for label, metrics in runs:
+        groups = sorted(((int(n), g) for n, g in metrics.get("by_n", {}).items() if g.get("count")), key=lambda x: x[0])
+        if not groups:
+            continue
+        ns = [n for n, _ in groups]
+        all_n.update(ns)
+        for ax, key in zip(axes, ("cell_accuracy", "batch_accuracy"), strict=True):
+            line = ax.plot(ns, [g[key] for _, g in groups], marker="o", label=f"{label} (n={metrics['overall'].get('count', '?')})")[0]
+            lo = [g.get(f"{key}_ci", [g[key]] * 2)[0] for _, g in groups]
+            hi = [g.get(f"{key}_ci", [g[key]] * 2)[1] for _, g in groups]
+            ax.fill_between(ns, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    if all_n:
+        ns = sorted(all_n)
+        axes[0].plot(ns, [1 / n for n in ns], "k:", label="chance (expected)")
+        axes[1].plot(ns, [1 / math.factorial(n) for n in ns], "k:", label="chance (expected)")
+        axes[0].set_xticks(ns)
+    for ax, what in zip(axes, ("cell-level accuracy", "batch-level accuracy"), strict=True):
+        ax.set_xlabel("N (cells per puzzle)")
+        ax.set_ylabel(what)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(title or "Accuracy by puzzle size (bands: bootstrap 95% CI)")
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return out
