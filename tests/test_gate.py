@@ -1,0 +1,163 @@
+"""cello.gate and `cello eval gate`: decisions on constructed runs.
+
+Each run is a real `evaluate()` over one synthetic split (80 puzzles, N = 4) by an oracle that
+answers a chosen set of puzzles right and swaps two cells in the others, so metrics.json and
+predictions.jsonl are exactly what `cello eval` writes, with known per-puzzle values.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cello.cli import main
+from cello.config import EvalConfig, GateConfig
+from cello.data.prompt import PromptTemplate
+from cello.evaluate import METRICS, PREDICTIONS, evaluate
+from cello.gate import gate
+
+K = 80
+TYPES = ["B cell", "T cell", "NK cell", "monocyte"]
+CFG = GateConfig(min_accuracy=0.5, regression_tolerance=0.02, baseline_margin=0.0, min_puzzles=20, n_boot=1000)
+
+
+class Oracle:
+    """Right on the puzzles in `right`, two cells swapped (valid, not exact) elsewhere."""
+
+    kind, chunk_size = "test", 32
+
+    def __init__(self, name: str, right: set[int]) -> None:
+        self.name, self.right = name, right
+
+    def predict(self, items, progress=None):
+        out = []
+        for it in items:
+            labels = list(it["answer"])
+            if int(it["id"][1:]) not in self.right:
+                labels[0], labels[1] = labels[1], labels[0]
+            out.append((PromptTemplate().render_answer(labels, reasoning="r"), {}))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gate") / "test.jsonl"
+    p = PromptTemplate()
+    with open(path, "w") as fh:
+        for i in range(K):
+            answer = TYPES[i % 4:] + TYPES[:i % 4]
+            rec = {"id": f"p{i}", "dataset": "d", "group": "g", "n": 4, "answer": answer, "candidates": sorted(TYPES),
+                   "messages": p.messages("", [["G1"]] * 4, sorted(TYPES))}
+            fh.write(json.dumps(rec) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(split, tmp_path_factory):
+    """name -> metrics.json of a run that is right on the first `share` of the puzzles."""
+    root = tmp_path_factory.mktemp("gate-runs")
+    shares = {"cand70": 56, "inc65": 52, "inc90": 72, "cand55": 44, "inc_plus1": 57, "base30": 24,
+              "cand40": 32, "base70": 56}
+    out = {}
+    for name, right in shares.items():
+        evaluate(split, root / name, predictor=Oracle(name, set(range(right))), cfg=EvalConfig(n_boot=200), progress=False)
+        out[name] = root / name / METRICS
+    evaluate(split, root / "cand_limited", predictor=Oracle("cand_limited", set(range(40))),
+             cfg=EvalConfig(n_boot=200, limit=40), progress=False)
+    out["cand_limited"] = root / "cand_limited" / METRICS
+    return out
+
+
+def _by_rule(decision) -> dict:
+    return {r.rule: r for r in decision.reasons}
+
+
+def test_pass(runs, tmp_path):
+    d = gate(runs["cand70"], incumbent=runs["inc65"], baseline=runs["base30"], cfg=CFG, out=tmp_path / "d.json")
+    assert d.passed
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert saved["passed"] is True
+    assert [r["rule"] for r in saved["reasons"]] == ["coverage", "min_accuracy", "no_regression", "beats_baseline"]
+    for r in saved["reasons"]:
+        assert set(r) >= {"rule", "passed", "value", "threshold", "message"} and r["passed"] is True
+    reg = _by_rule(d)["no_regression"].detail
+    assert reg["paired"] == K and reg["diff"]["mean"] == pytest.approx(0.70 - 0.65)
+    assert reg["diff"]["lo"] <= reg["diff"]["mean"] <= reg["diff"]["hi"]
+
+
+def test_fail_on_threshold_only(runs):
+    d = gate(runs["cand40"], baseline=runs["base30"], cfg=CFG)
+    rules = _by_rule(d)
+    assert not d.passed and not rules["min_accuracy"].passed
+    assert (rules["min_accuracy"].value, rules["min_accuracy"].threshold) == (pytest.approx(0.4), 0.5)
+    assert rules["beats_baseline"].passed and rules["coverage"].passed
+
+
+def test_fail_on_regression_against_the_incumbent(runs):
+    d = gate(runs["cand55"], incumbent=runs["inc90"], baseline=runs["base30"], cfg=CFG)
+    rules = _by_rule(d)
+    assert not d.passed
+    assert rules["min_accuracy"].passed and rules["beats_baseline"].passed
+    reg = rules["no_regression"]
+    assert not reg.passed and reg.value < -CFG.regression_tolerance and reg.threshold == -CFG.regression_tolerance
+    assert reg.detail["diff"]["mean"] == pytest.approx(0.55 - 0.90)
+
+
+def test_a_drop_within_noise_passes_significant_but_not_non_inferiority(runs):
+    # one puzzle worse than the incumbent: -0.0125, inside the tolerance, but 80 puzzles cannot show that
+    sig = _by_rule(gate(runs["cand70"], incumbent=runs["inc_plus1"], baseline=runs["base30"], cfg=CFG))["no_regression"]
+    assert sig.passed and sig.detail["diff"]["mean"] == pytest.approx(-1 / K)
+    strict = CFG.model_copy(update={"regression_test": "non_inferiority"})
+    ni = _by_rule(gate(runs["cand70"], incumbent=runs["inc_plus1"], baseline=runs["base30"], cfg=strict))["no_regression"]
+    assert not ni.passed and ni.value == ni.detail["diff"]["lo"] < -CFG.regression_tolerance
+
+
+def test_fail_against_the_baseline(runs):
+    d = gate(runs["cand70"], incumbent=runs["inc65"], baseline=runs["base70"], cfg=CFG)  # a tie is not a win
+    rules = _by_rule(d)
+    assert not d.passed and not rules["beats_baseline"].passed
+    assert rules["beats_baseline"].threshold == pytest.approx(0.70)
+    assert all(rules[r].passed for r in ("coverage", "min_accuracy", "no_regression"))
+    assert gate(runs["cand70"], baseline=runs["base30"], cfg=CFG.model_copy(update={"baseline_margin": 0.5})).passed is False
+    assert not _by_rule(gate(runs["cand70"], cfg=CFG))["beats_baseline"].passed  # no baseline given
+
+
+def test_no_incumbent_is_a_first_deployment(runs):
+    d = gate(runs["cand70"], baseline=runs["base30"], cfg=CFG)
+    reg = _by_rule(d)["no_regression"]
+    assert d.passed and reg.passed and "no incumbent" in reg.message
+
+
+def test_missing_predictions_and_other_puzzles(runs, tmp_path):
+    lone = tmp_path / "lone" / METRICS  # metrics without their predictions.jsonl
+    lone.parent.mkdir()
+    lone.write_text(runs["inc65"].read_text())
+    d = gate(runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG)
+    assert not _by_rule(d)["no_regression"].passed and "incumbent" in _by_rule(d)["no_regression"].message
+    given = gate(runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG,
+                 incumbent_predictions=runs["inc65"].parent / PREDICTIONS)
+    assert given.passed
+    lax = gate(runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG.model_copy(update={"require_paired": False}))
+    assert lax.passed and _by_rule(lax)["no_regression"].detail["method"] == "point_estimate"
+    # a --limit run covers other puzzles than the baseline, and too few
+    cov = _by_rule(gate(runs["cand_limited"], baseline=runs["base30"], cfg=CFG.model_copy(update={"min_puzzles": 50})))["coverage"]
+    assert not cov.passed and cov.detail["fingerprint_mismatch"] == ["baseline"]
+
+
+def test_cli_exit_codes_and_decision_file(runs, tmp_path):
+    none = str(tmp_path / "none.yaml")
+    out = tmp_path / "decision.json"
+    args = ["eval", "gate", "--candidate", str(runs["cand55"]), "--incumbent", str(runs["inc90"]),
+            "--baseline", str(runs["base30"]), "-o", str(out), "--params", none, "--min-accuracy", "0.5"]
+    assert main(args) == 0  # rejected, but the decision itself succeeded
+    saved = json.loads(out.read_text())
+    assert saved["passed"] is False and saved["config"]["min_accuracy"] == 0.5
+    assert main([*args, "--fail-on-reject"]) == 1
+    ok = ["eval", "gate", "--candidate", str(runs["cand70"]), "--baseline", str(runs["base30"]), "--params", none, "--fail-on-reject"]
+    assert main(ok) == 0 and json.loads((runs["cand70"].parent / "decision.json").read_text())["passed"] is True
+    assert main(["eval", "gate", "--candidate", str(tmp_path / "nope.json"), "--params", none]) == 2
+    assert main(["eval", "gate", "--candidate", str(runs["cand70"]), "--metric", "bogus", "--params", none]) == 2
