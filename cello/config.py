@@ -252,7 +252,8 @@ class ServeConfig(Section):
     """`cello serve`: the KServe model server. Every request limit lives here."""
 
     model_name: str = Field("cello", pattern=_DNS_LABEL, description="Name in the routes (/v1/models/NAME:predict) and the OpenAI `model`.")
-    port: int = Field(8080, ge=1, le=65535, description="HTTP port (KServe binds 0.0.0.0).")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    host: str = Field("0.0.0.0", description="Address to bind: 0.0.0.0 in a pod, 127.0.0.1 for a local-only server.")
     max_puzzles: int = Field(8, ge=1, le=1024, description="Puzzles per request.")
     min_cells: int = Field(2, ge=1, description="Fewest cells in a puzzle.")
     max_cells: int = Field(32, ge=1, le=1024, description="Most cells in a puzzle (the paper: 8-15).")

@@ -89,6 +89,7 @@ def _probe(path: str, *, period: int, failures: int, timeout: int = 5) -> dict[s
 
 def _predictor(uri: str, cfg: DeployConfig) -> dict[str, Any]:
     resources = {"cpu": cfg.cpu, "memory": cfg.memory, cfg.gpu_resource: str(cfg.gpus)}
+    ready = f"/v2/models/{cfg.served_model_name}/ready"
     model: dict[str, Any] = {
         "name": "kserve-container",  # KServe's default; the canary schema requires it
         "modelFormat": {"name": MODEL_FORMAT},
@@ -96,9 +97,10 @@ def _predictor(uri: str, cfg: DeployConfig) -> dict[str, Any]:
         "args": predictor_args(cfg),
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         # Until this succeeds the kubelet runs no liveness probe: downloading and loading a
-        # 7B checkpoint (and vLLM's CUDA graph capture) takes minutes, not seconds.
-        "startupProbe": _probe("/v2/health/ready", period=10, failures=max(1, cfg.startup_timeout_s // 10)),
-        "readinessProbe": _probe("/v2/health/ready", period=10, failures=3),
+        # 7B checkpoint (and vLLM's CUDA graph capture) takes minutes, not seconds. The
+        # model-level route answers 200 only once the engine is up (/v2/health/ready does not).
+        "startupProbe": _probe(ready, period=10, failures=max(1, cfg.startup_timeout_s // 10)),
+        "readinessProbe": _probe(ready, period=10, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=30, failures=3, timeout=10),
     }
     if cfg.runtime:
@@ -143,7 +145,8 @@ def _transformer(cfg: DeployConfig) -> dict[str, Any]:
         "args": transformer_args(cfg),
         "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
-        "readinessProbe": _probe("/v2/health/ready", period=10, failures=3),
+        # ready once the predictor answers (cello serve checks its upstream)
+        "readinessProbe": _probe(f"/v2/models/{cfg.name}/ready", period=10, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=30, failures=3),
     }
     if cfg.token_secret:

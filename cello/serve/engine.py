@@ -1,0 +1,182 @@
+"""Request batching in front of a generation backend: concurrent requests are queued and
+generated together, never dropped; each request has a timeout.
+
+Why: a model generates a batch of 8 conversations in little more time than one, and the
+in-process transformers backend must not be called from two threads at once. Every request
+puts its conversations on one queue; `workers` tasks take up to `max_batch_size`
+conversations with the same sampling settings (waiting `wait_s` for a batch to fill) and run
+`backend.generate_full` in a thread, so the event loop keeps answering health checks.
+
+Limits, each with its own error (mapped to an HTTP status by the server):
+- more than `max_queue` conversations waiting: `QueueFull` (429, retry later);
+- no answer within the request's timeout: `GenerationTimeout` (504). The request's
+  conversations are withdrawn from the queue; a batch already running finishes in its thread
+  (a thread cannot be interrupted) and its results are dropped;
+- the backend failed: `BackendError` (503 for an unreachable upstream, else 500).
+
+    batcher = Batcher(backend, max_batch_size=8, wait_s=0.005)
+    gens = await batcher.generate(conversations, SamplingParams(max_new_tokens=256), timeout_s=60)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from cello.config import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Too many conversations are waiting; the client should retry later (HTTP 429)."""
+
+
+class GenerationTimeout(TimeoutError):
+    """Generation did not finish within the request's timeout (HTTP 504)."""
+
+
+class BackendError(RuntimeError):
+    """The backend failed to generate (an unreachable upstream: HTTP 503)."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+_BATCH_HIST: list = []
+
+
+def _observe_batch(size: int) -> None:
+    """Prometheus histogram of batch sizes (created on first use; one per process)."""
+    if not _BATCH_HIST:
+        from prometheus_client import Histogram
+
+        _BATCH_HIST.append(Histogram("cello_batch_conversations", "Conversations per generated batch.",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64)))
+    _BATCH_HIST[0].observe(size)
+
+
+@dataclass
+class _Item:
+    conversation: list[dict]
+    params: SamplingParams
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Result:
+    """One conversation's generation and how long it took from queueing to the answer."""
+
+    generation: Any  # cello.llm.base.Generation
+    latency_s: float
+
+
+class Batcher:
+    """Queue + batch + timeout around `backend.generate_full(conversations, params)`."""
+
+    def __init__(self, backend: Any, *, max_batch_size: int = 8, wait_s: float = 0.005,
+                 max_queue: int = 1024, workers: int = 1) -> None:
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self.max_queue = max_queue
+        self.workers = workers
+        self._items: deque[_Item] = deque()
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.batches = 0  # batches generated so far (for tests and metrics)
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for it in self._items if not it.future.done())
+
+    def _start(self) -> None:
+        self._wake = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._worker(), name=f"cello-batcher-{i}") for i in range(self.workers)]
+
+    async def generate(self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float) -> list[Result]:
+        """Generate for `conversations` (in order); raises QueueFull, GenerationTimeout or BackendError."""
+        if not self._tasks:
+            self._start()
+        if self.pending + len(conversations) > self.max_queue:
+            msg = f"the server is busy ({self.pending} conversations waiting, limit {self.max_queue}); retry later"
+            raise QueueFull(msg)
+        loop = asyncio.get_running_loop()
+        items = [_Item(conv, params, loop.create_future()) for conv in conversations]
+        self._items.extend(items)
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(it.future for it in items)), timeout_s))
+        except TimeoutError:
+            msg = f"generation took longer than {timeout_s:g} s (serve.timeout_s); send fewer puzzles or retry later"
+            raise GenerationTimeout(msg) from None
+        finally:
+            for it in items:  # withdraw what is still queued (timeout, client gone)
+                if not it.future.done():
+                    it.future.cancel()
+
+    async def _take(self) -> list[_Item]:
+        assert self._wake is not None
+        while True:
+            while self._items and self._items[0].future.done():
+                self._items.popleft()
+            if self._items:
+                break
+            self._wake.clear()
+            await self._wake.wait()
+        if self.wait_s > 0 and len(self._items) < self.max_batch_size:
+            await asyncio.sleep(self.wait_s)  # let concurrent requests join the batch
+        first = next((it for it in self._items if not it.future.done()), None)
+        if first is None:
+            return []
+        batch: list[_Item] = []
+        rest: deque[_Item] = deque()
+        for it in self._items:
+            if it.future.done():
+                continue
+            if len(batch) < self.max_batch_size and it.params == first.params:
+                batch.append(it)
+            else:
+                rest.append(it)
+        self._items = rest
+        return batch
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._take()
+            if not batch:
+                continue
+            try:
+                gens = await asyncio.to_thread(
+                    self.backend.generate_full, [it.conversation for it in batch], batch[0].params
+                )
+                self.batches += 1
+                _observe_batch(len(batch))
+                now = time.perf_counter()
+                for it, gen in zip(batch, gens, strict=True):
+                    if not it.future.done():
+                        it.future.set_result(Result(gen, now - it.queued_at))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the backend failed: every waiting request hears about it
+                log.exception("generation failed for a batch of %d", len(batch))
+                err = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(err)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for it in self._items:
+            if not it.future.done():
+                it.future.cancel()
+        self._items.clear()
+        self._tasks = []

@@ -1,0 +1,278 @@
+"""Request and response schemas of `cello serve`: one puzzle = donor context + cells + candidates.
+
+Nothing from the network is trusted. Every field has a type, a length limit and a shape rule
+(limits come from `ServeConfig`, passed as validation context), and a rejected request gets a
+message that names the puzzle, the cell and the rule, e.g.
+
+    puzzle 0, cells: 40 cells; the limit is 32 (serve.max_cells).
+    puzzle 1, candidates: 'B cell' appears twice; candidates must be unique (case-insensitive).
+
+A puzzle (JSON):
+
+    {"id": "p1",                                      # optional
+     "context": "The cell is from a female donor."   # or {"sex": "female", "tissue": "blood"}
+     "cells": [{"id": "c1", "genes": ["CD3E", "CD4", "IL7R"]},          # ranked, highest first
+               {"id": "c2", "expression": {"LYZ": 9.1, "CD14": 4.0}},   # top genes computed
+               ["MS4A1", "CD79A"]],                                     # shorthand: a gene list
+     "candidates": ["B cell", "CD4 T cell", "monocyte"]}
+
+Names may not contain line breaks, '|' (the answer separator) or ',' (genes only: the gene
+separator of the prompt), so that no input can change the structure of the prompt or answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from cello.config import ServeConfig
+
+_DEFAULT = ServeConfig()
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f|]")  # control characters (line breaks...) and the answer separator
+_HARD_CAP = 1_000_000  # a bound no config can lift (keeps pydantic from building huge lists)
+
+
+def _limits(info: ValidationInfo) -> ServeConfig:
+    ctx = info.context or {}
+    return ctx.get("limits", _DEFAULT) if isinstance(ctx, dict) else _DEFAULT
+
+
+def _name(value: str, *, what: str, limits: ServeConfig, comma: bool = True) -> str:
+    text = value.strip()
+    if not text:
+        msg = f"{what} is empty"
+        raise ValueError(msg)
+    if len(text) > limits.max_name_length:
+        msg = f"{what} is {len(text)} characters long; the limit is {limits.max_name_length} (serve.max_name_length)"
+        raise ValueError(msg)
+    if _BAD_NAME.search(text) or (not comma and "," in text):
+        bad = "a line break, a control character, '|'" + ("" if comma else " or ','")
+        msg = f"{what} {text[:40]!r} contains {bad}, which would break the prompt"
+        raise ValueError(msg)
+    return text
+
+
+def _unique(names: list[str], *, what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        key = name.casefold()
+        if key in seen:
+            msg = f"{name!r} appears twice in {what}; {what} must be unique (case-insensitive)"
+            raise ValueError(msg)
+        seen.add(key)
+
+
+def top_genes(expression: dict[str, float], k: int) -> list[str]:
+    """The `k` genes with the highest non-zero expression, ties kept in the given order.
+
+    The same rule as `cello data cells` (cello.data.topgenes): zeros are never ranked.
+    """
+    order = sorted(
+        ((-value, i, gene) for i, (gene, value) in enumerate(expression.items()) if value != 0),
+    )
+    return [gene for _, _, gene in order[:k]]
+
+
+class Cell(BaseModel):
+    """One cell: a ranked top-gene list, or a gene -> expression map."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = Field(None, max_length=_HARD_CAP)
+    genes: list[str] | None = Field(None, max_length=_HARD_CAP, description="Top genes, highest expression first.")
+    expression: dict[str, float] | None = Field(None, description="Gene -> expression; the top genes are computed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"genes": data} if isinstance(data, list) else data
+
+    @field_validator("expression", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for gene, x in value.items():
+                if isinstance(x, bool) or not isinstance(x, int | float):
+                    msg = f"expression of {str(gene)[:40]!r} is {type(x).__name__}; give a number"
+                    raise ValueError(msg)
+            return {g: float(x) for g, x in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Cell:
+        limits = _limits(info)
+        if self.id is not None:
+            self.id = _name(self.id, what="cell id", limits=limits)
+        if (self.genes is None) == (self.expression is None):
+            msg = "give exactly one of 'genes' (a ranked list) or 'expression' (a gene -> value map)"
+            raise ValueError(msg)
+        if self.expression is not None:
+            if not self.expression:
+                msg = "'expression' is empty; give at least one gene"
+                raise ValueError(msg)
+            if len(self.expression) > limits.max_expression_genes:
+                msg = f"'expression' has {len(self.expression)} genes; the limit is {limits.max_expression_genes} (serve.max_expression_genes)"
+                raise ValueError(msg)
+            for gene, x in self.expression.items():
+                _name(gene, what="gene", limits=limits, comma=False)
+                if not math.isfinite(x):
+                    msg = f"expression of {gene!r} is {x}; give a finite number"
+                    raise ValueError(msg)
+            self.genes = top_genes(self.expression, limits.top_genes)
+            if not self.genes:
+                msg = "every gene in 'expression' is 0; give at least one expressed gene"
+                raise ValueError(msg)
+            self.expression = None  # not needed past this point (and it can be large)
+        else:
+            assert self.genes is not None
+            if not self.genes:
+                msg = "'genes' is empty; give the cell's top genes, highest expression first"
+                raise ValueError(msg)
+            if len(self.genes) > limits.max_genes:
+                msg = f"'genes' has {len(self.genes)} genes; the limit is {limits.max_genes} (serve.max_genes)"
+                raise ValueError(msg)
+            self.genes = [_name(g, what="gene", limits=limits, comma=False) for g in self.genes]
+            _unique(self.genes, what="the genes of a cell")
+        return self
+
+
+class Puzzle(BaseModel):
+    """N cells from one donor, N candidate types: each candidate goes to exactly one cell."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = Field(None, max_length=_HARD_CAP)
+    context: str | dict[str, str] | None = Field(None, description="Donor context: a sentence, or fields (sex, tissue, ...).")
+    cells: list[Cell] = Field(..., max_length=_HARD_CAP)
+    candidates: list[str] = Field(..., max_length=_HARD_CAP)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Puzzle:
+        limits = _limits(info)
+        if self.id is not None:
+            self.id = _name(self.id, what="puzzle id", limits=limits)
+        n = len(self.cells)
+        if not limits.min_cells <= n <= limits.max_cells:
+            msg = f"{n} cells; a puzzle has {limits.min_cells} to {limits.max_cells} cells (serve.min_cells, serve.max_cells)"
+            raise ValueError(msg)
+        if len(self.candidates) != n:
+            msg = f"{len(self.candidates)} candidates for {n} cells; give exactly one candidate type per cell"
+            raise ValueError(msg)
+        self.candidates = [_name(c, what="candidate", limits=limits) for c in self.candidates]
+        _unique(self.candidates, what="candidates")
+        ids = [c.id or f"cell_{i}" for i, c in enumerate(self.cells, 1)]
+        _unique(ids, what="cell ids")
+        self.context = _context(self.context, limits)
+        return self
+
+    @property
+    def cell_ids(self) -> list[str]:
+        return [c.id or f"cell_{i}" for i, c in enumerate(self.cells, 1)]
+
+    @property
+    def cell_genes(self) -> list[list[str]]:
+        return [list(c.genes or []) for c in self.cells]
+
+
+def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> str:
+    """The context sentence: free text (whitespace collapsed) or built from fields."""
+    from cello.data.context import clean, sentence
+
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        if len(value) > 32:
+            msg = f"context has {len(value)} fields; the limit is 32"
+            raise ValueError(msg)
+        fields = {}
+        for key, text in value.items():
+            name = _name(key, what="context field name", limits=limits)
+            fields[name] = clean(_name(text, what=f"context field {name!r}", limits=limits)) if text.strip() else ""
+        known = {"sex", "development_stage", "self_reported_ethnicity", "tissue", "disease"}
+        value = sentence(fields, extra=[k for k in fields if k not in known])
+    text = " ".join(value.split())
+    if len(text) > limits.max_context_length:
+        msg = f"context is {len(text)} characters long; the limit is {limits.max_context_length} (serve.max_context_length)"
+        raise ValueError(msg)
+    return text
+
+
+class Options(BaseModel):
+    """Per-request generation options (bounded by the server's settings)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Options:
+        limits = _limits(info)
+        if self.max_new_tokens is not None and self.max_new_tokens > limits.max_new_tokens:
+            msg = f"max_new_tokens={self.max_new_tokens}; the limit is {limits.max_new_tokens} (serve.max_new_tokens)"
+            raise ValueError(msg)
+        return self
+
+
+class RequestError(ValueError):
+    """A request that breaks the schema; the message is safe to send back to the client."""
+
+
+def describe(exc: ValidationError, *, prefix: str = "", sep: str = ", ") -> str:
+    """A short, readable list of what is wrong (at most 5 problems), each led by `prefix`."""
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        text = err["msg"].removeprefix("Value error, ")
+        head = f"{prefix}{sep}{loc}" if prefix and loc else prefix or loc
+        lines.append(f"{head}: {text}" if head else text)
+    more = len(exc.errors()) - 5
+    return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_puzzles(items: Any, *, limits: ServeConfig | None = None, where: str = "instances") -> list[Puzzle]:
+    """Validate a list of puzzle objects; RequestError with a message naming the puzzle and field."""
+    limits = limits or _DEFAULT
+    if not isinstance(items, list):
+        msg = f"'{where}' must be a list of puzzles, got {type(items).__name__}"
+        raise RequestError(msg)
+    if not items:
+        msg = f"'{where}' is empty; send at least one puzzle"
+        raise RequestError(msg)
+    if len(items) > limits.max_puzzles:
+        msg = f"{len(items)} puzzles in one request; the limit is {limits.max_puzzles} (serve.max_puzzles)"
+        raise RequestError(msg)
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            msg = f"puzzle {i}: expected an object with 'cells' and 'candidates', got {type(item).__name__}"
+            raise RequestError(msg)
+        try:
+            out.append(Puzzle.model_validate(item, context={"limits": limits}))
+        except ValidationError as exc:
+            raise RequestError(describe(exc, prefix=f"puzzle {i}")) from None
+    return out
+
+
+def parse_options(value: Any, *, limits: ServeConfig | None = None) -> Options:
+    """Validate the optional 'parameters' object of a request."""
+    if value is None:
+        return Options()
+    if not isinstance(value, dict):
+        msg = f"'parameters' must be an object, got {type(value).__name__}"
+        raise RequestError(msg)
+    try:
+        return Options.model_validate(value, context={"limits": limits or _DEFAULT})
+    except ValidationError as exc:
+        raise RequestError(describe(exc, prefix="parameters", sep=".")) from None

@@ -1,0 +1,157 @@
+"""The batcher: concurrent requests are batched (never dropped), keep their order, time out,
+and a full queue is refused. A fake backend stands in for the model (no server, no torch)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from cello.config import SamplingParams
+from cello.serve.engine import BackendError, Batcher, GenerationTimeout, QueueFull
+
+
+class Gen:
+    def __init__(self, text):
+        self.texts = [text]
+        self.finish_reasons = ["stop"]
+
+
+class FakeBackend:
+    """Echoes the last message; records batch sizes; can be held or made to fail."""
+
+    def __init__(self, *, hold: threading.Event | None = None, fail: Exception | None = None):
+        self.sizes: list[int] = []
+        self.hold = hold
+        self.fail = fail
+
+    def generate_full(self, conversations, params):
+        if self.hold is not None:
+            self.hold.wait(5)
+        if self.fail is not None:
+            raise self.fail
+        self.sizes.append(len(conversations))
+        return [Gen(f"{c[-1]['content']}/{params.max_new_tokens}") for c in conversations]
+
+
+def conv(i):
+    return [{"role": "user", "content": f"q{i}"}]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_batched_in_order():
+    hold = threading.Event()
+    backend = FakeBackend(hold=hold)
+    batcher = Batcher(backend, max_batch_size=4, wait_s=0.0)
+    params = SamplingParams(max_new_tokens=7)
+
+    async def main():
+        first = asyncio.create_task(batcher.generate([conv(0)], params, timeout_s=10))
+        await asyncio.sleep(0.05)  # the first batch is running (held); the rest queue up
+        rest = [asyncio.create_task(batcher.generate([conv(i), conv(i + 100)], params, timeout_s=10)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        out = [await first] + [await t for t in rest]
+        await batcher.close()
+        return out
+
+    out = run(main())
+    assert out[0][0].generation.texts == ["q0/7"]
+    for i, res in enumerate(out[1:], 1):  # every request gets its own answers, in its order
+        assert [r.generation.texts[0] for r in res] == [f"q{i}/7", f"q{i + 100}/7"]
+    assert backend.sizes[0] == 1
+    assert sum(backend.sizes) == 11 and max(backend.sizes) == 4  # 10 queued conversations in batches of 4
+    assert all(r.latency_s >= 0 for res in out for r in res)
+
+
+def test_different_sampling_settings_are_not_mixed():
+    backend = FakeBackend()
+    batcher = Batcher(backend, max_batch_size=8, wait_s=0.02)
+
+    async def main():
+        a = batcher.generate([conv(1)], SamplingParams(max_new_tokens=5), timeout_s=5)
+        b = batcher.generate([conv(2)], SamplingParams(max_new_tokens=9), timeout_s=5)
+        out = await asyncio.gather(a, b)
+        await batcher.close()
+        return out
+
+    a, b = run(main())
+    assert a[0].generation.texts == ["q1/5"] and b[0].generation.texts == ["q2/9"]
+    assert sorted(backend.sizes) == [1, 1]
+
+
+def test_timeout_raises_and_withdraws_the_request():
+    hold = threading.Event()
+    backend = FakeBackend(hold=hold)
+    batcher = Batcher(backend, max_batch_size=1, wait_s=0.0)
+
+    async def main():
+        running = asyncio.create_task(batcher.generate([conv(0)], SamplingParams(), timeout_s=10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(GenerationTimeout, match="serve.timeout_s"):
+            await batcher.generate([conv(1)], SamplingParams(), timeout_s=0.05)
+        assert batcher.pending == 0  # the timed-out conversation left the queue
+        hold.set()
+        await running
+        await batcher.close()
+
+    run(main())
+    assert backend.sizes == [1]  # conversation 1 was never generated
+
+
+def test_full_queue_is_refused():
+    hold = threading.Event()
+    batcher = Batcher(FakeBackend(hold=hold), max_batch_size=1, wait_s=0.0, max_queue=3)
+
+    async def main():
+        running = asyncio.create_task(batcher.generate([conv(0)], SamplingParams(), timeout_s=10))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.generate([conv(1), conv(2)], SamplingParams(), timeout_s=10))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="busy"):
+            await batcher.generate([conv(3), conv(4)], SamplingParams(), timeout_s=10)
+        hold.set()
+        await running
+        assert len(await queued) == 2
+        await batcher.close()
+
+    run(main())
+
+
+def test_backend_failure_reaches_every_waiting_request_and_the_worker_survives():
+    backend = FakeBackend(fail=RuntimeError("boom"))
+    batcher = Batcher(backend, max_batch_size=4, wait_s=0.01)
+
+    async def main():
+        results = await asyncio.gather(
+            *(batcher.generate([conv(i)], SamplingParams(), timeout_s=5) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, BackendError) and "boom" in str(r) for r in results)
+        backend.fail = None
+        ok = await batcher.generate([conv(9)], SamplingParams(), timeout_s=5)
+        await batcher.close()
+        return ok
+
+    assert run(main())[0].generation.texts[0].startswith("q9")
+
+
+def test_latency_counts_queueing():
+    hold = threading.Event()
+    batcher = Batcher(FakeBackend(hold=hold), max_batch_size=1, wait_s=0.0)
+
+    async def main():
+        task = asyncio.create_task(batcher.generate([conv(0)], SamplingParams(), timeout_s=5))
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.1)
+        hold.set()
+        (res,) = await task
+        await batcher.close()
+        return res, time.perf_counter() - t0
+
+    res, waited = run(main())
+    assert 0 < res.latency_s <= waited + 0.05

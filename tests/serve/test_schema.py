@@ -1,0 +1,93 @@
+"""The request schema: valid puzzles in every accepted shape, and a clear message naming the
+puzzle, the field and the rule for each kind of bad input (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cello.config import ServeConfig
+from cello.serve.schema import RequestError, parse_options, parse_puzzles, top_genes
+
+CANDS = ["B cell", "T cell", "monocyte"]
+
+
+def puzzle(**over):
+    base = {"cells": [["MS4A1", "CD79A"], ["CD3E", "CD4"], ["LYZ", "CD14"]], "candidates": list(CANDS)}
+    base.update(over)
+    return base
+
+
+def test_all_cell_shapes_and_context_forms():
+    (p,) = parse_puzzles([{
+        "id": "p1",
+        "context": {"sex": "female", "tissue": "blood", "disease": "unknown", "batch": "b1"},
+        "cells": [{"id": "c1", "genes": ["MS4A1", " CD79A "]}, {"expression": {"CD3E": 5, "CD4": 2.5, "LYZ": 0}}, ["LYZ"]],
+        "candidates": CANDS,
+    }])
+    assert p.cell_ids == ["c1", "cell_2", "cell_3"]
+    assert p.cell_genes == [["MS4A1", "CD79A"], ["CD3E", "CD4"], ["LYZ"]]
+    # placeholders ("unknown") are dropped, like in `cello data cells`; extra fields are appended
+    assert p.context == "The cell is from a female donor. The sample was taken from the blood. Batch: b1."
+    (q,) = parse_puzzles([puzzle(context="  A  female\n donor. ")])
+    assert q.context == "A female donor."
+
+
+def test_top_genes_from_expression():
+    # highest first, zeros never ranked, ties keep the given order, negatives rank low
+    assert top_genes({"A": 1.0, "B": 3.0, "C": 0.0, "D": 3.0, "E": -1.0}, 10) == ["B", "D", "A", "E"]
+    assert top_genes({"A": 1.0, "B": 3.0}, 1) == ["B"]
+    limits = ServeConfig(top_genes=2)
+    (p,) = parse_puzzles([puzzle(cells=[{"expression": {"X": 1, "Y": 2, "Z": 3}}, ["A"], ["B"]])], limits=limits)
+    assert p.cell_genes[0] == ["Z", "Y"]
+
+
+BAD = [
+    ("too many cells", [puzzle(cells=[[f"G{i}"] for i in range(40)], candidates=[f"t{i}" for i in range(40)])], "40 cells"),
+    ("too few cells", [puzzle(cells=[["A"]], candidates=["x"])], "1 cells"),
+    ("candidate count", [puzzle(candidates=CANDS[:2])], "2 candidates for 3 cells"),
+    ("duplicate candidates", [puzzle(candidates=["B cell", "b cell ", "T cell"])], "appears twice in candidates"),
+    ("empty genes", [puzzle(cells=[[], ["A"], ["B"]])], "'genes' is empty"),
+    ("duplicate genes", [puzzle(cells=[["A", "A"], ["B"], ["C"]])], "appears twice in the genes"),
+    ("too many genes", [puzzle(cells=[[f"G{i}" for i in range(300)], ["A"], ["B"]])], "the limit is 200"),
+    ("gene with comma", [puzzle(cells=[["A,B"], ["B"], ["C"]])], "would break the prompt"),
+    ("candidate with newline", [puzzle(candidates=["B\ncell", "T cell", "x"])], "would break the prompt"),
+    ("candidate with bar", [puzzle(candidates=["B|cell", "T cell", "x"])], "would break the prompt"),
+    ("empty candidate", [puzzle(candidates=["", "T cell", "x"])], "candidate is empty"),
+    ("long name", [puzzle(candidates=["x" * 200, "T cell", "y"])], "serve.max_name_length"),
+    ("wrong type gene", [puzzle(cells=[[1], ["B"], ["C"]])], "valid string"),
+    ("wrong type cells", [puzzle(cells="MS4A1")], "valid list"),
+    ("both genes and expression", [puzzle(cells=[{"genes": ["A"], "expression": {"A": 1}}, ["B"], ["C"]])], "exactly one of"),
+    ("expression not a number", [puzzle(cells=[{"expression": {"A": "high"}}, ["B"], ["C"]])], "give a number"),
+    ("expression bool", [puzzle(cells=[{"expression": {"A": True}}, ["B"], ["C"]])], "give a number"),
+    ("all zero", [puzzle(cells=[{"expression": {"A": 0}}, ["B"], ["C"]])], "every gene"),
+    ("infinite", [puzzle(cells=[{"expression": {"A": float("inf")}}, ["B"], ["C"]])], "finite"),
+    ("unknown field", [puzzle(color="red")], "Extra inputs"),
+    ("duplicate cell ids", [puzzle(cells=[{"id": "c", "genes": ["A"]}, {"id": "c", "genes": ["B"]}, ["C"]])], "cell ids"),
+    ("long context", [puzzle(context="x" * 3000)], "serve.max_context_length"),
+    ("context wrong type", [puzzle(context=5)], "context"),
+    ("not an object", [5], "expected an object"),
+    ("empty list", [], "is empty"),
+    ("too many puzzles", [puzzle()] * 9, "9 puzzles"),
+]
+
+
+@pytest.mark.parametrize(("name", "items", "needle"), BAD, ids=[b[0] for b in BAD])
+def test_bad_puzzles_get_clear_messages(name, items, needle):
+    with pytest.raises(RequestError) as info:
+        parse_puzzles(items)
+    assert needle in str(info.value)
+    if items and isinstance(items[0], dict) and name != "too many puzzles":
+        assert str(info.value).startswith("puzzle 0")
+
+
+def test_not_a_list():
+    with pytest.raises(RequestError, match="must be a list"):
+        parse_puzzles({"cells": []})
+
+
+def test_options():
+    assert parse_options({"max_new_tokens": 5, "temperature": 0}).max_new_tokens == 5
+    for bad, needle in [({"max_new_tokens": 10**6}, "the limit"), ({"max_new_tokens": 0}, "greater"),
+                        ({"temperature": "hot"}, "temperature"), ({"top_k": 3}, "Extra"), ([], "object")]:
+        with pytest.raises(RequestError, match=needle):
+            parse_options(bad)

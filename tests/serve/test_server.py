@@ -1,0 +1,183 @@
+"""`cello serve` with the tiny model, over real HTTP on loopback: v1, v2, OpenAI routes, auth,
+health, metrics, concurrency, and bad requests that all get a 4xx with a clear message."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.serve.conftest import MAX_NEW_TOKENS, TOKEN, puzzle
+
+
+def check_result(result: dict, request_puzzle: dict) -> None:
+    """A result: an assignment of every cell to a distinct candidate (repair is on), plus diagnostics."""
+    cell_ids = [c["id"] if isinstance(c, dict) and "id" in c else f"cell_{i}" for i, c in enumerate(request_puzzle["cells"], 1)]
+    assert result["id"] == request_puzzle["id"]
+    assert list(result["assignment"]) == cell_ids
+    assert sorted(result["assignment"].values()) == sorted(request_puzzle["candidates"])
+    assert isinstance(result["completion"], str)
+    assert isinstance(result["valid"], bool) and isinstance(result["repaired"], bool)
+    assert result["valid"] or result["reason"]  # an invalid completion says why
+    assert result["latency_ms"] > 0
+
+
+def test_v1_predict(client):
+    body = {"instances": [puzzle(0), puzzle(1)], "parameters": {"max_new_tokens": 4}}
+    r = client.post("/v1/models/cello:predict", json=body)
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert len(predictions) == 2
+    for result, p in zip(predictions, body["instances"], strict=True):
+        check_result(result, p)
+    # greedy decoding: the same puzzle gives the same completion
+    assert predictions[0]["completion"] == predictions[1]["completion"]
+
+
+def test_v2_infer_with_bytes_tensor(client):
+    puzzles = [puzzle(0), puzzle(5, context={"sex": "male", "tissue": "blood"})]
+    body = {"id": "req-1", "inputs": [{"name": "puzzles", "datatype": "BYTES", "shape": [2],
+                                       "data": [json.dumps(p) for p in puzzles]}]}
+    r = client.post("/v2/models/cello/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "req-1" and out["model_name"] == "cello"
+    (tensor,) = out["outputs"]
+    assert tensor["name"] == "predictions" and tensor["datatype"] == "BYTES" and tensor["shape"] == [2]
+    for data, p in zip(tensor["data"], puzzles, strict=True):
+        check_result(json.loads(data), p)
+
+
+def test_openai_routes(client):
+    models = client.get("/openai/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["cello"]
+    r = client.post("/openai/v1/chat/completions", json={
+        "model": "cello", "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4"}], "max_tokens": 5,
+        "temperature": 0, "user": "ignored-extra-field"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["object"] == "chat.completion"
+    assert out["choices"][0]["message"]["role"] == "assistant"
+    assert 0 < out["usage"]["completion_tokens"] <= 5
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]
+
+
+def test_health_is_open_and_metrics_count_requests(server, client):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v1/models/cello", "/v2/models/cello/ready"):
+        assert httpx.get(server.url + path).status_code == 200, path  # probes send no token
+    client.post("/v1/models/cello:predict", json={"instances": [puzzle()], "parameters": {"max_new_tokens": 1}})
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'cello_requests_total{route="v1_predict",status="200"}' in metrics
+    assert "cello_batch_conversations_count" in metrics
+    assert "request_predict_seconds" in metrics  # KServe's own histograms, per step
+
+
+def test_auth(server):
+    body = {"instances": [puzzle()], "parameters": {"max_new_tokens": 1}}
+    url = server.url + "/v1/models/cello:predict"
+    r = httpx.post(url, json=body)
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": TOKEN}).status_code == 401  # no scheme
+    assert httpx.post(url, json=body, headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    assert httpx.get(server.url + "/openai/v1/models").status_code == 401
+
+
+def test_concurrent_requests_are_all_answered(client):
+    def call(i):
+        body = {"instances": [puzzle(i)], "parameters": {"max_new_tokens": 2}}
+        return client.post("/v1/models/cello:predict", json=body)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(call, range(24)))
+    assert [r.status_code for r in responses] == [200] * 24
+    assert [r.json()["predictions"][0]["id"] for r in responses] == [f"p{i}" for i in range(24)]
+
+
+V1 = "/v1/models/cello:predict"
+V2 = "/v2/models/cello/infer"
+CHAT = "/openai/v1/chat/completions"
+BIG = {"instances": [puzzle(i) for i in range(8)], "pad": "x" * (5 * 2**20)}
+
+
+def v2(data, **over):
+    tensor = {"name": "puzzles", "datatype": "BYTES", "shape": [len(data)], "data": data}
+    tensor.update(over)
+    return {"inputs": [tensor]}
+
+
+BAD_REQUESTS = [
+    # (name, path, json body or raw bytes, extra headers, status, text in the message)
+    ("invalid json", V1, b'{"instances": [', {}, 400, "not valid JSON"),
+    ("not an object", V1, [1, 2], {}, 400, "JSON object"),
+    ("missing instances", V1, {"puzzles": []}, {}, 400, "unknown field"),
+    ("no instances", V1, {"parameters": {}}, {}, 400, "missing 'instances'"),
+    ("wrong type", V1, {"instances": [puzzle(cells="CD3E")]}, {}, 400, "puzzle 0, cells"),
+    ("too many cells", V1, {"instances": [puzzle(cells=[[f"G{i}"] for i in range(33)], candidates=[f"t{i}" for i in range(33)])]}, {}, 400, "33 cells"),
+    ("too many puzzles", V1, {"instances": [puzzle(i) for i in range(9)]}, {}, 400, "9 puzzles"),
+    ("duplicate candidates", V1, {"instances": [puzzle(candidates=["B cell", "B cell", "monocyte"])]}, {}, 400, "appears twice"),
+    ("candidate count", V1, {"instances": [puzzle(candidates=["B cell"])]}, {}, 400, "1 candidates for 3 cells"),
+    ("empty genes", V1, {"instances": [puzzle(cells=[[], ["A"], ["B"]])]}, {}, 400, "'genes' is empty"),
+    ("unknown parameter", V1, {"instances": [puzzle()], "parameters": {"top_k": 5}}, {}, 400, "parameters.top_k"),
+    ("too many tokens", V1, {"instances": [puzzle()], "parameters": {"max_new_tokens": MAX_NEW_TOKENS + 1}}, {}, 400, "serve.max_new_tokens"),
+    ("huge body", V1, BIG, {}, 413, "serve.max_body_bytes"),
+    ("text/plain body", V1, b"hello", {"Content-Type": "text/plain"}, 400, "not valid JSON"),
+    ("unknown model", "/v1/models/other:predict", {"instances": [puzzle()]}, {}, 404, "other"),
+    ("unknown model v2", "/v2/models/other/infer", v2([json.dumps(puzzle())]), {}, 404, "other"),
+    ("explain", "/v1/models/cello:explain", {"instances": [puzzle()]}, {}, 404, "not served"),
+    ("v2 versions", "/v2/models/cello/versions/2/infer", v2([json.dumps(puzzle())]), {}, 404, "not served"),
+    ("v2 invalid json", V2, b"{nope", {}, 400, "not valid JSON"),
+    ("v2 binary extension", V2, b"{}", {"inference-header-content-length": "abc"}, 400, "binary tensor extension"),
+    ("v2 no inputs", V2, {"id": "x"}, {}, 400, "inputs"),
+    ("v2 two inputs", V2, {"inputs": v2(["{}"])["inputs"] * 2}, {}, 400, "expected 1 input"),
+    ("v2 wrong datatype", V2, v2([1, 2], datatype="INT32"), {}, 400, "datatype INT32"),
+    ("v2 wrong shape", V2, v2([json.dumps(puzzle())], shape=[3]), {}, 400, "shape"),
+    ("v2 element not json", V2, v2(["{oops"]), {}, 400, "puzzle 0: element is not valid JSON"),
+    ("v2 bad puzzle", V2, v2([json.dumps(puzzle(candidates=[]))]), {}, 400, "0 candidates"),
+    ("v2 unknown output", V2, {**v2([json.dumps(puzzle())]), "outputs": [{"name": "logits"}]}, {}, 400, "logits"),
+    ("chat invalid json", CHAT, b"[", {}, 400, "not valid JSON"),
+    ("chat unknown model", CHAT, {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, {}, 404, "gpt-4"),
+    ("chat stream", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "hi"}], "stream": True}, {}, 400, "stream"),
+    ("chat bad role", CHAT, {"model": "cello", "messages": [{"role": "tool", "content": "hi"}]}, {}, 400, "role"),
+    ("chat n>1", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "hi"}], "n": 3}, {}, 400, "n=3"),
+    ("chat no messages", CHAT, {"model": "cello", "messages": []}, {}, 400, "messages"),
+    ("unknown route", "/v3/anything", {}, {}, 404, ""),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "body", "headers", "status", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_4xx_with_a_clear_message(client, name, path, body, headers, status, needle):
+    if isinstance(body, bytes):
+        r = client.post(path, content=body, headers=headers)
+    else:
+        r = client.post(path, json=body, headers=headers)
+    assert r.status_code == status, r.text
+    error = r.json().get("error", r.json().get("detail"))
+    message = error["message"] if isinstance(error, dict) else str(error)
+    assert needle in message
+
+
+def test_declared_body_over_the_limit_is_refused_before_reading(server):
+    import socket
+
+    head = (f"POST {V1} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{}")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        reply = b""
+        while b"max_body_bytes" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        reply = reply.decode()
+    assert reply.startswith("HTTP/1.1 413") and "serve.max_body_bytes" in reply
+
+
+def test_still_answers_after_bad_requests(client):
+    r = client.post(V1, json={"instances": [puzzle()], "parameters": {"max_new_tokens": 1}})
+    assert r.status_code == 200
+    check_result(r.json()["predictions"][0], puzzle())
