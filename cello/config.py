@@ -146,7 +146,7 @@ class _TrainerStageConfig(Section):
     # TRL/TrainingArguments names that Cello sets itself from the fields below.
     OWNED_TRL_KEYS: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-        "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "fp16", "deepspeed", "report_to",
+        "gradient_accumulation_steps", "gradient_checkpointing", "activation_checkpointing", "bf16", "fp16", "deepspeed", "report_to",
         "logging_steps", "save_steps", "save_total_limit", "seed", "use_cpu",
     })
 

@@ -114,6 +114,11 @@ def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, secti
     kwargs = {**owned, **extra}
     if kwargs.get("gradient_checkpointing"):
         kwargs.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    if "activation_checkpointing" in known:  # transformers >= 5.x renamed gradient_checkpointing
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if old in kwargs:
+                kwargs.setdefault(new, kwargs.pop(old))
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
