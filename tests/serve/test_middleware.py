@@ -1,0 +1,90 @@
+"""The ASGI guard alone (no server): token sources, open probe paths, body limit, route names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+import pytest
+
+from cello.errors import ConfigError
+from cello.serve.middleware import Guard, TokenSource, route_name
+
+
+async def echo_app(scope, receive, send):
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+def call(guard, method, path, **kw):
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t") as c:
+            return await c.request(method, path, **kw)
+
+    return asyncio.run(main())
+
+
+def test_no_token_configured_means_open(monkeypatch):
+    monkeypatch.delenv("CELLO_TEST_TOKEN", raising=False)
+    guard = Guard(echo_app, max_body_bytes=100, tokens=TokenSource(env="CELLO_TEST_TOKEN", file=None))
+    assert call(guard, "POST", "/v1/models/m:predict", content=b"abc").text == "3"
+
+
+def test_env_token(monkeypatch):
+    monkeypatch.setenv("CELLO_TEST_TOKEN", "s3cret")
+    guard = Guard(echo_app, max_body_bytes=100, tokens=TokenSource(env="CELLO_TEST_TOKEN", file=None))
+    assert call(guard, "POST", "/v1/models/m:predict").status_code == 401
+    assert call(guard, "POST", "/v1/models/m:predict", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    for path in ("/", "/v2/health/live", "/v2/health/ready", "/v1/models/m", "/v2/models/m/ready", "/metrics"):
+        assert call(guard, "GET", path).status_code == 200, path  # probes and metrics stay open
+    assert call(guard, "POST", "/v2/health/ready").status_code == 401  # open means GET only
+    r = call(guard, "POST", "/openai/v1/chat/completions")
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"  # OpenAI error shape
+
+
+def test_token_file_is_reread_when_it_changes(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("one\n")
+    guard = Guard(echo_app, max_body_bytes=100, tokens=TokenSource(env=None, file=secret))
+    assert call(guard, "POST", "/x", headers={"Authorization": "Bearer one"}).status_code == 200
+    secret.write_text("two\n")
+    os.utime(secret, (1, 1))  # a new mtime, as when Kubernetes swaps the Secret
+    assert call(guard, "POST", "/x", headers={"Authorization": "Bearer one"}).status_code == 401
+    assert call(guard, "POST", "/x", headers={"Authorization": "Bearer two"}).status_code == 200
+
+
+def test_token_file_must_exist_and_not_be_empty(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        TokenSource(env=None, file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        TokenSource(env=None, file=tmp_path / "empty")
+
+
+def test_body_limit_counts_streamed_chunks():
+    guard = Guard(echo_app, max_body_bytes=10, tokens=None)
+    assert call(guard, "POST", "/x", content=b"x" * 10).text == "10"
+
+    async def chunks():
+        yield b"x" * 6
+        yield b"x" * 6  # no Content-Length: the limit is checked while reading
+
+    r = call(guard, "POST", "/x", content=chunks())
+    assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["error"]
+    assert call(guard, "POST", "/x", content=b"{}", headers={"Content-Length": "x"}).status_code in (400, 413)
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/v1/models/cello:predict", "v1_predict"), ("/v2/models/any/infer", "v2_infer"),
+    ("/openai/v1/chat/completions", "openai_chat"), ("/v2/health/ready", "health"),
+    ("/metrics", "metrics"), ("/v1/models/x/../../etc", "other"), ("/" + "a" * 500, "other"),
+])
+def test_route_names_are_bounded(path, name):
+    assert route_name(path) == name
