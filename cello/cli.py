@@ -65,7 +65,8 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 a user-fixable error)."""
     try:
-        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+        # With standalone_mode=False click returns a `typer.Exit` code instead of exiting.
+        rv = app(args=argv if argv is not None else sys.argv[1:], prog_name="cello", standalone_mode=False)
     except CelloError as exc:
         Console(stderr=True, soft_wrap=True).print(Text("error: ", style="bold red") + Text(str(exc)))
         return 2
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

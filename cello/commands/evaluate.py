@@ -125,9 +125,7 @@ def gate(
                       incumbent_predictions=incumbent_predictions, cfg=cfg, out=out)
     typer.echo(f"{decision.render()}\n-> {out}")
     if fail_on_reject and not decision.passed:
-        # SystemExit, not typer.Exit: click in non-standalone mode turns Exit into a return
-        # value that cello.cli.main drops, while SystemExit reaches main() as exit code 1.
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 _RUNS = typer.Argument(..., help="metrics.json files written by `cello eval`, one line per file.")
