@@ -270,6 +270,7 @@ class ServeConfig(Section):
     batch_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
     max_queue: int = Field(1024, ge=1, description="Conversations waiting for generation; beyond it the client gets 429.")
     repair: bool = Field(True, description="Repair invalid answers into a valid assignment (cello.scoring.repair).")
+    cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads for in-process generation; null: torch's default (1 is fastest for small models on a busy machine).")
     auth_token_env: str = Field("CELLO_SERVE_TOKEN", description="Env var holding the bearer token; unset/empty: no auth.")
     auth_token_file: str | None = Field(None, description="File holding the bearer token (a mounted Secret); wins over the env var.")
 

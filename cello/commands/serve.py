@@ -32,6 +32,7 @@ def command(
     max_puzzles: int | None = typer.Option(None, help="Puzzles per request [8]."),
     token_file: str | None = typer.Option(None, "--token-file", help="File with the bearer token (a mounted Secret) [env CELLO_SERVE_TOKEN]."),
     device: str | None = typer.Option(None, help="In process: auto | cpu | cuda [auto]."),
+    threads: int | None = typer.Option(None, "--threads", help="In process: torch CPU threads [torch default]."),
     workers: int = typer.Option(1, "--workers", help="Uvicorn workers (only 1: batching needs one process)."),
     params: Path = PARAMS,
     profile: str | None = PROFILE,
@@ -46,7 +47,7 @@ def command(
     p = load_params(params, profile=profile)
     cfg = override(p.serve, port=port, host=host, model_name=model_name, max_new_tokens=max_new_tokens,
                    temperature=temperature, timeout_s=timeout_s, max_batch_size=max_batch_size,
-                   max_puzzles=max_puzzles, auth_token_file=token_file)
+                   max_puzzles=max_puzzles, auth_token_file=token_file, cpu_threads=threads)
     generation = p.generation.model_copy(update={"backend": override(p.generation.backend, device=device)})
     serve(model, cfg=cfg, prompt=p.prompt, generation=generation,
           predictor_host=predictor_host, upstream_model=upstream_model)

@@ -5,43 +5,47 @@ completion longer than `max_position_embeddings` fails inside the model (a serve
 silently degrades. The server counts the prompt's tokens with the model's own chat template
 and answers 400 with the numbers instead. An upstream server (vLLM) checks this itself and
 answers 400, which the server passes on.
+
+The count uses its own copy of the tokenizer: a Hugging Face fast tokenizer keeps padding
+settings as state, and counting on the event loop while the generation thread pads a batch
+with the same object races (the batch then fails to stack).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from cello.serve.schema import RequestError
 
 
-def context_length(backend: Any) -> int | None:
-    """The model's context window when the backend runs in this process, else None."""
-    model = getattr(backend, "model", None)
-    config = getattr(model, "config", None)
-    value = getattr(config, "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) and value > 0 else None
+class PromptBudget:
+    """Token counting for an in-process backend; a no-op for backends without a tokenizer."""
 
+    def __init__(self, backend: Any) -> None:
+        model = getattr(backend, "model", None)
+        value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        tokenizer = getattr(backend, "tokenizer", None)
+        self.limit = int(value) if isinstance(value, int) and value > 0 and tokenizer is not None else None
+        self.tokenizer = copy.deepcopy(tokenizer) if self.limit is not None else None
 
-def prompt_tokens(backend: Any, conversation: list[dict]) -> int | None:
-    """Tokens of `conversation` with the generation prompt, or None when the backend has no tokenizer."""
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is None:
-        return None
-    enc = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-    ids = enc["input_ids"] if not isinstance(enc, list) else enc
-    return len(ids)
+    def tokens(self, conversation: list[dict]) -> int | None:
+        """Tokens of `conversation` with the generation prompt (None: cannot tell)."""
+        if self.tokenizer is None:
+            return None
+        enc = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        ids = enc if isinstance(enc, list) else enc["input_ids"]
+        return len(ids)
 
-
-def check_prompt_budget(backend: Any, conversations: list[list[dict]], max_new_tokens: int) -> None:
-    """RequestError naming the first conversation whose prompt + max_new_tokens does not fit."""
-    limit = context_length(backend)
-    if limit is None:
-        return
-    for i, conv in enumerate(conversations):
-        n = prompt_tokens(backend, conv)
-        if n is not None and n + max_new_tokens > limit:
-            msg = (
-                f"puzzle {i}: the prompt is {n} tokens and up to {max_new_tokens} more are generated, "
-                f"but the model holds {limit}; send fewer cells or genes, or a smaller max_new_tokens"
-            )
-            raise RequestError(msg)
+    def check(self, conversations: list[list[dict]], max_new_tokens: int) -> None:
+        """RequestError naming the first conversation whose prompt + max_new_tokens does not fit."""
+        if self.limit is None:
+            return
+        for i, conv in enumerate(conversations):
+            n = self.tokens(conv)
+            if n is not None and n + max_new_tokens > self.limit:
+                msg = (
+                    f"puzzle {i}: the prompt is {n} tokens and up to {max_new_tokens} more are generated, "
+                    f"but the model holds {self.limit}; send fewer cells or genes, or a smaller max_new_tokens"
+                )
+                raise RequestError(msg)

@@ -160,9 +160,13 @@ def _make_model_class():
             self._health = health  # async () -> bool, for an upstream; None: ready once loaded
             self.backend = None
             self.batcher: Batcher | None = None
+            self.budget = None
 
         def load(self) -> bool:
+            from cello.serve.budget import PromptBudget
+
             self.backend = self._backend_factory()
+            self.budget = PromptBudget(self.backend)
             self.batcher = Batcher(self.backend, max_batch_size=self.cfg.max_batch_size,
                                    wait_s=self.cfg.batch_wait_ms / 1000, max_queue=self.cfg.max_queue,
                                    workers=self._workers)
@@ -189,12 +193,10 @@ def _make_model_class():
                 raise _invalid(str(exc)) from None
 
         async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
-            from cello.serve.budget import check_prompt_budget
-
             conversations = [self.prompt.messages(p.context, p.cell_genes, p.candidates) for p in job.puzzles]
             params = self.params_for(job.options)
             try:
-                check_prompt_budget(self.backend, conversations, params.max_new_tokens)
+                self.budget.check(conversations, params.max_new_tokens)
             except RequestError as exc:
                 raise _invalid(str(exc)) from None
             assert self.batcher is not None

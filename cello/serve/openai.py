@@ -102,8 +102,6 @@ def _error(status: int, message: str, code: str | int | None = None) -> JSONResp
 
 def register_openai_routes(app: Any, model: Any) -> None:
     """Add /openai/v1/chat/completions and /openai/v1/models for `model` (a CelloModel) to `app`."""
-    from cello.serve.budget import check_prompt_budget
-
     created = int(time.time())
 
     async def list_models() -> dict:
@@ -132,7 +130,7 @@ def register_openai_routes(app: Any, model: Any) -> None:
             update["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
         params = model.sampling.model_copy(update=update)
         try:
-            check_prompt_budget(model.backend, [conversation], params.max_new_tokens)
+            model.budget.check([conversation], params.max_new_tokens)
         except RequestError as exc:
             return _error(400, str(exc).replace("puzzle 0: ", ""))
         (result,) = await model.batcher.generate([conversation], params, timeout_s=model.cfg.timeout_s)

@@ -124,8 +124,15 @@ def build_model(
             msg = "give --model: a model directory, or an upstream http(s)://HOST/openai/v1 (or --predictor_host)."
             raise ConfigError(msg)
         backend_cfg = override(generation.backend, spec=model, batch_size=cfg.max_batch_size)
-        return make_model(cfg.model_name, backend_factory=lambda: make_backend(backend_cfg), cfg=cfg,
-                          prompt=prompt, sampling=sampling, workers=1)
+
+        def in_process():
+            if cfg.cpu_threads:
+                import torch
+
+                torch.set_num_threads(cfg.cpu_threads)
+            return make_backend(backend_cfg)
+
+        return make_model(cfg.model_name, backend_factory=in_process, cfg=cfg, prompt=prompt, sampling=sampling, workers=1)
     # Upstream: fail fast (the client waits), a few HTTP requests in flight per batch.
     backend_cfg = override(generation.backend, spec=url, model=upstream_model, max_retries=min(generation.backend.max_retries, 2),
                            timeout_s=min(generation.backend.timeout_s, cfg.timeout_s))

@@ -140,7 +140,7 @@ def servers(model_dir, fake_upstream, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve-logs")
     token_file = logs / "token"
     token_file.write_text(TOKEN + "\n")
-    main = Server("main", ["--model", str(model_dir), "--max-new-tokens", str(MAX_NEW_TOKENS),
+    main = Server("main", ["--model", str(model_dir), "--max-new-tokens", str(MAX_NEW_TOKENS), "--threads", "1",
                            "--token-file", str(token_file)], log_dir=logs)
     gateway = Server("gateway", ["--predictor_host", f"127.0.0.1:{fake_upstream['port']}", "--model_name", "cello",
                                  "--upstream-model", "fake", "--timeout-s", "2", "--max-new-tokens", "16"], log_dir=logs)

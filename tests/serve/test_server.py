@@ -87,8 +87,9 @@ def test_auth(server):
 
 
 def test_concurrent_requests_are_all_answered(client):
-    def call(i):
-        body = {"instances": [puzzle(i)], "parameters": {"max_new_tokens": 2}}
+    def call(i):  # prompts of different lengths: batches need padding
+        cells = [[f"G{j}" for j in range(1 + i % 7)], ["CD3E"], ["LYZ", "CD14"]]
+        body = {"instances": [puzzle(i, cells=cells)], "parameters": {"max_new_tokens": 2}}
         return client.post("/v1/models/cello:predict", json=body)
 
     with ThreadPoolExecutor(max_workers=12) as pool:
