@@ -19,3 +19,13 @@ def test_errors_exit_2(tmp_path, capsys):
     assert main(["serve", "--model", "x", "--max-new-tokens", "0", "--params", params]) == 2
     err = capsys.readouterr().err
     assert "replicas" in err and "--model" in err and "config.json" in err
+
+
+def test_params_yaml_spells_out_the_defaults():
+    from pathlib import Path
+
+    from cello.config import Params, load_params
+
+    path = Path(__file__).resolve().parents[2] / "params.yaml"
+    p = load_params(path)
+    assert p.serve == Params().serve and p.deploy == Params().deploy
