@@ -1,9 +1,12 @@
 """Real `cello serve` processes on free loopback ports, started once per session, stopped by PID.
 
 - `server`: the tiny model in process, bearer-token auth from a mounted-style token file;
-- `transformer`: `cello serve` in upstream mode in front of `server`'s OpenAI route (no auth);
-- `fake_upstream` + `gateway`: upstream mode against a scripted OpenAI server that can hang,
-  fail or refuse, started with KServe's own argument spellings (--predictor_host ...).
+- `transformer`: `cello serve` in upstream mode (no auth of its own) in front of a real
+  OpenAI-compatible server on loopback with the same tiny model (`tests.llm_server.serve_openai`,
+  under /openai/v1 as KServe's predictor, requiring the token the transformer forwards);
+- `fake_upstream` + `gateway`: upstream mode against a scripted OpenAI server whose mode can
+  change within the session (hang, fail, refuse, or a failing GET /models for readiness),
+  started with KServe's own argument spellings (--predictor_host ...).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.llm_server import build_test_model
+from tests.llm_server import build_test_model, serve_openai
 
 TOKEN = "test-token-4f1c"
 MAX_NEW_TOKENS = 8
@@ -144,7 +147,9 @@ def servers(model_dir, fake_upstream, tmp_path_factory):
                            "--token-file", str(token_file)], log_dir=logs)
     gateway = Server("gateway", ["--predictor_host", f"127.0.0.1:{fake_upstream['port']}", "--model_name", "cello",
                                  "--upstream-model", "fake", "--timeout-s", "2", "--max-new-tokens", "16"], log_dir=logs)
-    transformer = Server("transformer", ["--model", f"{main.url}/openai/v1", "--upstream-model", "cello",
+    upstream = serve_openai(model_dir=model_dir, model_name="cello", prefix="/openai/v1", api_key=TOKEN)
+    upstream_url = upstream.__enter__()  # the tiny model behind an OpenAI server, as KServe's predictor route
+    transformer = Server("transformer", ["--model", upstream_url, "--upstream-model", "cello",
                                          "--max-new-tokens", str(MAX_NEW_TOKENS)], log_dir=logs, env={"OPENAI_API_KEY": TOKEN})
     started = [main, gateway, transformer]
     try:
@@ -154,6 +159,7 @@ def servers(model_dir, fake_upstream, tmp_path_factory):
         yield {"main": main, "transformer": transformer, "gateway": gateway}
     finally:
         codes = {s.log.stem: s.stop() for s in started}
+        upstream.__exit__(None, None, None)
     assert all(code == 0 for code in codes.values()), f"servers did not stop cleanly on SIGTERM: {codes}"
 
 

@@ -1,7 +1,7 @@
 """Upstream (KServe transformer) mode: `cello serve` in front of an OpenAI-compatible server.
 
-- against the real in-process server on loopback (the tiny model behind /openai/v1, with a
-  token the transformer forwards): the same completions as asking that server directly;
+- against a real OpenAI-compatible server on loopback (the tiny model behind /openai/v1, with
+  a token the transformer forwards): the same completions as the in-process `cello serve`;
 - against a scripted upstream started the way KServe starts a transformer (--predictor_host,
   --model_name, --http_port): valid answers pass through unrepaired, a hanging upstream gives
   504 after serve.timeout_s, a failing one 503, a refusing one 400, a down one not-ready.
@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from tests.serve.conftest import puzzle
+from tests.serve.conftest import TOKEN, puzzle
 
 
 def test_transformer_matches_the_upstream_model(servers, client):
@@ -36,6 +36,16 @@ def test_transformer_v2_and_readiness(servers):
     r = httpx.post(transformer.url + "/v2/models/cello/infer", json=body, timeout=60)
     assert r.status_code == 200, r.text
     assert json.loads(r.json()["outputs"][0]["data"][0])["id"] == "p3"
+
+
+def test_llm_http_backend_speaks_to_the_openai_route(server, monkeypatch):
+    """Cello's own OpenAI client (cello.llm) against `cello serve`'s /openai/v1 route."""
+    from cello.llm import SamplingParams, make_backend
+
+    monkeypatch.setenv("CELLO_TEST_KEY", TOKEN)
+    with make_backend(f"{server.url}/openai/v1", api_key_env="CELLO_TEST_KEY", max_retries=0) as backend:
+        (gen,) = backend.generate_full([[{"role": "user", "content": "Cell 1: CD3E"}]], SamplingParams(max_new_tokens=3))
+    assert backend.model == "cello" and gen.completion_tokens == 3 and gen.finish_reasons == ["length"]
 
 
 def test_transformer_has_no_openai_route(servers):
