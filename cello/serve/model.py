@@ -29,7 +29,14 @@ from typing import Any
 from cello.config import SamplingParams, ServeConfig
 from cello.data.prompt import PromptTemplate
 from cello.serve.engine import Batcher, Result
-from cello.serve.schema import Options, Puzzle, RequestError, parse_options, parse_puzzles
+from cello.serve.schema import (
+    Options,
+    Puzzle,
+    RequestError,
+    parse_json,
+    parse_options,
+    parse_puzzles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +65,7 @@ def _invalid(message: str) -> Exception:
 def decode_v1(payload: Any, *, limits: ServeConfig) -> Job:
     """A v1 body (already JSON-decoded by KServe, or raw bytes for a non-JSON content type)."""
     if isinstance(payload, bytes | bytearray | str):
-        try:
-            payload = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            msg = f"the body is not valid JSON ({exc}); send {{\"instances\": [puzzle, ...]}}"
-            raise RequestError(msg) from None
+        payload = parse_json(payload)
     if not isinstance(payload, dict):
         msg = f"the body must be a JSON object {{\"instances\": [...]}}, got {type(payload).__name__}"
         raise RequestError(msg)
@@ -104,11 +107,7 @@ def decode_v2(request: Any, *, limits: ServeConfig) -> Job:
         if isinstance(element, bytes | bytearray):
             element = element.decode("utf-8", errors="replace")
         if isinstance(element, str):
-            try:
-                element = json.loads(element)
-            except ValueError as exc:
-                msg = f"puzzle {i}: element is not valid JSON ({exc})"
-                raise RequestError(msg) from None
+            element = parse_json(element, what=f"puzzle {i}: the element")
         items.append(element)
     wanted = [out.name for out in (request.request_outputs or [])]
     if any(name != V2_OUTPUT for name in wanted):

@@ -13,7 +13,6 @@ many optional ones.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from cello.serve.schema import RequestError, describe
+from cello.serve.schema import RequestError, describe, parse_json
 
 MAX_MESSAGES = 64
 
@@ -81,11 +80,7 @@ class ChatRequest(BaseModel):
 
 
 def parse_chat(body: bytes, *, max_new_tokens: int) -> ChatRequest:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        msg = f"the body is not valid JSON ({exc})"
-        raise RequestError(msg) from None
+    data = parse_json(body)
     if not isinstance(data, dict):
         msg = f"the body must be a JSON object, got {type(data).__name__}"
         raise RequestError(msg)

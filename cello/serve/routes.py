@@ -11,14 +11,13 @@ histograms). Health, metadata and /metrics stay KServe's.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from cello.serve.schema import describe
+from cello.serve.schema import RequestError, describe, parse_json
 
 
 def _error(status: int, message: str) -> Response:
@@ -49,9 +48,9 @@ def register_inference_routes(app: Any, model: Any) -> None:
             return _error(400, "the binary tensor extension is not supported; send the request as JSON "
                                "(BYTES input 'puzzles', one puzzle JSON string per element)")
         try:
-            data = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"the body is not valid JSON ({exc})")
+            data = parse_json(await request.body())
+        except RequestError as exc:
+            return _error(400, str(exc))
         if not isinstance(data, dict):
             return _error(400, f"the body must be a JSON object with 'inputs', got {type(data).__name__}")
         try:

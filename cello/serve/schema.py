@@ -229,6 +229,20 @@ class RequestError(ValueError):
     """A request that breaks the schema; the message is safe to send back to the client."""
 
 
+def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:
+    """json.loads with a client-facing RequestError for bad, non-UTF-8 or absurdly nested JSON."""
+    import json
+
+    try:
+        return json.loads(data)
+    except RecursionError:
+        msg = f"{what} is nested too deeply to be a request"
+        raise RequestError(msg) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        msg = f"{what} is not valid JSON ({exc})"
+        raise RequestError(msg) from None
+
+
 def describe(exc: ValidationError, *, prefix: str = "", sep: str = ", ") -> str:
     """A short, readable list of what is wrong (at most 5 problems), each led by `prefix`."""
     lines = []
