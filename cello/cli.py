@@ -63,7 +63,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (0 ok, 2 a user-fixable error)."""
+    """Run the CLI; return the exit code (0 ok, 2 a user-fixable error or a usage error)."""
     try:
         # With standalone_mode=False click returns a `typer.Exit` code instead of exiting.
         rv = app(args=argv if argv is not None else sys.argv[1:], prog_name="cello", standalone_mode=False)
@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         return 1
-    except (typer.BadParameter, SystemExit) as exc:  # pragma: no cover - click handles most
-        return getattr(exc, "code", 2) or 0
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        # Usage errors (bad option, missing argument): click's ClickException, which typer
+        # vendors under a private module, so it is recognised by its interface.
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         raise

@@ -458,6 +458,16 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: the dotted field, what is wrong, and the value given."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {field or '(top level)'}: {err['msg']}{given}")
+    return "\n".join(lines)
+
+
 def load_params(path: str | os.PathLike | None = "params.yaml", *, profile: str | None = None) -> Params:
     """Read params.yaml (missing file: all defaults) and apply a named profile."""
     raw: dict[str, Any] = {}
@@ -476,7 +486,7 @@ def load_params(path: str | os.PathLike | None = "params.yaml", *, profile: str 
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        msg = f"{path}: invalid settings:\n{exc}"
+        msg = f"{path}: invalid settings (fix these keys):\n{_describe(exc)}"
         raise ConfigError(msg) from exc
 
 
@@ -486,5 +496,5 @@ def override(section: S, **values: Any) -> S:
     try:
         return section.model_validate({**section.model_dump(), **given})
     except ValidationError as exc:
-        msg = f"invalid option for {type(section).__name__}:\n{exc}"
+        msg = f"invalid option (the flag or params.yaml key named below):\n{_describe(exc)}"
         raise ConfigError(msg) from exc

@@ -20,6 +20,18 @@ class ConfigError(CelloError):
     """A bad setting in params.yaml or on the command line."""
 
 
+class UpstreamError(CelloError):
+    """A remote server (model endpoint, API) answered with an error or could not be reached.
+
+    `status_code` is the last HTTP status (None when no answer came), so callers can tell a
+    refused request (4xx) from an outage without parsing the message.
+    """
+
+    def __init__(self, msg: str, *, status_code: int | None = None):
+        super().__init__(msg)
+        self.status_code = status_code
+
+
 class MissingDependencyError(CelloError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 

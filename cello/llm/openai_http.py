@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 import httpx
 
 from cello.config import SamplingParams
-from cello.errors import CelloError, ConfigError
+from cello.errors import CelloError, ConfigError, UpstreamError
 from cello.llm.base import Backend, Conversation, Generation, Progress, cut_at_stop
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class OpenAIHTTPBackend(Backend):
         stop = abort or self._closed
         url = f"{self.base_url}/{path}"
         attempts = self.max_retries + 1
+        last_status: int | None = None
         problem = ""
         for attempt in range(attempts):
             delay: float | None = None
@@ -125,11 +126,12 @@ class OpenAIHTTPBackend(Backend):
                     except ValueError as exc:
                         msg = f"{method} {url} answered {resp.status_code} with a body that is not JSON: {_excerpt(resp.text)!r}"
                         raise CelloError(msg) from exc
+                last_status = resp.status_code
                 problem = f"HTTP {resp.status_code}: {_excerpt(resp.text)!r}"
                 if resp.status_code not in RETRY_STATUS:
                     hint = f" Check the API key in ${self.api_key_env}." if resp.status_code in (401, 403) else ""
                     msg = f"{method} {url} failed with {problem}.{hint}"
-                    raise CelloError(msg)
+                    raise UpstreamError(msg, status_code=resp.status_code)
                 delay = retry_after_seconds(resp.headers.get("retry-after"))
             if attempt + 1 == attempts or stop.is_set() or self._closed.is_set():
                 break
@@ -141,7 +143,7 @@ class OpenAIHTTPBackend(Backend):
             if stop.wait(delay) or self._closed.is_set():
                 break
         msg = f"{method} {url} failed after {attempts} attempt(s); last: {problem}. Is the server up and the model loaded?"
-        raise CelloError(msg)
+        raise UpstreamError(msg, status_code=last_status)
 
     @property
     def model(self) -> str:

@@ -65,9 +65,9 @@ class _UpstreamBackend:
         try:
             return self.inner.generate_full(conversations, params)
         except CelloError as exc:
-            status = getattr(exc, "status_code", None)
+            status = getattr(exc, "status_code", None)  # set by cello.errors.UpstreamError
             text = str(exc)
-            refused = (status is not None and 400 <= status < 500) or " failed with HTTP 4" in text
+            refused = status is not None and 400 <= status < 500
             raise BackendError(f"the model server refused the request: {text}" if refused else
                                f"the model server is unavailable: {text}", unavailable=not refused,
                                ) from None

@@ -162,14 +162,16 @@ def test_http_always_failing_gives_clear_error_after_bounded_retries():
     text = str(err.value)
     assert f"{url}/chat/completions" in text and "3 attempt(s)" in text and "HTTP 500" in text
     assert "scripted failure" in text  # the body excerpt
+    assert err.value.status_code == 500  # an outage, told apart from a refused request
 
 
 def test_http_client_errors_are_not_retried():
     with serve_openai() as url:
         b = OpenAIHTTPBackend(url, model="other-model", max_retries=5, **FAST)
-        with pytest.raises(CelloError, match="404.*does not exist"):
+        with pytest.raises(CelloError, match="404.*does not exist") as err:
             b.generate([[{"role": "user", "content": "x"}]])
         assert len(url.chat_requests) == 1
+    assert err.value.status_code == 404
 
 
 def test_http_timeout_is_retried_then_reported():
@@ -184,8 +186,9 @@ def test_http_connection_refused():
     with serve_openai() as url:
         pass  # the server is gone: its port refuses connections
     b = OpenAIHTTPBackend(url, model="tiny", max_retries=1, **FAST)
-    with pytest.raises(CelloError, match="connection failed"):
+    with pytest.raises(CelloError, match="connection failed") as err:
         b.generate([[{"role": "user", "content": "x"}]])
+    assert err.value.status_code is None
 
 
 def test_http_sends_api_key_from_env_and_never_logs_it(monkeypatch, caplog):
