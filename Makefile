@@ -43,6 +43,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 lint: install
 	$(BIN)/ruff check cello tests benchmarks
