@@ -43,7 +43,7 @@ def cells(
     p = load_params(params, profile=profile)
     none = lambda v: "" if v is not None and v.lower() == "none" else v  # noqa: E731
     cfg = override(
-        p.data.cells, cell_type_key=cell_type_key, donor_key=none(donor_key), batch_key=batch_key,
+        p.data.cells, cell_type_key=cell_type_key, donor_key=none(donor_key), batch_key=none(batch_key),
         gene_symbols=none(gene_symbols), matrix=matrix, top_n=top_n, keep_suspension=none(keep_suspension),
         max_cells=max_cells, extra_context_fields=extra_context or None, workers=workers,
     )
@@ -97,11 +97,12 @@ def audit(
     test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
     params: Path = PARAMS,
+    profile: str | None = PROFILE,
 ) -> None:
     """Count test puzzles that share an identical cell (same ranked gene list) with train."""
     from cello.data.split import audit_paths
 
-    report = audit_paths(train, test, template=load_params(params).prompt, out=out)
+    report = audit_paths(train, test, template=load_params(params, profile=profile).prompt, out=out)
     typer.echo(report.render())
 
 
@@ -111,11 +112,12 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (one JSONL file per split)."),
     fmt: str = typer.Option(..., "--format", "-f", help="sft | grpo | eval | cellpuzzles."),
     params: Path = PARAMS,
+    profile: str | None = PROFILE,
 ) -> None:
     """Render puzzles into SFT, GRPO, eval or published-CellPuzzles records."""
     from cello.data.records import export_split
 
-    counts = export_split(splits, out, fmt=fmt, template=load_params(params).prompt)
+    counts = export_split(splits, out, fmt=fmt, template=load_params(params, profile=profile).prompt)
     typer.echo(", ".join(f"{name}: {n} records" for name, n in counts.items()) + f" -> {out}")
 
 
@@ -125,9 +127,10 @@ def import_(
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
     params: Path = PARAMS,
+    profile: str | None = PROFILE,
 ) -> None:
     """Read published CellPuzzles records (system_msg/user_msg/assistant_msg) into puzzles.parquet."""
     from cello.data.records import import_cellpuzzles
 
-    n = import_cellpuzzles(source, out, dataset=dataset, template=load_params(params).prompt)
+    n = import_cellpuzzles(source, out, dataset=dataset, template=load_params(params, profile=profile).prompt)
     typer.echo(f"imported {n} puzzles -> {out}")

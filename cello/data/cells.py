@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import unicodedata
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -129,6 +130,30 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
     return col.map(clean).to_numpy().astype(str)
 
 
+def check_cell_types(labels: np.ndarray | pd.Series, *, source: str, key: str) -> None:
+    """Labels must survive the answer format: no '|' or line/control characters, and no two
+    labels that differ only by case (answers are compared case-insensitively)."""
+    unique = pd.unique(np.asarray(labels, dtype=object))
+    bad = [t for t in unique if t and ("|" in t or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in t))]
+    if bad:
+        msg = (
+            f"{source}: cell-type labels in {key!r} contain '|' or control/line characters, which the "
+            f"answer format (<answer>A | B</answer>) cannot carry: {bad[:5]}. Rename those categories."
+        )
+        raise InputError(msg)
+    by_case: dict[str, set[str]] = {}
+    for t in unique:
+        if t:
+            by_case.setdefault(t.lower(), set()).add(t)
+    clashes = [sorted(v) for v in by_case.values() if len(v) > 1]
+    if clashes:
+        msg = (
+            f"{source}: cell-type labels in {key!r} differ only by case: {clashes[:5]}; answers are compared "
+            "case-insensitively, so merge them into one label."
+        )
+        raise InputError(msg)
+
+
 def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> tuple[np.ndarray, dict]:
     """Boolean mask of the cells to keep, and their label arrays."""
     n = len(obs)
@@ -138,6 +163,7 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
         summary.dropped_suspension = int((~ok).sum())
         keep &= ok
     cell_type = _labels(obs, cfg.cell_type_key, "cell type", summary.source)
+    check_cell_types(cell_type, source=summary.source, key=cfg.cell_type_key)
     summary.dropped_unlabelled = int((keep & (cell_type == "")).sum())
     keep &= cell_type != ""
     if cfg.donor_key:
@@ -218,6 +244,10 @@ def process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool =
         context = sentences(ctx, extra=cfg.extra_context_fields).to_numpy()
         genes = pa.array(names, pa.string())
         obs_names = obs.index.to_numpy().astype(str)
+        if obs.index.has_duplicates:  # cell ids must be unique: the split relies on them
+            dup = obs.index.duplicated(keep=False)
+            obs_names = np.where(dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names)
+            log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
         def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
             """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
             tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n)

@@ -7,28 +7,37 @@ per distinct combination of field values, not once per cell.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
 MISSING = frozenset(
-    {"", "na", "n/a", "nan", "none", "null", "unknown", "unspecified", "not applicable",
-     "not available", "not reported", "missing", "?", "-"}
+    {"", "na", "n/a", "nan", "nat", "<na>", "none", "null", "unknown", "unspecified",
+     "not applicable", "not available", "not reported", "missing", "?", "-"}
 )
 
 
 def clean(value: object) -> str:
-    """The value as text, or "" when it is missing or a placeholder."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+    """The value as text, or "" when it is missing (None, NaN, pd.NA, NaT) or a placeholder."""
+    try:
+        if value is None or pd.isna(value) is True:
+            return ""
+    except (TypeError, ValueError):  # array-likes: not a scalar missing marker
+        pass
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # an age stored as 30.0 reads "30"
     text = str(value).strip()
     return "" if text.lower() in MISSING else text
 
 
+def _stage(stage: str) -> str:
+    """CELLxGENE stages already end in "stage" ("29-year-old human stage")."""
+    return stage[: -len(" stage")] if stage.lower().endswith(" stage") else stage
+
+
 def sentence(fields: Mapping[str, str], *, extra: Sequence[str] = ()) -> str:
     """One readable sentence from cleaned fields (sex, development_stage, ... plus extras)."""
-    sex, stage = fields.get("sex", ""), fields.get("development_stage", "")
+    sex, stage = fields.get("sex", ""), _stage(fields.get("development_stage", ""))
     parts = []
     if sex and stage:
         parts.append(f"The cell is from a {sex} donor at the {stage} stage.")

@@ -29,6 +29,8 @@ import pandas as pd
 from cello._io import atomic_path
 from cello.config import PuzzlesConfig
 from cello.data import schema as S
+from cello.data.cells import check_cell_types
+from cello.data.context import MISSING
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 REQUIRED = [S.CELL_ID, S.DATASET, S.DONOR, S.CELL_TYPE, S.TOP_GENES]
 OPTIONAL = [S.BATCH, S.CONTEXT]
 MAX_TRIES = 20  # draws per puzzle before an exact repeat of a cell set is accepted
-MISSING_LABELS = {"", "nan", "none", "na", "n/a", "unknown"}
 
 
 def stable_seed(seed: int, name: str) -> list[int]:
@@ -152,9 +153,10 @@ def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
     for col in (S.CELL_ID, S.DATASET, S.CELL_TYPE):
         df[col] = _clean(df[col])
     df[S.DONOR] = _clean(df[S.DONOR], default="unknown")
-    labelled = ~df[S.CELL_TYPE].str.lower().isin(MISSING_LABELS)
+    labelled = ~df[S.CELL_TYPE].str.lower().isin(MISSING)
     unlabelled = int((~labelled).sum())
     df = df[labelled]
+    check_cell_types(df[S.CELL_TYPE], source=source, key=S.CELL_TYPE)
     df[S.GROUP] = df[S.DONOR].where(df[S.BATCH] == "", df[S.DONOR] + "/" + df[S.BATCH])
     df = df.sort_values([S.DATASET, S.GROUP, S.CELL_TYPE, S.CELL_ID], kind="stable")
     return df.reset_index(drop=True), unlabelled

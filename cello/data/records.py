@@ -77,7 +77,8 @@ def export_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fm
                  template: PromptTemplate) -> dict[str, int]:
     """Write OUT/<split>.jsonl in format `fmt` for each train/test.parquet in `split_dir`.
 
-    Returns the number of records per split. Each file is written atomically.
+    Returns the number of records per split. The directory is written atomically as a whole,
+    so a failure never leaves a new train.jsonl beside a stale test.jsonl.
     """
     if fmt not in FORMATS:
         msg = f"unknown export format {fmt!r} (--format); choose one of: {', '.join(FORMATS)}."
@@ -89,11 +90,12 @@ def export_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fm
                f"make them with `cello data split PUZZLES -o {split_dir}`.")
         raise InputError(msg)
     counts = {}
-    for name in present:
-        table = read_puzzles(split_dir / f"{name}.parquet")
-        recs = (puzzle_record(row, fmt=fmt, template=template) for row in table.to_dict("records"))
-        counts[name] = write_jsonl(recs, out_dir / f"{name}.jsonl")
-        log.info("wrote %d %s records to %s", counts[name], fmt, out_dir / f"{name}.jsonl")
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        for name in present:
+            table = read_puzzles(split_dir / f"{name}.parquet")
+            recs = (puzzle_record(row, fmt=fmt, template=template) for row in table.to_dict("records"))
+            counts[name] = write_jsonl(recs, tmp / f"{name}.jsonl")
+            log.info("wrote %d %s records to %s", counts[name], fmt, out_dir / f"{name}.jsonl")
     return counts
 
 

@@ -1,7 +1,7 @@
 """Top-N expressed genes per cell, vectorised over a block of rows.
 
-The ranking rule (the same for CSR, CSC and dense input): genes with a stored non-zero
-value, highest value first, ties broken by the lower gene index; a cell with fewer than N
+The ranking rule (the same for CSR, CSC and dense input): genes with a stored non-zero,
+finite value, highest value first, ties broken by the lower gene index; a cell with fewer than N
 expressed genes gets fewer genes. Zeros are never ranked: a dense row's zero entries carry no
 information, and an arbitrary pick among them would make the output depend on the format.
 
@@ -62,9 +62,9 @@ def top_genes_csr(block: sp.csr_matrix, top_n: int) -> np.ndarray:
         return out
     data, indices, indptr = block.data, block.indices, block.indptr
     keys = _keys(data, indices)
-    zero = data == 0
-    if zero.any():  # explicit zeros are stored but not expressed
-        keys[zero] = 0
+    unranked = (data == 0) | ~np.isfinite(data)
+    if unranked.any():  # explicit zeros (and NaN/inf) are stored but not expressed
+        keys[unranked] = 0
     counts = np.diff(indptr)
     width_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
     for k in np.unique(width_class):
@@ -95,7 +95,7 @@ def top_genes_dense(block: np.ndarray, top_n: int) -> np.ndarray:
     for start in range(0, n_rows, step):
         sub = block[start : start + step]
         keys2d = _keys(sub, np.broadcast_to(genes_idx, sub.shape)).reshape(sub.shape)
-        keys2d[sub == 0] = 0
+        keys2d[(sub == 0) | ~np.isfinite(sub)] = 0
         top = _top_of_padded(keys2d, top_n)
         out[start : start + step, : top.shape[1]] = np.where(top > 0, _decode_genes(top), -1)
     return out
@@ -111,6 +111,6 @@ def top_genes(block, top_n: int) -> np.ndarray:
 def top_genes_reference(row: np.ndarray, top_n: int) -> list[int]:
     """Per-cell reference of the same rule (tests and the benchmark baseline use it)."""
     row = np.asarray(row, dtype=np.float32).ravel()
-    nz = np.flatnonzero(row)
+    nz = np.flatnonzero((row != 0) & np.isfinite(row))
     order = np.lexsort((nz, -row[nz]))  # value descending, then gene index ascending
     return nz[order[:top_n]].tolist()

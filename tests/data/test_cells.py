@@ -193,3 +193,53 @@ def test_shared_real_files(shared_data, tmp_path):
     assert df.donor_id.nunique() == 3
     assert df.groupby("donor_id").cell_type.nunique().tolist() == [8, 8, 8]
     assert "systemic lupus erythematosus" in df.context.iloc[0]
+
+
+# ------------------------------------------------------------------ review regressions
+def test_context_handles_pandas_missing_markers_and_cellxgene_stage():
+    assert clean(pd.NA) == clean(pd.NaT) == clean("<NA>") == ""
+    assert clean(30.0) == "30"
+    text = sentence({"sex": "male", "development_stage": "29-year-old human stage"})
+    assert text == "The cell is from a male donor at the 29-year-old human stage."
+
+
+def test_nullable_extra_context_column_never_prints_na(tmp_path):
+    adata = make_adata(n_cells=20)
+    adata.obs["smoker"] = pd.array([True, None] * 10, dtype="boolean")
+    path = _write(adata, tmp_path / "na.h5ad")
+    make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3, extra_context_fields=["smoker"]))
+    ctx = pd.read_parquet(tmp_path / "c.parquet").context
+    assert not ctx.str.contains("<NA>|NaN|nan").any()
+    assert ctx.str.contains("Smoker: True.").sum() == 10
+
+
+@pytest.mark.parametrize(("labels", "needle"), [(["T cell", "B|plasma"], "'|'"), (["T cell", "t cell"], "differ only by case")])
+def test_labels_the_answer_format_cannot_carry_are_rejected(tmp_path, labels, needle):
+    adata = make_adata(n_cells=20)
+    adata.obs["cell_type"] = pd.Categorical([labels[i % 2] for i in range(20)])
+    path = _write(adata, tmp_path / "bad.h5ad")
+    with pytest.raises(InputError, match=needle):
+        make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_duplicate_obs_names_get_unique_cell_ids(tmp_path):
+    adata = make_adata(n_cells=10)
+    adata.obs_names = ["same"] * 5 + [f"u{i}" for i in range(5)]
+    path = _write(adata, tmp_path / "dup.h5ad")
+    make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
+    ids = pd.read_parquet(tmp_path / "c.parquet").cell_id
+    assert ids.is_unique and ids.str.startswith("dup:same#").sum() == 5
+
+
+def test_nan_and_inf_are_never_ranked():
+    x = np.array([[np.nan, 1.0, np.inf, 2.0]], dtype=np.float32)
+    assert top_genes(x, 4).tolist() == [[3, 1, -1, -1]]
+    assert (top_genes(sp.csr_matrix(x), 4) == top_genes(x, 4)).all()
+    assert top_genes_reference(x[0], 4) == [3, 1]
+
+
+def test_batch_key_none_from_the_cli(tmp_path):
+    path = _write(make_adata(n_cells=20), tmp_path / "t.h5ad")
+    assert main(["data", "cells", path, "-o", str(tmp_path / "c.parquet"), "--batch-key", "none", "--top-n", "3",
+                 "--params", str(tmp_path / "none.yaml")]) == 0
