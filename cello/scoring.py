@@ -1,35 +1,59 @@
 """Scoring of CellPuzzles completions: the paper's definitions, in one place.
 
 GRPO rewards, `cello eval`, the promotion gate and the server all score through this module,
-so a number computed anywhere in Cello means the same thing everywhere.
+so a number computed anywhere in Cello means the same thing everywhere, and the same thing
+as in the paper (Cell-o1, arXiv 2506.02911): the definitions follow the paper's released
+reward function (`compute_score`) and eval script, quirks included.
 
-The paper's definitions (Cell-o1, arXiv 2506.02911), kept exact:
-- answer: the text inside <answer>...</answer>, split on '|', each label trimmed; labels are
-  compared with the gold types case-insensitively, position by position;
-- valid format: exactly one <think>...</think> block followed by exactly one
-  <answer>...</answer> block, nothing but whitespace outside them, exactly N labels, no empty
-  and no repeated label (case-insensitive). Tags are matched exactly (lower case);
-- reward: (cell accuracy + batch exact match) / 2 for a valid completion, -1 otherwise;
-- cell-level accuracy of a set: the mean over puzzles of the share of correct cells (an
-  invalid completion scores 0 and keeps its cells in the denominator); batch-level accuracy:
-  the share of puzzles with every cell correct.
-A label that is not among the candidates does not make a completion invalid: it is simply
-wrong at its position (the gold type is always a candidate). `score(..., candidates=)`
-counts such labels as a diagnostic.
+Answer extraction (`parse_answer`, line-based): the completion is split into lines
+(`str.splitlines`, so '\\r' and the other Unicode line breaks split too); the first line holding
+"<answer>" gives the candidate: the text after "<answer>" on that line, stripped, with a
+trailing "</answer>" removed. A multi-line answer therefore keeps only its FIRST line. When
+that candidate is empty (no "<answer>" anywhere, or nothing after it on its line), the first
+line holding "|" anywhere in the completion (stripped) is the candidate; else it is "".
+Labels = the candidate split on "|", each stripped, EMPTY LABELS DROPPED ("A | B |" is two
+labels). Gold labels likewise (from the gold types joined with "|").
 
-Beyond the paper: `repair` turns any completion into a valid assignment by optimal matching,
-and `compute_metrics` reports raw and repaired figures side by side with bootstrap 95%
-intervals; `paired_bootstrap_diff` compares two models on the same puzzles (the gate).
+Legitimate format (the eval's format rate): exactly one each of "<think>", "</think>",
+"<answer>", "</answer>" (case-sensitive tags); the completion is "<think>...</think>", EXACTLY
+ONE "\\n", "<answer>...</answer>", nothing before "<think>" (not even a space) and nothing
+after "</answer>" but at most one "\\n" (Python's `$`); and the candidate contains "|" (so
+a one-cell answer is never legitimate).
+
+Reward (`score().reward`, GRPO): -1 unless legitimate, with as many labels as gold labels
+and no repeated label (case-SENSITIVE: "B cell | b cell" is not a repeat); otherwise
+(cell share + batch match) / 2, where a label is right when `label.lower() == gold.lower()`
+at its position (str.lower, not casefold). `check_format(text, n)` is this rule without the
+gold (`valid` <=> reward != -1) with a reason code; `Score.valid` means the same.
+
+Per completion, as the eval script (`Score.correct`, `cell_accuracy`, `exact`, `uniqueness`):
+not legitimate -> 0 correct (its cells still count), uniqueness 0. Legitimate -> labels and
+gold zipped POSITION BY POSITION, even when their counts differ (eval gives partial credit
+where the reward gives -1): correct = matches (lower()), cell share = correct / gold
+labels, exact = all gold labels right (extra labels past the gold are ignored), uniqueness =
+distinct labels / labels (case-sensitive; 0 without labels).
+
+Over a set (`compute_metrics`): cell_accuracy = all correct cells / all gold cells (MICRO:
+puzzles weighted by N, invalid outputs keep their cells in the denominator); batch_accuracy =
+mean exact; format_rate = share legitimate; label_uniqueness = mean uniqueness over ALL
+completions; by N = the same within each N. Cello adds: valid_rate (share with reward != -1),
+cell_accuracy_macro (mean per-puzzle cell share), mean_reward, lengths (the paper reports the
+mean token length of the completion: mean_length_tokens), and the repaired figures.
+
+Beyond the paper: `repair` turns any completion into a valid assignment by optimal matching
+(its own lenient reading of the answer; case-insensitive), and every figure has a percentile
+bootstrap 95% interval over puzzles (ratio of sums for cell accuracy);
+`paired_bootstrap_diff` compares two models on the same puzzles (the gate).
 
     from cello.scoring import score, reward, compute_metrics
-    score("<think>..</think><answer>B cell | T cell</answer>", ["B cell", "T cell"]).reward  # 1.0
+    score("<think>..</think>\\n<answer>B cell | T cell</answer>", ["B cell", "T cell"]).reward  # 1.0
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,57 +61,93 @@ import numpy as np
 
 __all__ = [
     "FormatCheck", "Score", "Repair", "ScoredSet", "PairedDiff", "REASONS",
-    "parse_answer", "check_format", "score", "reward", "format_reward", "completion_text",
+    "parse_answer", "gold_labels", "check_format", "score", "reward", "format_reward", "completion_text",
     "repair", "prediction_record", "score_records", "compute_metrics", "bootstrap_ci",
     "paired_bootstrap_diff", "align",
 ]
 
-# Why a completion is invalid (FormatCheck.reason); "ok" when valid.
+# Why a completion gets reward -1 (FormatCheck.reason), in the order the rule checks; "ok": valid.
 OK = "ok"
 REASONS = {
     OK: "valid",
     "empty": "the completion is empty",
-    "missing_think": "no <think>...</think> block",
+    "missing_think": "no <think> or no </think> tag",
     "multiple_think": "more than one <think> or </think> tag",
-    "missing_answer": "no <answer>...</answer> block",
+    "missing_answer": "no <answer> or no </answer> tag",
     "multiple_answer": "more than one <answer> or </answer> tag",
-    "layout": "blocks out of order, or text outside the think and answer blocks",
+    "layout_start": "text before <think>: the completion must start with <think>",
+    "layout_between": "</think> must be followed by exactly one newline, then <answer>",
+    "layout_end": "the completion must end with </answer> (one trailing newline allowed)",
+    "no_separator": "no '|' on the first line of the answer (labels are separated by ' | ')",
+    "no_gold": "the gold answer has no labels",
     "wrong_count": "the number of labels differs from the number of cells",
-    "empty_label": "a label is empty",
-    "duplicate_label": "a label is repeated (case-insensitive)",
+    "duplicate_label": "a label is repeated (exact spelling)",
 }
+# Reasons after which the completion is still legitimate for the eval script (format rate).
+_LEGITIMATE = frozenset({OK, "no_gold", "wrong_count", "duplicate_label"})
 
 
-def _blank(text: str, start: int, end: int) -> bool:
-    """True when text[start:end] is empty or whitespace only."""
-    return start >= end or text[start:end].isspace()
+def _items(candidate: str) -> list[str]:
+    """Labels of an answer string: split on '|', stripped, empty ones dropped (the paper's rule)."""
+    return [s for s in (part.strip() for part in candidate.split("|")) if s]
 
 
-def _split(inner: str) -> list[str]:
-    """Labels of an answer body: split on '|', trimmed; a blank body has no labels."""
-    if not inner.strip():
-        return []
-    return [part.strip() for part in inner.split("|")]
+def gold_labels(answer: Sequence[str]) -> list[str]:
+    """The gold labels as the paper reads them: the types joined by '|', split, stripped, empties dropped."""
+    return _items("|".join(answer))
+
+
+def _candidate(text: str) -> str:
+    """The paper's line-based answer extraction (see the module doc)."""
+    start = text.find("<answer>")  # the first line holding <answer> holds its first occurrence
+    cand = ""
+    if start >= 0:
+        rest = text[start + 8:].splitlines()
+        cand = rest[0].strip() if rest else ""
+        if cand.endswith("</answer>"):
+            cand = cand.replace("</answer>", "").strip()
+    if not cand and "|" in text:
+        for line in text.splitlines():
+            if "|" in line:
+                return line.strip()
+    return cand
 
 
 def parse_answer(text: str) -> list[str] | None:
-    """Labels inside the last complete <answer>...</answer> block; None when there is none."""
-    end = text.rfind("</answer>")
-    if end < 0:
-        return None
-    start = text.rfind("<answer>", 0, end)
-    if start < 0:
-        return None
-    return _split(text[start + len("<answer>"):end])
+    """Labels of a completion as the paper extracts them (first answer line, empties dropped);
+    None when there is no candidate (no <answer> text and no line with '|')."""
+    cand = _candidate(text)
+    return _items(cand) if cand else None
+
+
+def _layout(text: str) -> str:
+    """The paper's layout rule, given one tag of each kind: OK or a layout reason.
+
+    Same verdict as re.match(r'^<think>.*?</think>\\n<answer>.*?</answer>$', text, re.DOTALL)
+    when every tag occurs once (tests/test_scoring.py checks this), at string-search speed.
+    """
+    if not text.startswith("<think>"):
+        return "layout_start"
+    end_think = text.find("</think>")
+    if not text.startswith("\n<answer>", end_think + 8):
+        return "layout_between"
+    end = text.find("</answer>")
+    tail = len(text) - (end + 9)
+    if end < end_think + 9 or not (tail == 0 or (tail == 1 and text[-1] == "\n")):  # </answer> after <answer>
+        return "layout_end"
+    return OK
 
 
 @dataclass(frozen=True, slots=True)
 class FormatCheck:
-    """Result of the format rule: `valid`, a `reason` code (see REASONS) and the parsed labels."""
+    """Result of the format rule: `valid` (reward != -1), a `reason` code (see REASONS), the
+    parsed labels (None: nothing to parse) and `legitimate` (the eval script's format check:
+    tags, layout and a '|' in the answer, without the label count and repeat checks)."""
 
     valid: bool
     reason: str
     labels: list[str] | None
+    legitimate: bool = False
 
     @property
     def message(self) -> str:
@@ -95,45 +155,47 @@ class FormatCheck:
 
 
 def check_format(text: str, n: int) -> FormatCheck:
-    """Apply the paper's format rule to a completion for a puzzle of `n` cells."""
+    """The paper's validity rule for a completion of a puzzle with `n` gold labels."""
+    cand = _candidate(text)
+    labels = _items(cand) if cand else None
     if not text or text.isspace():
-        return FormatCheck(False, "empty", None)
+        return FormatCheck(False, "empty", labels)
     t_open, t_close = text.count("<think>"), text.count("</think>")
     a_open, a_close = text.count("<answer>"), text.count("</answer>")
-    problem = None
     if t_open > 1 or t_close > 1:
-        problem = "multiple_think"
+        reason = "multiple_think"
     elif t_open == 0 or t_close == 0:
-        problem = "missing_think"
+        reason = "missing_think"
     elif a_open > 1 or a_close > 1:
-        problem = "multiple_answer"
+        reason = "multiple_answer"
     elif a_open == 0 or a_close == 0:
-        problem = "missing_answer"
-    if problem is not None:
-        return FormatCheck(False, problem, parse_answer(text))
-    # Each tag occurs once: check their order and that only whitespace lies outside the blocks.
-    ts, te = text.find("<think>"), text.find("</think>")
-    as_, ae = text.find("<answer>"), text.find("</answer>")
-    if not (ts < te < as_ < ae) or not _blank(text, 0, ts) or not _blank(text, te + 8, as_) \
-            or not _blank(text, ae + 9, len(text)):
-        return FormatCheck(False, "layout", parse_answer(text))
-    labels = _split(text[as_ + 8:ae])
+        reason = "missing_answer"
+    else:
+        reason = _layout(text)
+        if reason == OK and "|" not in cand:
+            reason = "no_separator"
+    if reason != OK:
+        return FormatCheck(False, reason, labels)
+    labels = _items(cand)  # '|' is in the candidate: a list, maybe empty
+    if n <= 0:
+        return FormatCheck(False, "no_gold", labels, True)
     if len(labels) != n:
-        return FormatCheck(False, "wrong_count", labels)
-    if "" in labels:
-        return FormatCheck(False, "empty_label", labels)
-    if len({label.casefold() for label in labels}) != n:
-        return FormatCheck(False, "duplicate_label", labels)
-    return FormatCheck(True, OK, labels)
+        return FormatCheck(False, "wrong_count", labels, True)
+    if len(set(labels)) != n:
+        return FormatCheck(False, "duplicate_label", labels, True)
+    return FormatCheck(True, OK, labels, True)
 
 
 @dataclass(frozen=True, slots=True)
 class Score:
     """One completion scored against its gold answer.
 
-    `correct` has one entry per cell (all False when invalid); `cell_accuracy` is their mean
-    (0 when invalid); `exact` is the batch match; `reward` is the GRPO reward.
-    `unknown_labels` counts parsed labels outside the candidates (None: no candidates given).
+    `valid`/`reason`: the reward rule (valid <=> reward != -1). `correct` has one entry per
+    gold label, as the eval script counts (all False unless `legitimate`; positional, so a
+    legitimate answer with a missing label still gets partial credit); `cell_accuracy` =
+    their share, `exact` = all of them; `reward` is the GRPO reward; `uniqueness` = distinct
+    labels / labels (0 unless legitimate). `unknown_labels` counts parsed labels outside the
+    candidates, case-insensitively (None: no candidates given).
     """
 
     valid: bool
@@ -144,26 +206,31 @@ class Score:
     exact: bool
     reward: float
     unknown_labels: int | None = None
+    legitimate: bool = False
+    uniqueness: float = 0.0
 
 
 def score(text: str, answer: Sequence[str], *, candidates: Sequence[str] | None = None) -> Score:
-    """Score a completion against the gold types (in cell order)."""
-    n = len(answer)
-    if n == 0:
-        msg = "score(): the gold answer is empty; a puzzle has at least one cell."
-        raise ValueError(msg)
+    """Score a completion against the gold types (in cell order); see the module doc."""
+    gold = gold_labels(answer)
+    n = len(gold)
     check = check_format(text, n)
+    labels = check.labels
     unknown = None
-    if candidates is not None and check.labels is not None:
-        known = {c.strip().casefold() for c in candidates}
-        unknown = sum(label.casefold() not in known for label in check.labels)
-    if not check.valid:
-        return Score(False, check.reason, check.labels, [False] * n, 0.0, False, -1.0, unknown)
-    correct = [p.casefold() == g.strip().casefold() for p, g in zip(check.labels, answer, strict=True)]
+    if candidates is not None and labels is not None:
+        known = {c.strip().lower() for c in candidates}
+        unknown = sum(label.lower() not in known for label in labels)
+    if not check.legitimate:
+        return Score(False, check.reason, labels, [False] * n, 0.0, False, -1.0, unknown, False, 0.0)
+    labels = labels or []
+    correct = [p.lower() == g.lower() for p, g in zip(labels, gold, strict=False)]
+    correct += [False] * (n - len(correct))
     hits = sum(correct)
-    acc = hits / n
-    exact = hits == n
-    return Score(True, OK, check.labels, correct, acc, exact, (acc + exact) / 2, unknown)
+    acc = hits / n if n else 0.0
+    exact = n > 0 and hits == n
+    uniq = len(set(labels)) / len(labels) if labels else 0.0
+    rew = (acc + exact) / 2 if check.valid else -1.0
+    return Score(check.valid, check.reason, labels, correct, acc, exact, rew, unknown, True, uniq)
 
 
 def completion_text(completion: Any) -> str:
@@ -191,35 +258,46 @@ def reward(completions: Sequence[Any], answer: Sequence[Sequence[str]], **_: Any
 
 
 def format_reward(completions: Sequence[Any], answer: Sequence[Sequence[str]], **_: Any) -> list[float]:
-    """1.0 for a completion that passes the format rule (N = len(answer)), else 0.0.
+    """1.0 for a completion that passes the whole validity rule (reward != -1), else 0.0.
 
     A diagnostic (or auxiliary reward) only: the paper's reward already gives -1 to an
-    invalid format. Same calling protocol as `reward`.
+    invalid completion. Same calling protocol as `reward`.
     """
-    return [float(check_format(completion_text(c), len(a)).valid) for c, a in zip(completions, answer, strict=True)]
+    return [float(check_format(completion_text(c), len(gold_labels(a))).valid)
+            for c, a in zip(completions, answer, strict=True)]
 
 
 # ---------------------------------------------------------------- repair
 @dataclass(frozen=True, slots=True)
 class Repair:
     """A valid assignment (one candidate per cell, each used once) and whether it differs
-    from what the model wrote (`repaired=False`: already a valid permutation of the candidates)."""
+    from what the model wrote (`repaired=False`: a valid completion whose labels already are
+    a permutation of the candidates)."""
 
     labels: list[str]
     repaired: bool
 
 
+def _split_keep(inner: str) -> list[str]:
+    """Labels of an answer body for repair: split on '|', trimmed, empty positions kept."""
+    if not inner.strip():
+        return []
+    return [part.strip() for part in inner.split("|")]
+
+
 def _written(text: str) -> list[str]:
-    """What the model wrote per position, read leniently (for repair only)."""
-    labels = parse_answer(text)
-    if labels is not None:
-        return labels
+    """What the model wrote per position, read leniently (for repair only): the last complete
+    answer block (all its lines), else a cut-off block, else the last line with a '|'."""
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start >= 0:
+        return _split_keep(text[start + 8:end])
     start = text.rfind("<answer>")
     if start >= 0:  # an answer block cut off by the length limit
-        return _split(text[start + len("<answer>"):])
+        return _split_keep(text[start + 8:])
     for line in reversed(text.strip().splitlines()):  # no tags at all: a bare 'A | B' line
         if "|" in line:
-            return _split(line)
+            return _split_keep(line)
     return []
 
 
@@ -235,7 +313,7 @@ def repair(text: str, candidates: Sequence[str]) -> Repair:
 
     n = len(candidates)
     check = check_format(text, n)
-    written = check.labels if check.valid else _written(text)
+    written = check.labels if check.valid and check.labels is not None else _written(text)
     cand_key = [c.strip().casefold() for c in candidates]
     index = {k: j for j, k in enumerate(cand_key)}
     keys = [w.casefold() for w in written[:n]] + [""] * max(0, n - len(written))
@@ -280,15 +358,16 @@ def prediction_record(
     candidates: Sequence[str] | None = None, **extra: Any,
 ) -> dict[str, Any]:
     """The JSON record every predictor writes (eval, baseline): id, dataset, n, completion,
-    parsed labels, gold answer, candidates, then the scoring fields (valid, reason, reward,
-    correct, cell_accuracy, exact). `extra` fields (e.g. completion_tokens) are appended."""
+    parsed labels, gold answer, candidates, then the scoring fields of `score` (valid =
+    reward != -1, legitimate = the eval's format check, reason, reward, correct,
+    cell_accuracy, exact). `extra` fields (e.g. completion_tokens) are appended."""
     s = score(completion, answer, candidates=candidates)
     rec = {
         "id": id, "dataset": dataset, "n": len(answer) if n is None else int(n),
         "completion": completion, "labels": s.labels, "answer": list(answer),
         "candidates": sorted(answer) if candidates is None else list(candidates),
-        "valid": s.valid, "reason": s.reason, "reward": s.reward, "correct": s.correct,
-        "cell_accuracy": s.cell_accuracy, "exact": s.exact,
+        "valid": s.valid, "legitimate": s.legitimate, "reason": s.reason, "reward": s.reward,
+        "correct": s.correct, "cell_accuracy": s.cell_accuracy, "exact": s.exact,
     }
     rec.update(extra)
     return rec
@@ -296,14 +375,20 @@ def prediction_record(
 
 @dataclass(frozen=True)
 class ScoredSet:
-    """Per-puzzle arrays over a set of predictions (one entry per record, in input order);
-    `correct_cells` counts the correct cells of each puzzle (0 when invalid)."""
+    """Per-puzzle arrays over a set of predictions (one entry per record, in input order).
+
+    `n`: gold labels; `correct_cells`: correct ones as the eval counts (0 unless legitimate);
+    `cell_accuracy` = correct_cells / n; `exact`, `uniqueness`: the eval's; `legitimate`: the
+    eval's format check; `valid`: reward != -1; `reward`: the GRPO reward. The repaired_*
+    arrays score the repaired assignment the same way.
+    """
 
     ids: np.ndarray
     dataset: np.ndarray
     n: np.ndarray
     valid: np.ndarray
-    unique: np.ndarray
+    legitimate: np.ndarray
+    uniqueness: np.ndarray
     cell_accuracy: np.ndarray
     exact: np.ndarray
     reward: np.ndarray
@@ -313,9 +398,14 @@ class ScoredSet:
     repaired_cell_accuracy: np.ndarray
     repaired_exact: np.ndarray
     correct_cells: np.ndarray
+    repaired_correct_cells: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+_TYPES = {"ids": object, "dataset": object, "n": np.int64, "valid": bool, "legitimate": bool, "exact": bool,
+          "repaired": bool, "repaired_exact": bool, "correct_cells": np.int64, "repaired_correct_cells": np.int64}
 
 
 def score_records(records: Iterable[Mapping[str, Any]], *, with_repair: bool = True) -> ScoredSet:
@@ -324,69 +414,99 @@ def score_records(records: Iterable[Mapping[str, Any]], *, with_repair: bool = T
     Optional fields: `id` (default: position), `dataset` (""), `candidates` (default: the
     gold types, which are the candidates of a CellPuzzle), `completion_tokens`. Stored scoring
     fields are ignored: everything is recomputed here, so old files follow the current rules.
+    Without repair, the repaired_* arrays hold NaN / 0 / False.
     """
-    cols: dict[str, list] = {k: [] for k in (
-        "ids", "dataset", "n", "valid", "unique", "cell_accuracy", "exact", "reward", "correct_cells",
-        "length_chars", "length_tokens", "repaired", "repaired_cell_accuracy", "repaired_exact")}
+    cols: dict[str, list] = {k: [] for k in ScoredSet.__dataclass_fields__}
     for pos, rec in enumerate(records):
-        text, answer = rec.get("completion") or "", list(rec["answer"])
-        cands = rec.get("candidates")
-        cands = sorted(answer) if cands is None or len(cands) == 0 else list(cands)
+        text, answer = rec.get("completion") or "", [str(a) for a in rec["answer"]]
         s = score(text, answer)
-        n = len(answer)
-        labels = s.labels or []
+        n = len(s.correct)
+        hits = sum(s.correct)
         cols["ids"].append(str(rec.get("id", pos)))
         cols["dataset"].append(str(rec.get("dataset") or ""))
-        cols["n"].append(n)
-        cols["valid"].append(s.valid)
-        cols["unique"].append(bool(labels) and len({x.casefold() for x in labels}) == len(labels))
-        cols["cell_accuracy"].append(s.cell_accuracy)
-        cols["correct_cells"].append(sum(s.correct))
-        cols["exact"].append(s.exact)
-        cols["reward"].append(s.reward)
-        cols["length_chars"].append(len(text))
+        for key, value in (("n", n), ("valid", s.valid), ("legitimate", s.legitimate), ("uniqueness", s.uniqueness),
+                           ("cell_accuracy", s.cell_accuracy), ("correct_cells", hits), ("exact", s.exact),
+                           ("reward", s.reward), ("length_chars", len(text))):
+            cols[key].append(value)
         tok = rec.get("completion_tokens")
         cols["length_tokens"].append(math.nan if tok is None else float(tok))
         if with_repair:
+            cands = rec.get("candidates")
+            cands = sorted(answer) if cands is None or len(cands) == 0 else [str(c) for c in cands]
             r = repair(text, cands)
-            hits = sum(p.strip().casefold() == g.strip().casefold() for p, g in zip(r.labels, answer, strict=True))
+            gold = gold_labels(answer)
+            fixed = sum(p.strip().lower() == g.lower() for p, g in zip(r.labels, gold, strict=False))
             cols["repaired"].append(r.repaired)
-            cols["repaired_cell_accuracy"].append(hits / n)
-            cols["repaired_exact"].append(hits == n)
+            cols["repaired_correct_cells"].append(fixed)
+            cols["repaired_cell_accuracy"].append(fixed / n if n else 0.0)
+            cols["repaired_exact"].append(n > 0 and fixed == n)
         else:
             cols["repaired"].append(False)
+            cols["repaired_correct_cells"].append(0)
             cols["repaired_cell_accuracy"].append(math.nan)
             cols["repaired_exact"].append(False)
-    types = {"ids": object, "dataset": object, "n": np.int64, "valid": bool, "unique": bool,
-             "exact": bool, "repaired": bool, "repaired_exact": bool, "correct_cells": np.int64}
-    return ScoredSet(**{k: np.asarray(v, dtype=types.get(k, np.float64)) for k, v in cols.items()})
+    return ScoredSet(**{k: np.asarray(v, dtype=_TYPES.get(k, np.float64)) for k, v in cols.items()})
 
 
-def _resample_means(arrays: Sequence[np.ndarray], *, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Bootstrap means of several aligned arrays, resampled with the same puzzle indices."""
-    k = len(arrays[0])
+# ---------------------------------------------------------------- bootstrap
+Stat = tuple[np.ndarray, np.ndarray | None]  # (per-puzzle numerators, denominators or None for a mean)
+
+
+def _point(stat: Stat) -> float:
+    num, den = stat
+    return float(num.sum() / den.sum()) if den is not None else float(num.mean())
+
+
+def _boot_indices(k: int, n_boot: int, seed: int, *, budget: int = 2_000_000) -> Iterator[np.ndarray]:
+    """Resampled puzzle indices, n_boot rows of k, in chunks of about `budget` entries."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, k, size=(n_boot, k))
-    return [np.asarray(a, dtype=np.float64)[idx].mean(axis=1) for a in arrays]
+    rows = max(1, budget // max(k, 1))
+    for start in range(0, n_boot, rows):
+        yield rng.integers(0, k, size=(min(rows, n_boot - start), k))
 
 
-def _interval(means: np.ndarray, ci: float) -> tuple[float, float]:
-    lo, hi = np.percentile(means, [50 * (1 - ci), 50 * (1 + ci)])
+def _resample(stats: Sequence[Stat], *, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Bootstrap replicates of several statistics over the same resampled puzzles. A statistic
+    is a mean of per-puzzle values, or a ratio of sums (sum num / sum den) when den is given."""
+    k = len(stats[0][0])
+    out: list[list[np.ndarray]] = [[] for _ in stats]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for idx in _boot_indices(k, n_boot, seed):
+            for acc, (num, den) in zip(out, stats, strict=True):
+                total = num[idx].sum(axis=1)
+                acc.append(total / den[idx].sum(axis=1) if den is not None else total / k)
+    return [np.concatenate(a) for a in out]
+
+
+def _interval(replicates: np.ndarray, ci: float) -> tuple[float, float]:
+    lo, hi = np.percentile(replicates, [50 * (1 - ci), 50 * (1 + ci)])
     return float(lo), float(hi)
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0,
-                 ci: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of per-puzzle `values` (NaN, NaN if empty)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
+def _stat(values: Any, totals: Any, what: str) -> Stat:
+    num = np.asarray(values, dtype=np.float64)
+    den = None if totals is None else np.asarray(totals, dtype=np.float64)
+    if den is not None and den.shape != num.shape:
+        msg = f"{what}: {num.shape[0]} values but {den.shape[0]} totals; pass one total per puzzle."
+        raise ValueError(msg)
+    return num, den
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, *, totals: Sequence[float] | np.ndarray | None = None,
+                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval over puzzles of the mean of per-puzzle `values`, or, with
+    `totals`, of the ratio of sums sum(values) / sum(totals) (cell accuracy: correct cells and
+    cells per puzzle). (NaN, NaN) if empty."""
+    stat = _stat(values, totals, "bootstrap_ci()")
+    if stat[0].size == 0:
         return (math.nan, math.nan)
-    return _interval(_resample_means([values], n_boot=n_boot, seed=seed)[0], ci)
+    return _interval(_resample([stat], n_boot=n_boot, seed=seed)[0], ci)
 
 
 @dataclass(frozen=True, slots=True)
 class PairedDiff:
-    """Mean of per-puzzle differences a - b, with its percentile-bootstrap interval."""
+    """Point estimate of a - b (`mean`: difference of means, or of ratios of sums) with its
+    percentile-bootstrap interval over `n` paired puzzles."""
 
     mean: float
     lo: float
@@ -398,18 +518,28 @@ class PairedDiff:
 
 
 def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
+                          totals: Sequence[float] | np.ndarray | None = None,
+                          totals_b: Sequence[float] | np.ndarray | None = None,
                           n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> PairedDiff:
-    """Paired bootstrap over puzzles of mean(a - b); `a[i]` and `b[i]` are the same puzzle
-    scored for two models (use `align` to pair two ScoredSets by id)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        msg = f"paired_bootstrap_diff(): {a.shape[0]} vs {b.shape[0]} values; pair them by puzzle id first (cello.scoring.align)."
+    """Paired bootstrap over puzzles of mean(a) - mean(b); with `totals`, of
+    sum(a)/sum(totals) - sum(b)/sum(totals_b) (totals_b defaults to totals: the same puzzles
+    have the same cells). `a[i]` and `b[i]` are the same puzzle scored for two models (use
+    `align` to pair two ScoredSets by id); each resample draws puzzles, not cells."""
+    sa, sb = _stat(a, totals, "paired_bootstrap_diff()"), _stat(b, totals if totals_b is None else totals_b,
+                                                                 "paired_bootstrap_diff()")
+    if sa[0].shape != sb[0].shape:
+        msg = f"paired_bootstrap_diff(): {sa[0].shape[0]} vs {sb[0].shape[0]} values; pair them by puzzle id first (cello.scoring.align)."
         raise ValueError(msg)
-    if a.size == 0:
+    k = int(sa[0].size)
+    if k == 0:
         return PairedDiff(math.nan, math.nan, math.nan, 0)
-    diff = a - b
-    lo, hi = _interval(_resample_means([diff], n_boot=n_boot, seed=seed)[0], ci)
-    return PairedDiff(float(diff.mean()), lo, hi, int(diff.size))
+    if sa[1] is None:  # a mean: resample the differences
+        diff = sa[0] - sb[0]
+        lo, hi = _interval(_resample([(diff, None)], n_boot=n_boot, seed=seed)[0], ci)
+        return PairedDiff(float(diff.mean()), lo, hi, k)
+    ra, rb = _resample([sa, sb], n_boot=n_boot, seed=seed)
+    lo, hi = _interval(ra - rb, ci)
+    return PairedDiff(_point(sa) - _point(sb), lo, hi, k)
 
 
 def align(a: ScoredSet, b: ScoredSet) -> tuple[np.ndarray, np.ndarray]:
@@ -422,45 +552,50 @@ def align(a: ScoredSet, b: ScoredSet) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
 
 
+# ---------------------------------------------------------------- metrics
 def _group(s: ScoredSet, mask: np.ndarray, *, n_boot: int, seed: int, ci: float) -> dict[str, Any]:
     k = int(mask.sum())
     if k == 0:
         return {"count": 0}
-    cell, exact = s.cell_accuracy[mask], s.exact[mask].astype(np.float64)
-    rcell, rexact = s.repaired_cell_accuracy[mask], s.repaired_exact[mask].astype(np.float64)
-    boot = _resample_means([cell, exact, rcell, rexact], n_boot=n_boot, seed=seed)
-    cis = [_interval(m, ci) for m in boot]
+    cells = s.n[mask].astype(np.float64)
+    with_ci: dict[str, Stat] = {
+        "cell_accuracy": (s.correct_cells[mask].astype(np.float64), cells),
+        "batch_accuracy": (s.exact[mask].astype(np.float64), None),
+        "repaired_cell_accuracy": (s.repaired_correct_cells[mask].astype(np.float64), cells),
+        "repaired_batch_accuracy": (s.repaired_exact[mask].astype(np.float64), None),
+    }
+    boot = dict(zip(with_ci, _resample(list(with_ci.values()), n_boot=n_boot, seed=seed), strict=True))
+    fig = {name: _point(stat) for name, stat in with_ci.items()}
     tokens = s.length_tokens[mask]
-    return {
-        "count": k,
-        "cells": int(s.n[mask].sum()),
-        "cell_accuracy": float(cell.mean()),
-        "cell_accuracy_ci": list(cis[0]),
-        "batch_accuracy": float(exact.mean()),
-        "batch_accuracy_ci": list(cis[1]),
-        "cell_accuracy_micro": float(s.correct_cells[mask].sum() / s.n[mask].sum()),
-        "format_rate": float(s.valid[mask].mean()),
-        "label_uniqueness": float(s.unique[mask].mean()),
+    out: dict[str, Any] = {"count": k, "cells": int(cells.sum())}
+    for name in ("cell_accuracy", "batch_accuracy"):
+        out[name], out[f"{name}_ci"] = fig[name], list(_interval(boot[name], ci))
+    out.update({
+        "cell_accuracy_macro": float(s.cell_accuracy[mask].mean()),
+        "format_rate": float(s.legitimate[mask].mean()),
+        "valid_rate": float(s.valid[mask].mean()),
+        "label_uniqueness": float(s.uniqueness[mask].mean()),
         "mean_reward": float(s.reward[mask].mean()),
         "mean_length_chars": float(s.length_chars[mask].mean()),
         "mean_length_tokens": None if np.isnan(tokens).all() else float(np.nanmean(tokens)),
-        "repaired_cell_accuracy": float(rcell.mean()),
-        "repaired_cell_accuracy_ci": list(cis[2]),
-        "repaired_batch_accuracy": float(rexact.mean()),
-        "repaired_batch_accuracy_ci": list(cis[3]),
-        "repair_rate": float(s.repaired[mask].mean()),
-    }
+    })
+    for name in ("repaired_cell_accuracy", "repaired_batch_accuracy"):
+        out[name], out[f"{name}_ci"] = fig[name], list(_interval(boot[name], ci))
+    out["repaired_cell_accuracy_macro"] = float(s.repaired_cell_accuracy[mask].mean())
+    out["repair_rate"] = float(s.repaired[mask].mean())
+    return out
 
 
 def compute_metrics(records: Iterable[Mapping[str, Any]] | ScoredSet, *, n_boot: int = 1000,
                     seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
     """Metrics of a prediction set: {"overall": G, "by_n": {"8": G, ...}, "by_dataset": {...},
-    "bootstrap": {...}}, where each G holds count, cells, cell_accuracy (paper: mean over
-    puzzles), batch_accuracy (each with a `_ci` percentile-bootstrap interval over puzzles),
-    cell_accuracy_micro (correct cells / all cells), format_rate, label_uniqueness (share of
-    completions with an answer whose labels do not repeat), mean_reward, mean_length_chars,
+    "bootstrap": {...}}, where each G holds (definitions in the module doc):
+    count, cells, cell_accuracy (micro: correct cells / cells) and batch_accuracy, each with a
+    `_ci` percentile-bootstrap interval over puzzles (cell accuracy: ratio of sums per
+    resample), cell_accuracy_macro (mean per-puzzle share), format_rate (legitimate format),
+    valid_rate (reward != -1), label_uniqueness, mean_reward, mean_length_chars,
     mean_length_tokens (None unless records carry completion_tokens), and the repaired
-    figures: repaired_cell_accuracy(_ci), repaired_batch_accuracy(_ci), repair_rate.
+    figures: repaired_cell_accuracy(_ci, _macro), repaired_batch_accuracy(_ci), repair_rate.
     """
     s = records if isinstance(records, ScoredSet) else score_records(records)
     kw = {"n_boot": n_boot, "seed": seed, "ci": ci}
@@ -469,5 +604,5 @@ def compute_metrics(records: Iterable[Mapping[str, Any]] | ScoredSet, *, n_boot:
         "overall": _group(s, everything, **kw),
         "by_n": {str(v): _group(s, s.n == v, **kw) for v in sorted(set(s.n.tolist()))},
         "by_dataset": {d: _group(s, s.dataset == d, **kw) for d in sorted(set(s.dataset.tolist()))},
-        "bootstrap": {"method": "percentile", "unit": "puzzle", **kw},
+        "bootstrap": {"method": "percentile", "unit": "puzzle", "cell_accuracy": "ratio of sums", **kw},
     }
