@@ -13,7 +13,10 @@ Every rule compares `gate.metric` (default batch_accuracy, the paper's headline 
   as the incumbent and the baseline (the metrics' id fingerprints match).
 - min_accuracy: candidate >= `min_accuracy`.
 - no_regression: paired bootstrap over the puzzles both models answered (per-puzzle values
-  from the two predictions.jsonl, aligned by id), interval of mean(candidate - incumbent).
+  from the two predictions.jsonl, rescored and aligned by id), interval of candidate -
+  incumbent: for batch accuracy the mean of per-puzzle differences; for cell accuracy the
+  difference of the two ratios of sums (correct cells / cells, as the paper's micro figure)
+  in every resample of puzzles.
   'significant' (default): fail when the upper bound < -tolerance, i.e. the data show a drop
   larger than the tolerance; small eval sets then cannot block a release on noise alone.
   'non_inferiority': pass only when the lower bound >= -tolerance, i.e. the data show the drop
@@ -40,10 +43,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Reason", "Decision", "gate", "per_puzzle"]
 
-# gate.metric -> the per-puzzle field of a ScoredSet whose mean is that metric
-PER_PUZZLE = {
-    "batch_accuracy": "exact", "cell_accuracy": "cell_accuracy",
-    "repaired_batch_accuracy": "repaired_exact", "repaired_cell_accuracy": "repaired_cell_accuracy",
+# gate.metric -> (ScoredSet field of per-puzzle values, field of their denominators): the metric
+# is sum(values) / sum(denominators) over puzzles, or the mean of the values when None.
+PER_PUZZLE: dict[str, tuple[str, str | None]] = {
+    "batch_accuracy": ("exact", None), "cell_accuracy": ("correct_cells", "n"),
+    "repaired_batch_accuracy": ("repaired_exact", None), "repaired_cell_accuracy": ("repaired_correct_cells", "n"),
 }
 
 
@@ -91,12 +95,17 @@ def _predictions_path(metrics_path: Path, metrics: dict[str, Any], given: str | 
 
 
 def per_puzzle(predictions: str | os.PathLike, metric: str) -> Any:
-    """A predictions.jsonl rescored (cello.scoring.ScoredSet); its field PER_PUZZLE[metric]
-    holds the per-puzzle values whose mean is `metric`."""
+    """A predictions.jsonl rescored (cello.scoring.ScoredSet); its fields PER_PUZZLE[metric]
+    hold the per-puzzle values (and denominators) behind `metric`."""
     from cello.evaluate import read_predictions
     from cello.scoring import score_records
 
     return score_records(read_predictions(predictions), with_repair=metric.startswith("repaired"))
+
+
+def _figure(values: Any, totals: Any) -> float:
+    """The metric from per-puzzle values: their mean, or sum / sum(totals)."""
+    return float(values.mean()) if totals is None else float(values.sum() / totals.sum())
 
 
 def _coverage(cand: dict, count: int, cfg: GateConfig, others: dict[str, dict | None]) -> Reason:
@@ -130,15 +139,18 @@ def _no_regression(cand_path: Path, cand: dict, inc_path: Path | None, inc: dict
                       f"point estimates (no predictions for the {missing}): candidate - incumbent = {diff:+.3f} vs -{tol:g}",
                       {"method": "point_estimate", "candidate": point[0], "incumbent": point[1]})
     sa, sb = per_puzzle(a_path, metric), per_puzzle(b_path, metric)
-    va, vb = (getattr(x, PER_PUZZLE[metric]).astype(float) for x in (sa, sb))
+    field, denominator = PER_PUZZLE[metric]
     ia, ib = align(sa, sb)
     if len(ia) == 0:
         return Reason("no_regression", False, None, -tol, "candidate and incumbent share no puzzle id; evaluate both on the same split",
                       {"method": "paired_bootstrap", "paired": 0})
-    d = paired_bootstrap_diff(va[ia], vb[ib], n_boot=cfg.n_boot, seed=cfg.seed, ci=cfg.ci)
+    va, vb = getattr(sa, field)[ia].astype(float), getattr(sb, field)[ib].astype(float)
+    ta, tb = (None, None) if denominator is None else (getattr(sa, denominator)[ia].astype(float), getattr(sb, denominator)[ib].astype(float))
+    d = paired_bootstrap_diff(va, vb, totals=ta, totals_b=tb, n_boot=cfg.n_boot, seed=cfg.seed, ci=cfg.ci)
     detail = {"method": "paired_bootstrap", "test": cfg.regression_test, "paired": d.n, "candidate_puzzles": len(sa),
               "incumbent_puzzles": len(sb), "diff": d.to_dict(), "ci": cfg.ci,
-              "candidate": float(va[ia].mean()), "incumbent": float(vb[ib].mean())}
+              "statistic": "mean" if denominator is None else "ratio of sums",
+              "candidate": _figure(va, ta), "incumbent": _figure(vb, tb)}
     pct = f"{cfg.ci:.0%}"
     if cfg.regression_test == "significant":
         ok = d.hi >= -tol

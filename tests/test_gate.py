@@ -148,6 +148,39 @@ def test_missing_predictions_and_other_puzzles(runs, tmp_path):
     assert not cov.passed and cov.detail["fingerprint_mismatch"] == ["baseline"]
 
 
+@pytest.fixture(scope="module")
+def mixed_runs(tmp_path_factory):
+    """Two runs on a split of 40 puzzles with N = 2 and N = 6 alternating: the candidate is right
+    on every N = 6 puzzle and wrong on every N = 2 one (0/2); the incumbent right on N = 2 and
+    4/6 on N = 6. Micro cell accuracy (the paper's): both 120/160; macro: 0.5 vs 0.83."""
+    root = tmp_path_factory.mktemp("gate-mixed")
+    types, p = ["B cell", "T cell", "NK cell", "monocyte", "platelet", "DC"], PromptTemplate()
+    with open(root / "test.jsonl", "w") as fh:
+        for i in range(40):
+            answer = types[:2] if i % 2 == 0 else types
+            fh.write(json.dumps({"id": f"q{i}", "n": len(answer), "answer": answer, "candidates": sorted(answer),
+                                 "messages": p.messages("", [["G1"]] * len(answer), sorted(answer))}) + "\n")
+    out = {}
+    for name, right in (("cand", set(range(1, 40, 2))), ("inc", set(range(0, 40, 2)))):
+        evaluate(root / "test.jsonl", root / name, predictor=Oracle(name, right), cfg=EvalConfig(n_boot=200), progress=False)
+        out[name] = root / name / METRICS
+    return out
+
+
+def test_cell_accuracy_gate_uses_the_ratio_of_sums(mixed_runs):
+    cand, inc = (json.loads(mixed_runs[k].read_text())["overall"] for k in ("cand", "inc"))
+    assert cand["cell_accuracy"] == inc["cell_accuracy"] == pytest.approx(120 / 160)
+    assert (cand["cell_accuracy_macro"], inc["cell_accuracy_macro"]) == (pytest.approx(0.5), pytest.approx(5 / 6))
+    cfg = CFG.model_copy(update={"metric": "cell_accuracy"})
+    reg = _by_rule(gate(mixed_runs["cand"], incumbent=mixed_runs["inc"], cfg=cfg))["no_regression"]
+    assert reg.detail["statistic"] == "ratio of sums" and reg.detail["paired"] == 40
+    assert reg.detail["candidate"] == pytest.approx(0.75) and reg.detail["incumbent"] == pytest.approx(0.75)
+    assert reg.detail["diff"]["mean"] == pytest.approx(0.0) and reg.passed  # the macro figure would show -0.33
+    assert reg.detail["diff"]["lo"] <= 0.0 <= reg.detail["diff"]["hi"]
+    batch = _by_rule(gate(mixed_runs["cand"], incumbent=mixed_runs["inc"], cfg=CFG))["no_regression"]
+    assert batch.detail["statistic"] == "mean" and batch.detail["diff"]["mean"] == pytest.approx(0.0)
+
+
 def test_cli_exit_codes_and_decision_file(runs, tmp_path):
     none = str(tmp_path / "none.yaml")
     out = tmp_path / "decision.json"
