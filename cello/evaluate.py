@@ -17,7 +17,8 @@ directory holding test.jsonl / test.parquet. OUT receives:
   after every chunk (flushed and fsynced), and a rerun skips the ids already in it, so a crash
   loses at most one chunk; a truncated last line (a crash mid-write) is dropped with a warning.
 - metrics.json: `cello.scoring.compute_metrics` over the split's puzzles (overall, by N, by
-  dataset; raw and repaired; bootstrap intervals), plus the model, the split, the chance
+  dataset; raw and repaired; bootstrap intervals; the paper's eval definitions: cell accuracy
+  = correct cells / all cells, format rate, uniqueness), plus the model, the split, the chance
   expectation, a fingerprint of the puzzle ids (the gate checks that runs are comparable) and
   timing: load, generation, and everything else (scoring, IO, metrics, report, plot).
 - report.md and accuracy_by_n.png (one line per model: this run and every `compare` run).
@@ -303,7 +304,7 @@ class EvalResult:
             f"{m['model']}: {o['count']} puzzles ({self.generated} new, {self.resumed} resumed) -> {self.out}",
             f"  batch accuracy {o['batch_accuracy']:.3f} [{o['batch_accuracy_ci'][0]:.3f}, {o['batch_accuracy_ci'][1]:.3f}]"
             f"  cell accuracy {o['cell_accuracy']:.3f} [{o['cell_accuracy_ci'][0]:.3f}, {o['cell_accuracy_ci'][1]:.3f}]"
-            f"  format {o['format_rate']:.1%}",
+            f"  format {o['format_rate']:.1%}, valid {o['valid_rate']:.1%}",
             f"  repaired: batch {o['repaired_batch_accuracy']:.3f}, cell {o['repaired_cell_accuracy']:.3f}"
             f"   chance: batch {m['chance']['batch_accuracy']:.4f}, cell {m['chance']['cell_accuracy']:.3f}",
             f"  time: {t['wall_s']:.1f} s (load {t['load_s']:.1f}, generation {t['generation_s']:.1f}, "
@@ -367,7 +368,11 @@ def evaluate(
         "model": predictor.name, "kind": predictor.kind, "split": str(split), "predictions": PREDICTIONS,
         "puzzles": puzzle_fingerprint([it["id"] for it in items]), "limit": cfg.limit,
         "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
-        "chance": {"cell_accuracy": sum(c.cell for c in chance) / len(chance), "batch_accuracy": sum(c.batch for c in chance) / len(chance)},
+        "chance": {  # expected figures of a random valid assignment, defined as the metrics are (cell: micro)
+            "cell_accuracy": sum(c.cell * it["n"] for c, it in zip(chance, items, strict=True)) / sum(it["n"] for it in items),
+            "cell_accuracy_macro": sum(c.cell for c in chance) / len(chance),
+            "batch_accuracy": sum(c.batch for c in chance) / len(chance),
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     runs = [(predictor.name, metrics), *others]

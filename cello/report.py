@@ -56,17 +56,23 @@ def _ci(group: Mapping[str, Any], key: str) -> str:
     return f"{_f(group.get(key))} [{_f(lo)}, {_f(hi)}]"
 
 
-_HEAD = ("| {first} | puzzles | cell acc. [95% CI] | batch acc. [95% CI] | format | unique labels "
-         "| repaired cell | repaired batch | repair rate | mean reward |\n"
-         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+_HEAD = ("| {first} | puzzles | cell acc. [95% CI] | batch acc. [95% CI] | cell acc. per puzzle | format "
+         "| valid (reward) | unique labels | repaired cell | repaired batch | repair rate | mean reward |\n"
+         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _row(label: str, g: Mapping[str, Any]) -> str:
     if not g.get("count"):
-        return f"| {label} | 0 | - | - | - | - | - | - | - | - |"
+        return f"| {label} | 0 |" + " - |" * 10
+    # .get: metrics.json files written before valid_rate / cell_accuracy_macro existed still render
     return (f"| {label} | {g['count']} | {_ci(g, 'cell_accuracy')} | {_ci(g, 'batch_accuracy')} "
-            f"| {g['format_rate']:.1%} | {g['label_uniqueness']:.1%} | {_f(g['repaired_cell_accuracy'])} "
-            f"| {_f(g['repaired_batch_accuracy'])} | {g['repair_rate']:.1%} | {_f(g['mean_reward'])} |")
+            f"| {_f(g.get('cell_accuracy_macro'))} | {_pct(g.get('format_rate'))} | {_pct(g.get('valid_rate'))} "
+            f"| {_pct(g.get('label_uniqueness'))} | {_f(g.get('repaired_cell_accuracy'))} "
+            f"| {_f(g.get('repaired_batch_accuracy'))} | {_pct(g.get('repair_rate'))} | {_f(g.get('mean_reward'))} |")
 
 
 def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) -> str:
@@ -87,9 +93,14 @@ def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) ->
                      f"{t['generated']} puzzles generated, {t['resumed']} resumed")
     lines += [
         "",
-        "Cell accuracy: mean share of correct cells per puzzle (an invalid answer scores 0). Batch accuracy: "
-        "share of puzzles with every cell right. Repaired: the same after turning each answer into a valid "
-        "assignment by optimal matching. Intervals: percentile bootstrap over puzzles.",
+        "Definitions follow the paper's released eval and reward code (cello.scoring). Cell accuracy: correct "
+        "cells / all cells (micro; an answer in an illegitimate format scores 0 and keeps its cells; a legitimate "
+        "one is compared position by position); per puzzle: the mean of per-puzzle shares. Batch accuracy: share "
+        "of puzzles with every cell right. Format: share in the legitimate format (think block, one newline, "
+        "answer block, '|' in the answer line); valid (reward): share whose GRPO reward is not -1 (also N labels, "
+        "none repeated). Unique labels: mean share of distinct labels. Repaired: the same after turning each "
+        "answer into a valid assignment by optimal matching. Intervals: percentile bootstrap over puzzles "
+        "(ratio of sums for cell accuracy).",
         "", "## Overall and by N", "", _HEAD.format(first="set"), _row("**overall**", o),
     ]
     lines += [_row(f"N = {n}", g) for n, g in sorted(m.get("by_n", {}).items(), key=lambda kv: int(kv[0]))]

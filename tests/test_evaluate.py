@@ -33,7 +33,7 @@ try:
 except ImportError:  # tests/ is a package
     from tests.llm_server import build_test_model, serve_openai
 
-FIELDS = ("id", "dataset", "n", "completion", "labels", "answer", "candidates", "valid", "reason", "reward",
+FIELDS = ("id", "dataset", "n", "completion", "labels", "answer", "candidates", "valid", "legitimate", "reason", "reward",
           "correct", "cell_accuracy", "exact", "repaired_labels", "repaired", "model", "group")
 SCORED = ("overall", "by_n", "by_dataset")
 
@@ -115,6 +115,14 @@ def test_baseline_eval_writes_predictions_metrics_report_plot(baseline_run, demo
     o = metrics["overall"]
     assert o["count"] == len(items) and o["cells"] == sum(it["n"] for it in items)
     assert o["batch_accuracy"] == pytest.approx(sum(p["exact"] for p in preds) / len(preds))
+    # the paper's cell-level accuracy is micro (correct cells / cells); the per-puzzle mean is kept as _macro
+    assert o["cell_accuracy"] == pytest.approx(sum(sum(p["correct"]) for p in preds) / o["cells"])
+    assert o["cell_accuracy_macro"] == pytest.approx(sum(p["cell_accuracy"] for p in preds) / len(preds))
+    assert o["format_rate"] == o["valid_rate"] == o["label_uniqueness"] == 1.0
+    for n, g in metrics["by_n"].items():
+        mine = [p for p in preds if len(p["answer"]) == int(n)]
+        assert g["cell_accuracy"] == pytest.approx(sum(sum(p["correct"]) for p in mine) / (int(n) * len(mine)))
+    assert metrics["chance"]["cell_accuracy"] == pytest.approx(len(items) / o["cells"])  # 1 cell per puzzle expected
     assert set(metrics["by_n"]) == {str(it["n"]) for it in items}
     assert metrics["model"] == "marker-baseline" and metrics["kind"] == "baseline"
     t = metrics["timing"]
@@ -125,6 +133,7 @@ def test_baseline_eval_writes_predictions_metrics_report_plot(baseline_run, demo
     assert o["batch_accuracy"] > metrics["chance"]["batch_accuracy"] + 0.1
     report = (baseline_run / REPORT).read_text()
     assert report.startswith("# Evaluation: marker-baseline") and f"| **overall** | {len(items)} |" in report
+    assert "| valid (reward) |" in report and "micro" in report
     assert all(f"| N = {n} |" in report for n in metrics["by_n"])
     assert (baseline_run / PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
