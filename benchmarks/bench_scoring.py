@@ -7,7 +7,8 @@ eval wall time spent outside generation.
 Part 1 (scoring throughput): realistic N = 15 completions (a ~1,500-character reasoning block,
 CELLxGENE-style type names) in three sets: `valid` (right format, some cells swapped),
 `invalid` (a mix of duplicate labels, wrong count, missing/doubled tags, text outside the
-blocks, truncation, empty output) and `mixed` (half and half, shuffled). The process is pinned
+blocks, truncation, empty output, no newline or a blank line between the blocks, an answer
+over two lines) and `mixed` (half and half, shuffled). The process is pinned
 to one CPU; each figure is the best of several rounds. Also timed: `reward()` as GRPO calls it
 (chat-message completions), `repair()` and `compute_metrics()` (with repair and bootstrap).
 
@@ -56,7 +57,7 @@ def make_completions(kind: str, count: int, *, seed: int = 0) -> tuple[list[str]
     rng = np.random.default_rng(seed)
     texts, golds = [], []
     for i in range(count):
-        gold = list(rng.choice(TYPES, size=N, replace=False))
+        gold = [str(t) for t in rng.choice(TYPES, size=N, replace=False)]  # str, as read from JSON
         labels = list(gold)
         for _ in range(int(rng.integers(0, 4))):  # a few swapped cells
             a, b = rng.choice(N, size=2, replace=False)
@@ -66,7 +67,7 @@ def make_completions(kind: str, count: int, *, seed: int = 0) -> tuple[list[str]
         if kind == "valid" or (kind == "mixed" and i % 2 == 0):
             texts.append(good)
         else:
-            mode = i % 7
+            mode = i % 10
             if mode == 0:  # duplicate label
                 labels[1] = labels[0]
                 texts.append(f"<think>{think}</think>\n<answer>{' | '.join(labels)}</answer>")
@@ -80,6 +81,12 @@ def make_completions(kind: str, count: int, *, seed: int = 0) -> tuple[list[str]
                 texts.append("Sure, here is my analysis. " + good + " Hope this helps!")
             elif mode == 5:  # truncated by the length limit
                 texts.append(good[: len(good) - 120])
+            elif mode == 6:  # no newline between the blocks
+                texts.append(good.replace("</think>\n<answer>", "</think><answer>"))
+            elif mode == 7:  # a blank line between the blocks
+                texts.append(good.replace("</think>\n<answer>", "</think>\n\n<answer>"))
+            elif mode == 8:  # the answer over two lines: only the first is read
+                texts.append(f"<think>{think}</think>\n<answer>{' | '.join(labels[:7])} |\n{' | '.join(labels[7:])}</answer>")
             else:  # empty output
                 texts.append("")
         golds.append(gold)
@@ -117,10 +124,12 @@ def scoring_throughput(*, count: int, rounds: int) -> dict:
         grpo = _best_rate(lambda chats=chats, golds=golds: reward(chats, golds), count, rounds)
         rep_n = max(count // 4, 50)
         rep_pairs = [(t, sorted(g)) for t, g in pairs[:rep_n]]
+        repair(*rep_pairs[0])  # warm-up: the first call imports scipy
         rep = _best_rate(lambda rep_pairs=rep_pairs: [repair(t, c) for t, c in rep_pairs], len(rep_pairs), max(rounds // 2, 1))
         out[kind] = {
             "score_per_s": rate, "us_per_score": 1e6 / rate, "reward_per_s": grpo, "repair_per_s": rep,
             "valid_share": float(np.mean([score(t, g).valid for t, g in pairs])),
+            "legitimate_share": float(np.mean([score(t, g).legitimate for t, g in pairs])),
             "mean_chars": float(np.mean([len(t) for t in texts])),
         }
     texts, golds = make_completions("mixed", 1000, seed=3)
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         r = thr[kind]
         print(f"  {kind:8s} score: {r['score_per_s']:>9,.0f}/s ({r['us_per_score']:.1f} us each)  "
               f"reward(): {r['reward_per_s']:>9,.0f}/s  repair: {r['repair_per_s']:>8,.0f}/s  "
-              f"[valid {r['valid_share']:.0%}, {r['mean_chars']:.0f} chars]")
+              f"[valid {r['valid_share']:.0%}, legitimate {r['legitimate_share']:.0%}, {r['mean_chars']:.0f} chars]")
     print(f"  compute_metrics, 1000 puzzles (score + repair + bootstrap x1000): {thr['compute_metrics_1000_puzzles_s']:.2f} s")
     overhead = None if args.no_eval else eval_overhead_share()
     if overhead is None:

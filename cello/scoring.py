@@ -89,7 +89,7 @@ _LEGITIMATE = frozenset({OK, "no_gold", "wrong_count", "duplicate_label"})
 
 def _items(candidate: str) -> list[str]:
     """Labels of an answer string: split on '|', stripped, empty ones dropped (the paper's rule)."""
-    return [s for s in (part.strip() for part in candidate.split("|")) if s]
+    return [s for s in map(str.strip, candidate.split("|")) if s]
 
 
 def gold_labels(answer: Sequence[str]) -> list[str]:
@@ -174,9 +174,8 @@ def check_format(text: str, n: int) -> FormatCheck:
         reason = _layout(text)
         if reason == OK and "|" not in cand:
             reason = "no_separator"
-    if reason != OK:
+    if reason != OK or labels is None:  # ('|' is in the candidate, so labels is a list, maybe empty)
         return FormatCheck(False, reason, labels)
-    labels = _items(cand)  # '|' is in the candidate: a list, maybe empty
     if n <= 0:
         return FormatCheck(False, "no_gold", labels, True)
     if len(labels) != n:
@@ -223,7 +222,7 @@ def score(text: str, answer: Sequence[str], *, candidates: Sequence[str] | None 
     if not check.legitimate:
         return Score(False, check.reason, labels, [False] * n, 0.0, False, -1.0, unknown, False, 0.0)
     labels = labels or []
-    correct = [p.lower() == g.lower() for p, g in zip(labels, gold, strict=False)]
+    correct = [p == g or p.lower() == g.lower() for p, g in zip(labels, gold, strict=False)]  # positional
     correct += [False] * (n - len(correct))
     hits = sum(correct)
     acc = hits / n if n else 0.0
