@@ -9,14 +9,20 @@ answers 400, which the server passes on.
 The count uses its own copy of the tokenizer: a Hugging Face fast tokenizer keeps padding
 settings as state, and counting on the event loop while the generation thread pads a batch
 with the same object races (the batch then fails to stack).
+
+Whatever the tokenizer raises on a prompt (it refuses text that is not valid Unicode, for
+one) is the request's fault: a RequestError (400), never a server error.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 from cello.serve.schema import RequestError
+
+log = logging.getLogger(__name__)
 
 
 class PromptBudget:
@@ -42,7 +48,13 @@ class PromptBudget:
         if self.limit is None:
             return
         for i, conv in enumerate(conversations):
-            n = self.tokens(conv)
+            try:
+                n = self.tokens(conv)
+            except Exception as exc:  # the tokenizer refused this text: the request's fault
+                log.info("puzzle %d: the tokenizer refused the prompt: %s: %s", i, type(exc).__name__, exc)
+                msg = (f"puzzle {i}: the prompt cannot be tokenized ({type(exc).__name__}); "
+                       "send text that is valid Unicode (UTF-8, no lone surrogates)")
+                raise RequestError(msg) from None
             if n is not None and n + max_new_tokens > self.limit:
                 msg = (
                     f"puzzle {i}: the prompt is {n} tokens and up to {max_new_tokens} more are generated, "

@@ -19,9 +19,17 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from cello.serve.schema import RequestError, describe, parse_json
+from cello.serve.schema import RequestError, describe, parse_json, utf8
 
 MAX_MESSAGES = 64
 
@@ -32,12 +40,22 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @field_validator("text")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        return utf8(value, what="text")
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
+
+    @field_validator("content")
+    @classmethod
+    def _utf8(cls, value: str | list[TextPart]) -> str | list[TextPart]:
+        return utf8(value, what="content") if isinstance(value, str) else value
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -72,6 +90,9 @@ class ChatRequest(BaseModel):
         if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
             msg = "stop takes at most 4 non-empty strings of at most 64 characters"
             raise ValueError(msg)
+        for s in stops:
+            utf8(s, what="stop")
+        utf8(self.model, what="model")
         wanted = self.max_completion_tokens or self.max_tokens
         if limit is not None and wanted is not None and wanted > limit:
             msg = f"max_tokens={wanted}; the limit is {limit} (serve.max_new_tokens)"

@@ -16,8 +16,12 @@ A puzzle (JSON):
                ["MS4A1", "CD79A"]],                                     # shorthand: a gene list
      "candidates": ["B cell", "CD4 T cell", "monocyte"]}
 
-Names may not contain line breaks, '|' (the answer separator) or ',' (genes only: the gene
+Names may not contain line breaks (any Unicode line or paragraph separator: U+2028, U+2029,
+U+0085 too), control characters, '|' (the answer separator) or ',' (genes only: the gene
 separator of the prompt), so that no input can change the structure of the prompt or answer.
+No text anywhere in a request may hold a lone UTF-16 surrogate (JSON allows the escape
+"\\ud800"; such text cannot be encoded as UTF-8, tokenized, forwarded or answered): the
+whole body is checked when it is decoded, and every text field again when it is validated.
 """
 
 from __future__ import annotations
@@ -39,7 +43,15 @@ from pydantic import (
 from cello.config import ServeConfig
 
 _DEFAULT = ServeConfig()
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f|]")  # control characters (line breaks...) and the answer separator
+# Control characters (Unicode Cc: C0, DEL, C1 incl. U+0085 NEL), line and paragraph separators
+# (Zl U+2028, Zp U+2029) and the answer separator: each could start a new line or field in the prompt.
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029|]")
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# What in a raw body can decode to a lone surrogate: a \uD800-\uDFFF escape, or the bytes of one
+# (json.loads decodes bytes with 'surrogatepass'); a body with NUL bytes is UTF-16/32.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|\x00")
+_MAYBE_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _HARD_CAP = 1_000_000  # a bound no config can lift (keeps pydantic from building huge lists)
 
 
@@ -48,8 +60,23 @@ def _limits(info: ValidationInfo) -> ServeConfig:
     return ctx.get("limits", _DEFAULT) if isinstance(ctx, dict) else _DEFAULT
 
 
+def safe(text: str) -> str:
+    """`text` with lone surrogates written as \\udXXX escapes: safe to put in a response."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(text) else text
+
+
+def utf8(value: str, *, what: str) -> str:
+    """`value` unchanged, or ValueError naming `what` when it is not encodable as UTF-8."""
+    found = _SURROGATE.search(value)
+    if found:
+        msg = (f"{what} is not valid Unicode text: it holds a lone UTF-16 surrogate "
+               f"({safe(found.group())}) at character {found.start()}; send UTF-8 text")
+        raise ValueError(msg)
+    return value
+
+
 def _name(value: str, *, what: str, limits: ServeConfig, comma: bool = True) -> str:
-    text = value.strip()
+    text = utf8(value, what=what).strip()
     if not text:
         msg = f"{what} is empty"
         raise ValueError(msg)
@@ -57,10 +84,39 @@ def _name(value: str, *, what: str, limits: ServeConfig, comma: bool = True) -> 
         msg = f"{what} is {len(text)} characters long; the limit is {limits.max_name_length} (serve.max_name_length)"
         raise ValueError(msg)
     if _BAD_NAME.search(text) or (not comma and "," in text):
-        bad = "a line break, a control character, '|'" + ("" if comma else " or ','")
+        bad = "a line break or separator (U+2028, U+2029, U+0085), a control character" + (" or '|'" if comma else ", '|' or ','")
         msg = f"{what} {text[:40]!r} contains {bad}, which would break the prompt"
         raise ValueError(msg)
     return text
+
+
+def check_text(data: Any, *, what: str = "the body") -> Any:
+    """`data` (decoded JSON) unchanged, or RequestError naming the first text (key or value) that
+    is not encodable as UTF-8, by its path: "the body: instances[0].cells[1][0] is not valid ..."."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            bad, where = value, path
+        elif isinstance(value, dict):
+            bad = where = None
+            for key, item in value.items():
+                sub = f"{path}.{safe(key)}" if path else safe(key)
+                if _SURROGATE.search(key):
+                    bad, where = key, f"the key '{sub}'"
+                    break
+                stack.append((item, sub))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(value))))
+            continue
+        else:
+            continue
+        if bad is not None:
+            try:
+                utf8(bad, what=f"{what}: {where}" if where else what)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+    return data
 
 
 def _unique(names: list[str], *, what: str) -> None:
@@ -201,7 +257,10 @@ def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> str:
             fields[name] = clean(_name(text, what=f"context field {name!r}", limits=limits)) if text.strip() else ""
         known = {"sex", "development_stage", "self_reported_ethnicity", "tissue", "disease"}
         value = sentence(fields, extra=[k for k in fields if k not in known])
-    text = " ".join(value.split())
+    text = " ".join(utf8(value, what="context").split())  # also collapses U+2028, U+2029, U+0085
+    if _BAD_TEXT.search(text):
+        msg = f"context {text[:40]!r} contains a control character, which would break the prompt"
+        raise ValueError(msg)
     if len(text) > limits.max_context_length:
         msg = f"context is {len(text)} characters long; the limit is {limits.max_context_length} (serve.max_context_length)"
         raise ValueError(msg)
@@ -230,25 +289,28 @@ class RequestError(ValueError):
 
 
 def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:
-    """json.loads with a client-facing RequestError for bad, non-UTF-8 or absurdly nested JSON."""
+    """json.loads with a client-facing RequestError for bad, non-UTF-8 or absurdly nested JSON,
+    or JSON whose text holds a lone surrogate (the message names the field by its path)."""
     import json
 
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except RecursionError:
         msg = f"{what} is nested too deeply to be a request"
         raise RequestError(msg) from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         msg = f"{what} is not valid JSON ({exc})"
         raise RequestError(msg) from None
+    maybe = _MAYBE_SURROGATE if isinstance(data, bytes | bytearray) else _MAYBE_SURROGATE_TEXT
+    return check_text(value, what=what) if maybe.search(data) else value
 
 
 def describe(exc: ValidationError, *, prefix: str = "", sep: str = ", ") -> str:
     """A short, readable list of what is wrong (at most 5 problems), each led by `prefix`."""
     lines = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        text = err["msg"].removeprefix("Value error, ")
+        loc = ".".join(safe(str(p)) for p in err["loc"] if not str(p).startswith("function-"))
+        text = safe(err["msg"].removeprefix("Value error, "))
         head = f"{prefix}{sep}{loc}" if prefix and loc else prefix or loc
         lines.append(f"{head}: {text}" if head else text)
     more = len(exc.errors()) - 5

@@ -64,6 +64,9 @@ class _UpstreamBackend:
     def generate_full(self, conversations, params):
         try:
             return self.inner.generate_full(conversations, params)
+        except UnicodeError as exc:  # text the HTTP client cannot encode (the schema refuses it first)
+            msg = f"the model server refused the request: the prompt is not valid Unicode ({type(exc).__name__})"
+            raise BackendError(msg) from None
         except CelloError as exc:
             status = getattr(exc, "status_code", None)  # set by cello.errors.UpstreamError
             text = str(exc)

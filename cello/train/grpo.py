@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cello.config import GRPOStageConfig
-from cello.errors import CelloError
+from cello.errors import CelloError, ConfigError
 from cello.scoring import completion_text, score
 from cello.scoring import format_reward as _format_reward
 from cello.train import common
@@ -129,6 +129,13 @@ def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, 
     settings = common.device_settings(cfg.precision, cfg.attn_implementation)
     model_path = common.resolve_model(cfg.model, section="train.grpo")
     records = read_records(train, kind="prompt")
+    if cfg.max_n is not None:
+        kept = [r for r in records if r["n"] <= cfg.max_n]
+        if not kept:
+            msg = f"train.grpo.max_n={cfg.max_n}: no puzzle in {train} is that small (smallest: {min(r['n'] for r in records)}); raise max_n or set it to null."
+            raise ConfigError(msg)
+        log.info("grpo: %d of %d puzzles have n <= max_n=%d", len(kept), len(records), cfg.max_n)
+        records = kept
     args = grpo_args(out_dir, cfg=cfg, world_size=env.world_size, settings=settings)
     if cfg.vllm_server and env.is_main:
         wait_for_server(cfg.vllm_server, timeout=cfg.vllm_health_timeout)

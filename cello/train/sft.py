@@ -45,8 +45,9 @@ def build_sft_trainer(
     settings = common.device_settings(cfg.precision, cfg.attn_implementation)
     report_to = common.check_report_to(cfg.report_to)
     model_path = common.resolve_model(cfg.model, section="train.sft")
-    if cfg.padding_free and not cfg.packing and settings["attn_implementation"] != "flash_attention_2":
-        log.info("padding_free without flash-attn: sdpa gets a block-diagonal mask from position_ids (correct, not faster)")
+    if cfg.padding_free and not cfg.packing:
+        log.warning("padding_free without packing: conversations are not cut at max_length=%d (TRL's rule); "
+                    "enable packing to bound the row length", cfg.max_length)
 
     records = read_records(train, kind="sft")
     eval_records = read_records(eval_path, kind="sft", split="test") if eval_path else None
@@ -73,7 +74,8 @@ def build_sft_trainer(
         "save_total_limit": cfg.save_total_limit,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
-        "max_length": cfg.max_length,
+        # TRL does not truncate padding-free batches without packing: it wants max_length=None then
+        "max_length": None if cfg.padding_free and not cfg.packing else cfg.max_length,
         "packing": cfg.packing,
         "padding_free": cfg.padding_free,
         "assistant_only_loss": cfg.assistant_only_loss,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cello.config import ServeConfig
-from cello.serve.schema import RequestError, parse_options, parse_puzzles, top_genes
+from cello.serve.schema import RequestError, parse_json, parse_options, parse_puzzles, top_genes
 
 CANDS = ["B cell", "T cell", "monocyte"]
 
@@ -64,6 +64,23 @@ BAD = [
     ("unknown field", [puzzle(color="red")], "Extra inputs"),
     ("duplicate cell ids", [puzzle(cells=[{"id": "c", "genes": ["A"]}, {"id": "c", "genes": ["B"]}, ["C"]])], "cell ids"),
     ("long context", [puzzle(context="x" * 3000)], "serve.max_context_length"),
+    # Unicode line/paragraph separators and C0/C1 controls act as line breaks in the prompt
+    ("candidate with U+2028", [puzzle(candidates=["B\u2028cell", "T cell", "x"])], "would break the prompt"),
+    ("candidate with U+2029", [puzzle(candidates=["B\u2029cell", "T cell", "x"])], "would break the prompt"),
+    ("gene with U+0085", [puzzle(cells=[["A\x85B"], ["B"], ["C"]])], "would break the prompt"),
+    ("gene with C1 control", [puzzle(cells=[["A\x9bB"], ["B"], ["C"]])], "would break the prompt"),
+    ("expression gene with U+2028", [puzzle(cells=[{"expression": {"A\u2028B": 1}}, ["B"], ["C"]])], "would break the prompt"),
+    ("cell id with file separator", [puzzle(cells=[{"id": "c\x1c1", "genes": ["A"]}, ["B"], ["C"]])], "would break the prompt"),
+    ("context field with U+2029", [puzzle(context={"tissue": "lung\u2029x"})], "would break the prompt"),
+    ("context with NUL", [puzzle(context="a donor\x00")], "control character"),
+    # a lone UTF-16 surrogate cannot be encoded as UTF-8 (nor tokenized, nor sent upstream)
+    ("gene surrogate", [puzzle(cells=[["\ud800"], ["B"], ["C"]])], "gene is not valid Unicode"),
+    ("expression gene surrogate", [puzzle(cells=[{"expression": {"A\udfff": 1}}, ["B"], ["C"]])], "gene is not valid Unicode"),
+    ("candidate surrogate", [puzzle(candidates=["B\udc00", "T cell", "x"])], "candidate is not valid Unicode"),
+    ("context surrogate", [puzzle(context="a \ud800 donor")], "context is not valid Unicode"),
+    ("context field surrogate", [puzzle(context={"sex": "\ud800"})], "context field 'sex' is not valid Unicode"),
+    ("context key surrogate", [puzzle(context={"\ud800": "x"})], "context field name is not valid Unicode"),
+    ("puzzle id surrogate", [puzzle(id="p\ud800")], "id: Input should be a valid string"),
     ("context wrong type", [puzzle(context=5)], "context"),
     ("not an object", [5], "expected an object"),
     ("empty list", [], "is empty"),
@@ -91,3 +108,42 @@ def test_options():
                         ({"temperature": "hot"}, "temperature"), ({"top_k": 3}, "Extra"), ([], "object")]:
         with pytest.raises(RequestError, match=needle):
             parse_options(bad)
+
+
+def test_separators_at_the_ends_are_stripped_like_spaces():
+    (p,) = parse_puzzles([puzzle(candidates=["\u2028B cell\x85", "T cell", "monocyte"])])
+    assert p.candidates[0] == "B cell"
+    (q,) = parse_puzzles([puzzle(context="A\u2028female\u2029donor\x85from blood.")])
+    assert q.context == "A female donor from blood."  # whitespace collapses, separators included
+    (r,) = parse_puzzles([puzzle(candidates=["Ω\u200bcell", "T cell", "monocyte"])])  # Cf is not a line break
+    assert r.candidates[0] == "Ω\u200bcell"
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    (b'{"instances": [{"cells": [["\\ud800"], ["X"]], "candidates": ["a", "b"]}]}', "instances[0].cells[0][0]"),
+    (b'{"instances": [{"cells": [["A"], ["X"]], "candidates": ["a", "\\udfff"]}]}', "instances[0].candidates[1]"),
+    (b'{"inputs": [{"name": "puzzles", "data": ["x"]}], "id": "\\udc00"}', "id"),
+    (b'{"parameters": {"\\ud800x": 1}}', "the key 'parameters.\\ud800x'"),
+    (b'["\xed\xa0\x80"]', "[0]"),  # the raw bytes of a surrogate (json.loads decodes them with surrogatepass)
+    ('"\\ud800"'.encode("utf-16"), "the body is not valid Unicode"),
+])
+def test_parse_json_names_the_text_that_is_not_unicode(body, where):
+    with pytest.raises(RequestError, match="lone UTF-16 surrogate") as info:
+        parse_json(body)
+    assert where in str(info.value)
+    str(info.value).encode("utf-8")  # the message itself is safe to send back
+
+
+def test_parse_json_keeps_valid_text():
+    assert parse_json(b'["\\ud83d\\ude00", "\\\\ud800", "\xe2\x80\xa8"]') == ["\U0001f600", "\\ud800", "\u2028"]
+    assert parse_json('{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+    with pytest.raises(RequestError, match="element: \\[1\\]"):
+        parse_json('["ok", "\\udfff"]', what="puzzle 0: the element")
+
+
+def test_describe_escapes_surrogates_in_locations():
+    from cello.serve.schema import parse_puzzles as parse
+
+    with pytest.raises(RequestError) as info:
+        parse([{**puzzle(), "\ud800": 1}])
+    str(info.value).encode("utf-8")

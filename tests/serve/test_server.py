@@ -110,6 +110,14 @@ def v2(data, **over):
     return {"inputs": [tensor]}
 
 
+def escaped(body) -> bytes:
+    """JSON with ASCII escapes: how a client sends a lone surrogate ("\\ud800"), which httpx's json= cannot."""
+    return json.dumps(body).encode()
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
 BAD_REQUESTS = [
     # (name, path, json body or raw bytes, extra headers, status, text in the message)
     ("invalid json", V1, b'{"instances": [', {}, 400, "not valid JSON"),
@@ -151,6 +159,30 @@ BAD_REQUESTS = [
     ("chat n>1", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "hi"}], "n": 3}, {}, 400, "n=3"),
     ("chat no messages", CHAT, {"model": "cello", "messages": []}, {}, 400, "messages"),
     ("unknown route", "/v3/anything", {}, {}, 404, ""),
+    # a lone UTF-16 surrogate anywhere: was a 500 (the tokenizer's TypeError), now a 400 naming the field
+    ("gene surrogate", V1, escaped({"instances": [{"cells": [["\ud800"], ["X"]], "candidates": ["a", "b"]}]}), {}, 400,
+     "instances[0].cells[0][0] is not valid Unicode"),
+    ("candidate surrogate", V1, escaped({"instances": [puzzle(candidates=["B cell", "T\udfff", "x"])]}), {}, 400,
+     "instances[0].candidates[1] is not valid Unicode"),
+    ("context surrogate", V1, escaped({"instances": [puzzle(context="a donor \ud800")]}), {}, 400, "instances[0].context"),
+    ("expression gene surrogate", V1, escaped({"instances": [puzzle(cells=[{"expression": {"A\udc00": 1}}, ["B"], ["C"]])]}), {}, 400,
+     "the key 'instances[0].cells[0].expression.A\\udc00'"),
+    ("v2 element surrogate", V2, v2([json.dumps(puzzle(candidates=["\ud800", "T cell", "x"]))]), {}, 400,
+     "puzzle 0: the element: candidates[0] is not valid Unicode"),
+    ("v2 id surrogate", V2, escaped({**v2([json.dumps(puzzle())]), "id": "\ud800"}), {}, 400, "id is not valid Unicode"),
+    ("chat surrogate", CHAT, escaped({"model": "cello", "messages": [{"role": "user", "content": "\ud800"}]}), {}, 400,
+     "messages[0].content is not valid Unicode"),
+    ("chat part surrogate", CHAT, escaped({"model": "cello", "messages": [{"role": "user", "content": [{"type": "text", "text": "x\udfff"}]}]}),
+     {}, 400, "messages[0].content[0].text"),
+    ("surrogate bytes", V1, b'{"instances": [{"cells": [["\xed\xa0\x80"], ["X"]], "candidates": ["a", "b"]}]}', {}, 400, "not valid Unicode"),
+    # Unicode line/paragraph separators and C1 controls in names: were accepted (line breaks in the prompt)
+    ("candidate U+2028", V1, {"instances": [puzzle(candidates=["B\u2028cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
+    ("candidate U+2029", V1, {"instances": [puzzle(candidates=["B\u2029cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
+    ("gene U+0085", V1, {"instances": [puzzle(cells=[["A\x85B"], ["B"], ["C"]])]}, {}, 400, "would break the prompt"),
+    ("expression gene U+2028", V1, {"instances": [puzzle(cells=[{"expression": {"A\u2028B": 1}}, ["B"], ["C"]])]}, {}, 400,
+     "would break the prompt"),
+    ("v2 candidate U+2029", V2, v2([json.dumps(puzzle(candidates=["B\u2029cell", "T cell", "x"]), ensure_ascii=False)]), {}, 400,
+     "would break the prompt"),
 ]
 
 

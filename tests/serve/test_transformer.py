@@ -89,3 +89,16 @@ def test_upstream_failures_map_to_clear_statuses(servers, fake_upstream):
     time.sleep(1.2)
     r = httpx.post(url, json=body, timeout=30)
     assert r.status_code == 200, r.text  # the gateway recovers with its upstream
+
+
+def test_text_that_is_not_unicode_never_reaches_the_upstream(servers, fake_upstream):
+    """A lone surrogate was a 500 in transformer mode (httpx cannot encode it); now a 400 before any upstream call."""
+    fake_upstream["mode"] = "ok"
+    before = len(fake_upstream["requests"])
+    for name in ("transformer", "gateway"):
+        url = servers[name].url + "/v1/models/cello:predict"
+        for bad in (puzzle(cells=[["\ud800"], ["X"], ["Y"]]), puzzle(context="donor \udfff"), puzzle(candidates=["B cell", "x\u2028y", "z"])):
+            r = httpx.post(url, content=json.dumps({"instances": [bad]}).encode(), headers={"Content-Type": "application/json"}, timeout=30)
+            assert r.status_code == 400, (name, r.text)
+            assert "not valid Unicode" in r.json()["error"] or "would break the prompt" in r.json()["error"]
+    assert len(fake_upstream["requests"]) == before
