@@ -314,7 +314,9 @@ def predict_baseline(
         write_json(metrics, metrics_out)
     ns = [r["n"] for r in records] or [1]
     chance = [chance_expected_accuracy(n) for n in ns]
-    return PredictSummary(str(out), metrics, float(np.mean([c.cell for c in chance])),
+    # Cell accuracy is micro (correct cells / cells): a random assignment gets 1 cell right per
+    # puzzle in expectation, so the chance figure is puzzles / cells, not the mean of 1/N.
+    return PredictSummary(str(out), metrics, float(len(ns) / max(sum(int(n) for n in ns), 1)),
                           float(np.mean([c.batch for c in chance])))
 
 
