@@ -352,7 +352,7 @@ class SamplingParams(Section):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding; above 0 samples.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
     n: int = Field(1, ge=1, description="Completions per conversation.")
-    seed: int | None = Field(0, description="Sampling seed (deterministic runs); null: unseeded.")
+    seed: int | None = Field(0, ge=0, le=2**63 - 1, description="Sampling seed (deterministic runs), 0 to 2**63-1; null: unseeded.")
     stop: list[str] = Field(default_factory=list, description="Stop strings; a completion ends before the first one.")
 
 

@@ -142,7 +142,8 @@ class TransformersBackend(Backend):
     def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:
         torch = self._torch
         if params.seed is not None:
-            torch.manual_seed(params.seed)
+            # torch takes a 64-bit seed; model_copy(update=...) skips SamplingParams' bound check
+            torch.manual_seed(int(params.seed) % 2**63)
         # longest first: less padding per batch, and an out-of-memory error shows up at once
         order = sorted(range(len(conversations)), key=lambda i: -sum(len(m["content"]) for m in conversations[i]))
         results: list[Generation | None] = [None] * len(conversations)

@@ -32,6 +32,7 @@ from pydantic import (
 from cello.serve.schema import RequestError, describe, parse_json, utf8
 
 MAX_MESSAGES = 64
+MAX_SEED = 2**63 - 1  # torch, vLLM and numpy seeds are 64-bit
 
 
 class TextPart(BaseModel):
@@ -74,7 +75,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
 
     @model_validator(mode="after")

@@ -175,6 +175,10 @@ BAD_REQUESTS = [
     ("chat part surrogate", CHAT, escaped({"model": "cello", "messages": [{"role": "user", "content": [{"type": "text", "text": "x\udfff"}]}]}),
      {}, 400, "messages[0].content[0].text"),
     ("surrogate bytes", V1, b'{"instances": [{"cells": [["\xed\xa0\x80"], ["X"]], "candidates": ["a", "b"]}]}', {}, 400, "not valid Unicode"),
+    # OpenAI seed outside int64: was a 500 (torch.manual_seed overflow)
+    ("chat seed 2**64", CHAT, {"model": "cello", "messages": HI, "seed": 2**64}, {}, 400, "seed"),
+    ("chat seed below int64", CHAT, {"model": "cello", "messages": HI, "seed": -(2**63) - 1}, {}, 400, "seed"),
+    ("chat seed negative", CHAT, {"model": "cello", "messages": HI, "seed": -1}, {}, 400, "seed"),
     # Unicode line/paragraph separators and C1 controls in names: were accepted (line breaks in the prompt)
     ("candidate U+2028", V1, {"instances": [puzzle(candidates=["B\u2028cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
     ("candidate U+2029", V1, {"instances": [puzzle(candidates=["B\u2029cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
@@ -219,3 +223,9 @@ def test_still_answers_after_bad_requests(client):
     r = client.post(V1, json={"instances": [puzzle()], "parameters": {"max_new_tokens": 1}})
     assert r.status_code == 200
     check_result(r.json()["predictions"][0], puzzle())
+
+
+def test_largest_seed_is_accepted(client):
+    r = client.post(CHAT, json={"model": "cello", "messages": HI, "max_tokens": 2, "temperature": 0.7, "seed": 2**63 - 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] > 0
