@@ -3,9 +3,10 @@
 Two reward functions, weighted by `reward_weight` and `format_weight`:
 - `batch_reward`: the paper's reward, (cell accuracy + batch exact match) / 2 for a valid
   completion, -1 otherwise;
-- `format_reward`: 1 for a valid format, 0 otherwise (weight 0 by default: logged only).
+- `format_reward`: 1 for a valid completion (reward != -1), 0 otherwise (weight 0 by
+  default: logged only).
 Logged per step (TensorBoard and OUT/summary.json): `reward` (weighted mean), `reward_std`,
-`kl`, `format_rate`, `batch_accuracy`, `cell_accuracy`, `completions/mean_length`.
+`kl`, `format_rate`, `valid_rate`, `batch_accuracy`, `cell_accuracy`, `completions/mean_length`.
 
 Rollouts come from transformers `generate` (CPU, tests) or, with `--vllm-server URL`, from a
 `trl vllm-serve` sidecar (TRL's server mode; weights are pushed to it after each step). The
@@ -35,24 +36,29 @@ from cello.train.data import grpo_dataset, read_records
 
 log = logging.getLogger(__name__)
 
-CURVES = ["reward", "reward_std", "kl", "format_rate", "batch_accuracy", "cell_accuracy",
+CURVES = ["reward", "reward_std", "kl", "format_rate", "valid_rate", "batch_accuracy", "cell_accuracy",
           "rewards/batch_reward/mean", "rewards/format_reward/mean", "completions/mean_length", "loss"]
 
 
 def batch_reward(completions: Sequence[Any], answer: Sequence[Sequence[str]], *,
                  log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
-    """The paper's reward per completion; also logs format rate, batch and cell accuracy."""
+    """The paper's reward per completion; also logs format and valid rate, batch and cell accuracy.
+
+    format_rate: share of completions in the paper's format (`Score.legitimate`, the eval's
+    format rate); valid_rate: share whose reward is not -1 (format, N labels, no repeat).
+    """
     scores = [score(completion_text(c), a) for c, a in zip(completions, answer, strict=True)]
     if log_metric is not None and scores:
         k = len(scores)
-        log_metric("format_rate", sum(s.valid for s in scores) / k)
+        log_metric("format_rate", sum(s.legitimate for s in scores) / k)
+        log_metric("valid_rate", sum(s.valid for s in scores) / k)
         log_metric("batch_accuracy", sum(s.exact for s in scores) / k)
         log_metric("cell_accuracy", sum(s.cell_accuracy for s in scores) / k)
     return [s.reward for s in scores]
 
 
 def format_reward(completions: Sequence[Any], answer: Sequence[Sequence[str]], **_: Any) -> list[float]:
-    """1.0 for a valid format (N labels, no repeat, think then answer), else 0.0."""
+    """1.0 for a valid completion (the paper's format, N labels, no repeat), else 0.0."""
     return _format_reward(completions, answer)
 
 

@@ -23,14 +23,14 @@ def test_batch_reward_scores_and_logs():
     logged = {}
     gold = [["B cell", "T cell"]] * 4
     completions = [
-        [{"role": "assistant", "content": "<think>.</think><answer>B cell | T cell</answer>"}],  # perfect: 1.0
-        "<think>.</think><answer>T cell | B cell</answer>",  # valid, all wrong: 0.0
-        "<think>.</think><answer>B cell | B cell</answer>",  # repeated label: invalid, -1
-        "<answer>B cell | T cell</answer>",  # no think block: invalid, -1
+        [{"role": "assistant", "content": "<think>.</think>\n<answer>B cell | T cell</answer>"}],  # perfect: 1.0
+        "<think>.</think>\n<answer>T cell | B cell</answer>",  # valid, all wrong: 0.0
+        "<think>.</think>\n<answer>B cell | B cell</answer>",  # paper's format, repeated label: -1
+        "<answer>B cell | T cell</answer>",  # no think block: not even the format, -1
     ]
     rewards = batch_reward(completions, gold, log_metric=lambda k, v: logged.__setitem__(k, v))
     assert rewards == [1.0, 0.0, -1.0, -1.0]
-    assert logged == {"format_rate": 0.5, "batch_accuracy": 0.25, "cell_accuracy": 0.25}
+    assert logged == {"format_rate": 0.75, "valid_rate": 0.5, "batch_accuracy": 0.25, "cell_accuracy": 0.5 / 4 + 0.25}
     assert format_reward(completions, gold) == [1.0, 1.0, 0.0, 0.0]
 
 
@@ -62,7 +62,7 @@ def test_reward_gets_the_gold_answers_of_the_generated_prompts(tmp_path, tiny_mo
         assert ids[0::2] == ids[1::2]  # each prompt's num_generations completions sit together
 
     logs = {k for entry in trainer.state.log_history for k in entry}
-    assert {"reward", "reward_std", "kl", "format_rate", "batch_accuracy", "cell_accuracy",
+    assert {"reward", "reward_std", "kl", "format_rate", "valid_rate", "batch_accuracy", "cell_accuracy",
             "rewards/batch_reward/mean", "rewards/format_reward/mean"} <= logs
 
 

@@ -140,3 +140,33 @@ def test_torchrun_two_cpu_processes_save_once(tmp_path, tiny_model_dir, records)
     names = {p.name for p in out.iterdir()}
     assert {"checkpoint-3", "model", "summary.json"} <= names and not any(n.startswith(".") for n in names)
     assert (out / "model" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_and_flash_attention_on_gpu(tmp_path, tiny_model_dir, records):
+    """On a GPU, 'auto' picks bf16 and flash-attn when it imports (sdpa otherwise), and SFT runs."""
+    import torch
+
+    from cello.errors import is_available
+    from cello.train.common import device_settings
+
+    s = device_settings("auto", "auto")
+    assert s["bf16"] == torch.cuda.is_bf16_supported() and not s["use_cpu"]
+    assert s["attn_implementation"] == ("flash_attention_2" if is_available("flash_attn") else "sdpa")
+    result = run_sft(records["sft"], tmp_path / "gpu", cfg=sft_cfg(tiny_model_dir, max_steps=3, padding_free=True, packing=True))
+    assert result.global_step == 3
+
+
+def test_cpu_settings_are_fp32_and_sdpa(monkeypatch):
+    import torch
+
+    from cello.train.common import device_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    s = device_settings("auto", "auto")
+    assert (s["bf16"], s["fp16"], s["use_cpu"], s["attn_implementation"], s["dtype"]) == (False, False, True, "sdpa", torch.float32)
+    with pytest.raises(ConfigError, match="flash-attn"):
+        device_settings("auto", "flash_attention_2")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        device_settings("fp16", "auto")
