@@ -7,8 +7,10 @@ and answers 400 with the numbers instead. An upstream server (vLLM) checks this 
 answers 400, which the server passes on.
 
 The count uses its own copy of the tokenizer: a Hugging Face fast tokenizer keeps padding
-settings as state, and counting on the event loop while the generation thread pads a batch
-with the same object races (the batch then fails to stack).
+settings as state, and counting while the generation thread pads a batch with the same object
+races (the batch then fails to stack). The server counts with `await budget.acheck(...)`: in
+one thread of its own (counts never overlap on the copy), so a maximum-size body being
+tokenized does not hold up the event loop (health probes, other requests).
 
 Whatever the tokenizer raises on a prompt (it refuses text that is not valid Unicode, for
 one) is the request's fault: a RequestError (400), never a server error.
@@ -16,8 +18,10 @@ one) is the request's fault: a RequestError (400), never a server error.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cello.serve.schema import RequestError
@@ -34,6 +38,21 @@ class PromptBudget:
         tokenizer = getattr(backend, "tokenizer", None)
         self.limit = int(value) if isinstance(value, int) and value > 0 and tokenizer is not None else None
         self.tokenizer = copy.deepcopy(tokenizer) if self.limit is not None else None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def acheck(self, conversations: list[list[dict]], max_new_tokens: int) -> None:
+        """`check` in the budget's own thread, so the event loop keeps answering meanwhile."""
+        if self.limit is None:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cello-budget")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.check, conversations, max_new_tokens)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def tokens(self, conversation: list[dict]) -> int | None:
         """Tokens of `conversation` with the generation prompt (None: cannot tell)."""

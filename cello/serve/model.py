@@ -195,7 +195,7 @@ def _make_model_class():
             conversations = [self.prompt.messages(p.context, p.cell_genes, p.candidates) for p in job.puzzles]
             params = self.params_for(job.options)
             try:
-                self.budget.check(conversations, params.max_new_tokens)
+                await self.budget.acheck(conversations, params.max_new_tokens)
             except RequestError as exc:
                 raise _invalid(str(exc)) from None
             assert self.batcher is not None
@@ -215,6 +215,8 @@ def _make_model_class():
 
         def stop(self) -> None:
             super().stop()
+            if self.budget is not None:
+                self.budget.close()
             if self.backend is not None and hasattr(self.backend, "close"):
                 self.backend.close()
 

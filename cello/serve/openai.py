@@ -147,7 +147,7 @@ def register_openai_routes(app: Any, model: Any) -> None:
             update["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
         params = model.sampling.model_copy(update=update)
         try:
-            model.budget.check([conversation], params.max_new_tokens)
+            await model.budget.acheck([conversation], params.max_new_tokens)
         except RequestError as exc:
             return _error(400, str(exc).replace("puzzle 0: ", ""))
         (result,) = await model.batcher.generate([conversation], params, timeout_s=model.cfg.timeout_s)

@@ -229,3 +229,42 @@ def test_largest_seed_is_accepted(client):
     r = client.post(CHAT, json={"model": "cello", "messages": HI, "max_tokens": 2, "temperature": 0.7, "seed": 2**63 - 1})
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] > 0
+
+
+def test_health_answers_while_a_huge_prompt_is_tokenized(server, client):
+    """Counting the prompt's tokens runs off the event loop: a large body (about 1 MB of text,
+    about a second to tokenize; the limit is 4 MiB) does not hold up the probes. Counted, not timed: probes answered
+    after the body was sent and before its answer came back."""
+    import threading
+
+    content = "CD3E, LYZ, " * 100_000  # about 1.1 MB, over half a million tokens: refused by the budget
+    answered = threading.Event()
+    sent = threading.Event()
+    result = {}
+
+    def big():
+        body = json.dumps({"model": "cello", "messages": [{"role": "user", "content": content}], "max_tokens": 1}).encode()
+
+        def stream():
+            yield body
+            sent.set()
+
+        result["r"] = client.post(CHAT, content=stream(), headers={"Content-Type": "application/json"})
+        answered.set()
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    probes = 0
+    try:
+        assert sent.wait(30)
+        with httpx.Client(base_url=server.url, timeout=30) as probe:
+            while not answered.is_set() and probes < 1000:
+                assert probe.get("/v2/health/live").status_code == 200
+                if not answered.is_set():
+                    probes += 1
+    finally:
+        thread.join(60)
+    r = result["r"]
+    assert r.status_code == 400, r.text
+    assert "tokens" in r.json()["error"]["message"]
+    assert probes >= 3, f"only {probes} probes answered while the prompt was tokenized"
