@@ -6,7 +6,12 @@ A pure ASGI middleware (no per-request threads, works for every route, KServe's 
 - the body is read up to `max_body_bytes`; a larger body (or a lying Content-Length) is
   answered 413 before any JSON parsing;
 - `cello_requests_total{route,status}` and `cello_request_seconds{route}` for Prometheus, with
-  routes normalised to a few names (no label per model name or per fuzzed path).
+  routes normalised to a few names (no label per model name or per fuzzed path);
+- KServe's management routes are not served (404, whatever the method and token): in KServe
+  0.21 that is the model repository extension, POST /v2/repository/models/NAME/load|unload,
+  which would let any client take the model offline (predictions then fail with 503 while
+  /v2/health/ready still says 200). The model is loaded once at startup; a new one means a
+  new pod.
 
 Errors are JSON: `{"error": "..."}`, or OpenAI's `{"error": {"message", "type", "code"}}`
 under /openai.
@@ -34,6 +39,8 @@ _ROUTES = [
     (re.compile(r"^/$|^/v2/health/(live|ready)$|^/v1/models/[^/:]+$|^/v2/models/[^/]+/ready$"), "health"),
     (re.compile(r"^/v1/models$|^/v2/models(/[^/]+)?$|^/v2$"), "metadata"),
 ]
+# KServe routes that change the server's state (not served): the model repository extension.
+_BLOCKED = re.compile(r"^/v2/repository(/|$)")
 # Open without a token: liveness/readiness probes (Kubernetes sends no token) and /metrics.
 _OPEN = re.compile(r"^/$|^/v2/health/(live|ready)$|^/v1/models/[^/:]+$|^/v2/models/[^/]+/ready$|^/metrics$")
 
@@ -120,6 +127,8 @@ class Guard:
 
         try:
             problem = self._check_auth(scope, path)
+            if problem is None and _BLOCKED.match(path):
+                problem = 404, f"{path[:100]} is not served: the model is loaded once at startup and cannot be loaded or unloaded over HTTP", []
             if problem is None and scope.get("method") in ("POST", "PUT", "PATCH"):
                 problem, receive = await self._buffer(scope, receive)
             if problem is not None:

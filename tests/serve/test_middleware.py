@@ -88,3 +88,14 @@ def test_body_limit_counts_streamed_chunks():
 ])
 def test_route_names_are_bounded(path, name):
     assert route_name(path) == name
+
+
+@pytest.mark.parametrize("path", ["/v2/repository/models/cello/unload", "/v2/repository/models/cello/load",
+                                  "/v2/repository/index", "/v2/repository"])
+def test_model_repository_routes_are_not_served(path, monkeypatch):
+    monkeypatch.delenv("CELLO_TEST_TOKEN", raising=False)
+    guard = Guard(echo_app, max_body_bytes=100, tokens=TokenSource(env="CELLO_TEST_TOKEN", file=None))
+    for method in ("GET", "POST"):
+        r = call(guard, method, path, **({"content": b"{}"} if method == "POST" else {}))
+        assert r.status_code == 404 and "not served" in r.json()["error"], (method, path)
+    assert call(guard, "POST", "/v2/repositoryx").status_code == 200  # only the extension's prefix

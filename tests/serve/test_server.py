@@ -231,6 +231,22 @@ def test_largest_seed_is_accepted(client):
     assert r.json()["usage"]["completion_tokens"] > 0
 
 
+def test_model_repository_routes_are_not_served(server, client):
+    """KServe's load/unload would let any client take the model offline (predict 503, ready still 200)."""
+    for action in ("unload", "load"):
+        for url in (f"/v2/repository/models/cello/{action}", f"/v2/repository/models/other/{action}"):
+            r = client.post(url, json={})
+            assert r.status_code == 404, (url, r.text)
+            assert "not served" in r.json()["error"]
+    assert client.get("/v2/repository/index").status_code == 404
+    assert httpx.post(server.url + "/v2/repository/models/cello/unload").status_code in (401, 404)  # no token
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    assert httpx.get(server.url + "/v1/models/cello").status_code == 200
+    r = client.post(V1, json={"instances": [puzzle()], "parameters": {"max_new_tokens": 1}})
+    assert r.status_code == 200, r.text  # the model is still loaded
+    check_result(r.json()["predictions"][0], puzzle())
+
+
 def test_health_answers_while_a_huge_prompt_is_tokenized(server, client):
     """Counting the prompt's tokens runs off the event loop: a large body (about 1 MB of text,
     about a second to tokenize; the limit is 4 MiB) does not hold up the probes. Counted, not timed: probes answered
