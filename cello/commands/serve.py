@@ -23,7 +23,7 @@ def command(
     port: int | None = typer.Option(None, "--port", "--http_port", "--http-port", help="HTTP port [8080]."),
     host: str | None = typer.Option(None, "--host", help="Address to bind [0.0.0.0]; 127.0.0.1 for local only."),
     model_name: str | None = typer.Option(None, "--model-name", "--model_name", help="Name in the routes [cello]."),
-    predictor_host: str | None = typer.Option(None, "--predictor-host", "--predictor_host", help="Upstream host as KServe passes it (-> http://HOST/openai/v1)."),
+    predictor_host: str | None = typer.Option(None, "--predictor-host", "--predictor_host", help="Upstream host as KServe passes it: HOST or http(s)://HOST (-> http(s)://HOST/openai/v1)."),
     upstream_model: str | None = typer.Option(None, "--upstream-model", help="Model name the upstream serves [first of GET /models]."),
     max_new_tokens: int | None = typer.Option(None, help="Generation budget per puzzle [1024]."),
     temperature: float | None = typer.Option(None, help="0 = greedy [0]."),

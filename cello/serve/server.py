@@ -50,7 +50,10 @@ def upstream_url(model: str | None, predictor_host: str | None) -> str | None:
     if model and model.startswith(("http://", "https://")):
         return model.rstrip("/")
     if predictor_host:
-        host = predictor_host.strip().removeprefix("http://").rstrip("/")
+        host = predictor_host.strip().rstrip("/")
+        scheme, sep, rest = host.partition("://")
+        if sep and scheme.lower() in ("http", "https"):
+            return f"{scheme.lower()}://{rest.rstrip('/')}/openai/v1"  # keep the scheme that was given
         return f"http://{host}/openai/v1"
     return None
 

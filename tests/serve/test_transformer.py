@@ -102,3 +102,14 @@ def test_text_that_is_not_unicode_never_reaches_the_upstream(servers, fake_upstr
             assert r.status_code == 400, (name, r.text)
             assert "not valid Unicode" in r.json()["error"] or "would break the prompt" in r.json()["error"]
     assert len(fake_upstream["requests"]) == before
+
+
+def test_upstream_url_keeps_the_scheme():
+    from cello.serve.server import upstream_url
+
+    assert upstream_url(None, "cello-predictor.ml") == "http://cello-predictor.ml/openai/v1"
+    assert upstream_url(None, "http://cello-predictor.ml/") == "http://cello-predictor.ml/openai/v1"
+    assert upstream_url(None, "https://cello-predictor.ml") == "https://cello-predictor.ml/openai/v1"  # was http://https://...
+    assert upstream_url(None, " HTTPS://h:8443/ ") == "https://h:8443/openai/v1"
+    assert upstream_url("https://h/openai/v1/", "ignored") == "https://h/openai/v1"
+    assert upstream_url("models/tiny", None) is None
