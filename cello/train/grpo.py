@@ -3,8 +3,8 @@
 Two reward functions, weighted by `reward_weight` and `format_weight`:
 - `batch_reward`: the paper's reward, (cell accuracy + batch exact match) / 2 for a valid
   completion, -1 otherwise;
-- `format_reward`: 1 for a valid completion (reward != -1), 0 otherwise (weight 0 by
-  default: logged only).
+- `format_reward`: 1 for a completion in the paper's format (think, answer, '|'-separated
+  labels; the eval's format rate), 0 otherwise (weight 0 by default: logged only).
 Logged per step (TensorBoard and OUT/summary.json): `reward` (weighted mean), `reward_std`,
 `kl`, `format_rate`, `valid_rate`, `batch_accuracy`, `cell_accuracy`, `completions/mean_length`.
 
@@ -30,7 +30,6 @@ from typing import Any
 from cello.config import GRPOStageConfig
 from cello.errors import CelloError, ConfigError
 from cello.scoring import completion_text, score
-from cello.scoring import format_reward as _format_reward
 from cello.train import common
 from cello.train.data import grpo_dataset, read_records
 
@@ -58,8 +57,13 @@ def batch_reward(completions: Sequence[Any], answer: Sequence[Sequence[str]], *,
 
 
 def format_reward(completions: Sequence[Any], answer: Sequence[Sequence[str]], **_: Any) -> list[float]:
-    """1.0 for a valid completion (the paper's format, N labels, no repeat), else 0.0."""
-    return _format_reward(completions, answer)
+    """1.0 for a completion in the paper's format (think block, one newline, answer block with
+    '|'-separated labels: `Score.legitimate`, the eval's format rate), else 0.0.
+
+    A separate, denser signal than the batch reward, which is -1 unless the format holds *and*
+    there are N distinct labels: a weak policy learns the layout from it first.
+    """
+    return [float(score(completion_text(c), a).legitimate) for c, a in zip(completions, answer, strict=True)]
 
 
 def wait_for_server(url: str, *, timeout: float, interval: float = 2.0) -> None:

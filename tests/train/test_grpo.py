@@ -31,7 +31,7 @@ def test_batch_reward_scores_and_logs():
     rewards = batch_reward(completions, gold, log_metric=lambda k, v: logged.__setitem__(k, v))
     assert rewards == [1.0, 0.0, -1.0, -1.0]
     assert logged == {"format_rate": 0.75, "valid_rate": 0.5, "batch_accuracy": 0.25, "cell_accuracy": 0.5 / 4 + 0.25}
-    assert format_reward(completions, gold) == [1.0, 1.0, 0.0, 0.0]
+    assert format_reward(completions, gold) == [1.0, 1.0, 1.0, 0.0]  # the layout only: the repeat is the batch reward's concern
 
 
 def test_reward_gets_the_gold_answers_of_the_generated_prompts(tmp_path, tiny_model_dir, records, puzzles):
