@@ -212,7 +212,7 @@ class GRPOStageConfig(_TrainerStageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
     beta: float = Field(0.001, ge=0, description="KL coefficient against the starting policy; 0: no reference model.")
     reward_weight: float = Field(1.0, description="Weight of the batch-level reward ((cell acc + batch exact)/2, -1 if badly formatted).")
-    format_weight: float = Field(0.0, description="Weight of the separate format reward (1 valid, 0 not); 0: logged only.")
+    format_weight: float = Field(0.0, description="Weight of the separate format reward (1 in the paper's think/answer layout, 0 not); 0: logged only.")
     max_n: int | None = Field(None, ge=1, description="Train only on puzzles with at most this many cells (a small-N curriculum for tiny models); null: all, as the paper.")
     vllm_server: str | None = Field(None, description="Base URL of a `trl vllm-serve` server for rollouts; null: generate with transformers.")
     vllm_health_timeout: float = Field(600.0, gt=0, description="Seconds to wait for the vLLM server's /health before failing.")
