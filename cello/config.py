@@ -208,6 +208,8 @@ class GRPOStageConfig(_TrainerStageConfig):
     num_generations: int = Field(5, ge=2, description="Completions sampled per prompt (the group of GRPO).")
     prompts_per_step: int = Field(64, ge=1, description="Prompts per optimizer step over all devices (completions = this x num_generations).")
     max_completion_length: int = Field(3000, ge=1, description="Longest sampled completion, in tokens.")
+    logging_steps: int = Field(1, ge=1, description="Log every this many optimizer steps (a GRPO step is long: log each).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps (what --resume restarts from).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
     beta: float = Field(0.001, ge=0, description="KL coefficient against the starting policy; 0: no reference model.")
