@@ -104,6 +104,17 @@ def accumulation(total: int, per_device: int, world_size: int, *, what: str) -> 
     return total // per_step
 
 
+def deepspeed_config(path: str) -> str:
+    """A DeepSpeed JSON for TRL's `deepspeed=`; deepspeed itself must be installed (GPU images)."""
+    from cello.errors import require
+
+    require("deepspeed", "gpu")
+    if not Path(path).is_file():
+        msg = f"deepspeed: {path} not found; use configs/deepspeed/zero2.json or zero3.json from the repository."
+        raise ConfigError(msg)
+    return path
+
+
 def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, section: str):
     """Build a TRL config from Cello's fields (`owned`) plus the `trl:` pass-through."""
     known = {f.name for f in dataclasses.fields(cls)}
@@ -146,14 +157,14 @@ def resolve_model(model: str | None, *, section: str) -> str:
     if not model:
         msg = f"{section}.model is not set; pass --model (a Hugging Face directory or hub id) or set it in params.yaml."
         raise ConfigError(msg)
-    p = Path(model)
+    p = Path(model).expanduser()
     if (p / MODEL_SUBDIR / "config.json").exists():  # the OUT dir of an earlier stage
         return str(p / MODEL_SUBDIR)
     looks_local = model.startswith((".", "/", "~")) or p.exists() or model.count("/") > 1
     if looks_local and not (p / "config.json").exists():
         msg = f"{model}: not a model directory (no config.json); build one (`cello model tiny`, `cello train merge`) or give a hub id."
         raise InputError(msg)
-    return model
+    return str(p) if looks_local else model
 
 
 def load_model(path: str, *, settings: dict[str, Any]):

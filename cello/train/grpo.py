@@ -124,9 +124,7 @@ def grpo_args(out_dir: str | os.PathLike, *, cfg: GRPOStageConfig, world_size: i
     if cfg.vllm_server:
         owned.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=cfg.vllm_server.rstrip("/"))
     if cfg.deepspeed:
-        from cello.train.sft import _deepspeed_path
-
-        owned["deepspeed"] = _deepspeed_path(cfg.deepspeed)
+        owned["deepspeed"] = common.deepspeed_config(cfg.deepspeed)
     return common.trl_config(GRPOConfig, owned, cfg.trl, section="train.grpo")
 
 

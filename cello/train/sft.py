@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 from cello.config import SFTStageConfig
 from cello.train import common
@@ -87,7 +86,7 @@ def build_sft_trainer(
         "dataset_num_proc": None,
     }
     if cfg.deepspeed:
-        owned["deepspeed"] = _deepspeed_path(cfg.deepspeed)
+        owned["deepspeed"] = common.deepspeed_config(cfg.deepspeed)
     args = common.trl_config(SFTConfig, owned, cfg.trl, section="train.sft")
 
     model, tokenizer = common.load_model(model_path, settings=settings)
@@ -101,16 +100,6 @@ def build_sft_trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
-
-
-def _deepspeed_path(path: str) -> str:
-    from cello.errors import ConfigError, require
-
-    require("deepspeed", "gpu")
-    if not Path(path).is_file():
-        msg = f"deepspeed: {path} not found; use configs/deepspeed/zero2.json or zero3.json from the repository."
-        raise ConfigError(msg)
-    return path
 
 
 def run_sft(

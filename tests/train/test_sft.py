@@ -170,3 +170,23 @@ def test_cpu_settings_are_fp32_and_sdpa(monkeypatch):
         device_settings("auto", "flash_attention_2")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         device_settings("fp16", "auto")
+
+
+@pytest.mark.parametrize(("name", "stage"), [("zero2.json", 2), ("zero3.json", 3)])
+def test_deepspeed_configs_defer_to_the_trainer(name, stage):
+    cfg = json.loads((REPO / "configs" / "deepspeed" / name).read_text())
+    assert cfg["zero_optimization"]["stage"] == stage
+    # batch sizes, accumulation, clipping and precision come from Cello's config through TRL ("auto")
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert cfg[key] == "auto"
+    assert cfg["bf16"]["enabled"] == "auto"
+
+
+def test_deepspeed_needs_the_gpu_extra(tmp_path, tiny_model_dir, records):
+    from cello.errors import MissingDependencyError, is_available
+
+    if is_available("deepspeed"):
+        pytest.skip("deepspeed is installed here")
+    cfg = sft_cfg(tiny_model_dir, deepspeed=str(REPO / "configs" / "deepspeed" / "zero2.json"))
+    with pytest.raises(MissingDependencyError, match=r"cello\[gpu\]"):
+        build_sft_trainer(records["sft"], tmp_path, cfg=cfg)
