@@ -223,11 +223,11 @@ class GRPOStageConfig(_TrainerStageConfig):
 class DistillStageConfig(Section):
     """Reasoning traces from a teacher endpoint, kept by rejection sampling on the reward."""
 
-    endpoint: str = Field(
+    teacher: str = Field(
         "http://localhost:8000/v1",
-        description="Teacher: an OpenAI-compatible base URL (vLLM, KServe /openai/v1, a hosted API), or any cello.llm backend spec (e.g. a model dir).",
+        description="The teacher: an OpenAI-compatible base URL (vLLM, KServe /openai/v1, a hosted API), or any cello.llm backend spec (e.g. a model dir).",
     )
-    teacher: str | None = Field(None, description="Model name sent to the endpoint; null: the first of GET /models.")
+    teacher_model: str | None = Field(None, description="Model name sent to the teacher's endpoint; null: the first of GET /models.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (unset: no key).")
     samples: int = Field(4, ge=1, description="Completions sampled per puzzle (k).")
     temperature: float = Field(0.8, ge=0, description="Teacher sampling temperature.")

@@ -1,6 +1,6 @@
 """`cello train ...`: distill traces, SFT with LoRA, merge the adapter, GRPO.
 
-    cello train distill data/records/grpo -o data/records/distill --endpoint http://vllm:8000/v1
+    cello train distill data/records/grpo -o data/records/distill --teacher http://vllm:8000/v1
     cello train distill data/records/grpo -o data/records/template --template
     cello train sft data/records/sft -o outputs/sft --profile local
     cello train merge outputs/sft -o outputs/sft-merged
@@ -101,8 +101,8 @@ def grpo(
 def distill(
     records: Path = typer.Argument(..., help="GRPO or eval records: a JSONL file or a directory holding train.jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.jsonl SFT records, summary.json)."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Teacher: OpenAI-compatible base URL (or a backend spec)."),
-    teacher: str | None = typer.Option(None, "--teacher", help="Model name at the endpoint [first of /models]."),
+    teacher: str | None = typer.Option(None, "--teacher", help="The teacher: OpenAI-compatible base URL (or a backend spec, e.g. a model dir)."),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name at the teacher's endpoint [first of /models]."),
     samples: int | None = typer.Option(None, "--samples", "-k", help="Completions per puzzle [4]."),
     min_reward: float | None = typer.Option(None, help="Keep only completions with reward >= this [1.0: perfect]."),
     keep_per_puzzle: int | None = typer.Option(None, help="Most traces kept per puzzle [1]."),
@@ -116,7 +116,7 @@ def distill(
     from cello.train.distill import distill as run_distill
 
     p = load_params(params, profile=profile)
-    cfg = override(p.train.distill, endpoint=endpoint, teacher=teacher, samples=samples, min_reward=min_reward,
+    cfg = override(p.train.distill, teacher=teacher, teacher_model=teacher_model, samples=samples, min_reward=min_reward,
                    keep_per_puzzle=keep_per_puzzle, concurrency=concurrency)
     summary = run_distill(records, out, cfg=cfg, template=p.prompt, use_template=template, limit=limit)
     typer.echo(summary.render())

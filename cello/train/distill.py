@@ -17,7 +17,7 @@ every id in the ledger, and a torn last line from a crash is ignored. At the end
 OUT/train.jsonl (SFT chat records, input order) and OUT/summary.json (counts, acceptance
 rate, token totals) are written atomically: `cello train sft OUT` reads them.
 
-    cello train distill data/records/grpo -o data/records/distill --endpoint http://vllm:8000/v1 -k 8
+    cello train distill data/records/grpo -o data/records/distill --teacher http://vllm:8000/v1 -k 8
     cello train distill data/records/grpo -o data/records/template --template   # no teacher
 """
 
@@ -158,11 +158,11 @@ def distill(
     todo = [r for r in records if r["id"] not in ledger]
     summary.skipped_done = len(records) - len(todo)
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, n=cfg.samples, seed=cfg.seed)
-    backend_cfg = BackendConfig(spec=cfg.endpoint, model=cfg.teacher, api_key_env=cfg.api_key_env,
+    backend_cfg = BackendConfig(spec=cfg.teacher, model=cfg.teacher_model, api_key_env=cfg.api_key_env,
                                 concurrency=cfg.concurrency, timeout_s=cfg.timeout, max_retries=cfg.retries)
     if todo:
         log.info("distill: %d puzzles to do (%d done before), %d samples each, teacher %s",
-                 len(todo), summary.skipped_done, cfg.samples, cfg.endpoint)
+                 len(todo), summary.skipped_done, cfg.samples, cfg.teacher)
         with make_backend(backend_cfg) as backend:
             for start in range(0, len(todo), cfg.chunk):
                 chunk = todo[start:start + cfg.chunk]

@@ -35,7 +35,7 @@ def test_select_traces(texts, kw, kept):
 
 
 def _cfg(url: str, **kw) -> DistillStageConfig:
-    return DistillStageConfig(**{"endpoint": url, "samples": 4, "max_tokens": 24, "temperature": 1.0,
+    return DistillStageConfig(**{"teacher": url, "samples": 4, "max_tokens": 24, "temperature": 1.0,
                                  "concurrency": 4, "retries": 2, "timeout": 30.0, "chunk": 4, **kw})
 
 
@@ -89,3 +89,13 @@ def test_template_traces_need_no_teacher(tmp_path, records, puzzles):
     rows = [json.loads(line) for line in (tmp_path / "t" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == len(puzzles)
     assert all(score(r["messages"][-1]["content"], p["answer"]).reward == 1.0 for r, p in zip(rows, puzzles, strict=True))
+
+
+def test_cli_distill_from_a_teacher_url(tmp_path, records, puzzles, capsys):
+    from cello.cli import main
+
+    with serve_openai(responder=_scripted(puzzles), model_name="teacher-7b") as url:
+        assert main(["train", "distill", str(records["grpo"]), "-o", str(tmp_path / "d"), "--teacher", url,
+                     "--teacher-model", "teacher-7b", "-k", "4", "--limit", "3", "--params", str(tmp_path / "none.yaml")]) == 0
+        assert {r.body["model"] for r in url.chat_requests} == {"teacher-7b"}
+    assert "3 SFT records from 3/3 puzzles" in capsys.readouterr().out
