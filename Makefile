@@ -1,5 +1,5 @@
 # Cello: the few verbs a developer (and CI) runs.
-#   make demo     set up, then build the demo data from the bundled PBMC dataset
+#   make demo     set up, then run the whole recipe on the bundled PBMC data (scripts/demo.sh)
 #   make test     set up, then run the test suite
 #   make bench    set up, then run the benchmarks (prints ratios, writes benchmarks/results/*.json)
 SHELL := /bin/bash
@@ -23,17 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# The local chain on the bundled data: DVC data stages, then the non-LLM baseline.
-DEMO := runs/demo
+# The whole recipe on the bundled data, on CPU: DVC data, baseline, tiny model -> SFT -> merge
+# -> GRPO -> eval -> gate (see scripts/demo.sh; outputs under data/ and runs/demo/).
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	$(BIN)/cello baseline fit data/splits/train.parquet -o $(DEMO)/baseline.json
-	$(BIN)/cello baseline predict $(DEMO)/baseline.json data/splits/test.parquet \
-		-o $(DEMO)/baseline/predictions.jsonl --metrics $(DEMO)/baseline/metrics.json
-	@echo; echo "Demo outputs:"; \
-	echo "  data (DVC):        data/cells.parquet data/puzzles.parquet data/splits/"; \
-	echo "  training records:  data/records/{sft,grpo,eval}/{train,test}.jsonl"; \
-	echo "  baseline:          $(DEMO)/baseline.json $(DEMO)/baseline/"
+	bash scripts/demo.sh
 
 test: install
 	$(BIN)/python -m pytest -q
