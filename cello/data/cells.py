@@ -301,7 +301,9 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
     """Build cells.parquet from .h5ad files/directories (or builtin:pbmc68k)."""
     sources = resolve_inputs(list(inputs))
     summary = CellsSummary(out=str(out))
-    with tempfile.TemporaryDirectory(prefix="cello-cells-") as tmp:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    # Parts live next to the output, so a single part can become the output by a rename.
+    with tempfile.TemporaryDirectory(prefix=".cello-cells-", dir=Path(out).parent) as tmp:
         parts = {src: os.path.join(tmp, f"part-{i:05d}.parquet") for i, src in enumerate(sources)}
         results: dict[str, FileSummary] = {}
         parallel = [s for s in sources if not s.startswith(BUILTIN_PREFIX)]
@@ -327,10 +329,13 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
             raise InputError(msg)
         schema = pa.unify_schemas([pq.read_schema(p) for p in written])
         with atomic_path(out) as tmp_out:
-            with pq.ParquetWriter(tmp_out, schema) as writer:
-                for p in written:
-                    for batch in pq.ParquetFile(p).iter_batches():
-                        writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+            if len(written) == 1:  # nothing to merge: the part is the output
+                os.replace(written[0], tmp_out)
+            else:
+                with pq.ParquetWriter(tmp_out, schema) as writer:
+                    for p in written:
+                        for batch in pq.ParquetFile(p).iter_batches():
+                            writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
     log.info("wrote %d cells to %s", summary.kept, out)
     return summary
 
