@@ -45,7 +45,7 @@ class CellsConfig(Section):
     max_cells: int | None = Field(None, ge=1, description="Seeded subsample per file; null: all cells.")
     context_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTEXT_FIELDS), description="obs fields in the donor sentence.")
     extra_context_fields: list[str] = Field(default_factory=list, description="More obs fields, written as 'field: value'.")
-    chunk_size: int = Field(8192, ge=1, description="Rows read from disk at a time (bounds peak memory).")
+    chunk_size: int = Field(4096, ge=1, description="Rows read from disk at a time (bounds peak memory).")
     workers: int = Field(2, ge=1, description="Files processed in parallel (processes).")
     threads: int = Field(2, ge=1, description="Chunks of one file ranked in parallel (threads).")
     seed: int = 0
