@@ -31,6 +31,7 @@ from cello._io import atomic_path
 from cello.config import CellsConfig
 from cello.data import schema as S
 from cello.data.context import clean, context_columns, sentences
+from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
 from cello.data.topgenes import top_genes
 from cello.errors import InputError
@@ -174,7 +175,7 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
         donor = np.full(n, summary.dataset, dtype=object)
     batch = _labels(obs, cfg.batch_key, "batch", summary.source) if cfg.batch_key else np.full(n, "", dtype=object)
     if cfg.max_cells is not None and keep.sum() > cfg.max_cells:
-        rng = np.random.default_rng([cfg.seed, int.from_bytes(summary.dataset.encode()[:8].ljust(8, b"\0"), "little")])
+        rng = np.random.default_rng(stable_seed(cfg.seed, summary.dataset))
         chosen = rng.choice(np.flatnonzero(keep), size=cfg.max_cells, replace=False)
         sub = np.zeros(n, dtype=bool)
         sub[chosen] = True

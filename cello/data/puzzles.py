@@ -15,7 +15,6 @@ dataset name, so the output is the same for the same input and seed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from cello.config import PuzzlesConfig
 from cello.data import schema as S
 from cello.data.cells import check_cell_types
 from cello.data.context import MISSING
+from cello.data.seeds import stable_seed
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,6 @@ log = logging.getLogger(__name__)
 REQUIRED = [S.CELL_ID, S.DATASET, S.DONOR, S.CELL_TYPE, S.TOP_GENES]
 OPTIONAL = [S.BATCH, S.CONTEXT]
 MAX_TRIES = 20  # draws per puzzle before an exact repeat of a cell set is accepted
-
-
-def stable_seed(seed: int, name: str) -> list[int]:
-    """Seed material for `np.random.default_rng` from `seed` and a stable hash of `name`."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return [int(seed) % 2**63, int.from_bytes(digest[:8], "little")]
 
 
 def safe_id(text: str) -> str:

@@ -36,8 +36,9 @@ from cello._io import atomic_path, write_json
 from cello.config import SplitConfig
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
-from cello.data.puzzles import read_puzzles, stable_seed
+from cello.data.puzzles import read_puzzles
 from cello.data.records import read_records, records_to_puzzles
+from cello.data.seeds import stable_seed
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
