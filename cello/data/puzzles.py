@@ -265,44 +265,35 @@ def build_puzzles(
     return out, summary
 
 
-def read_cells(path: str | os.PathLike) -> pd.DataFrame:
-    """Read the columns puzzles need from cells.parquet, with clear errors for bad files."""
+def _read_table(path: str | os.PathLike, required: list[str], *, made_by: str) -> tuple[Path, list[str]]:
+    """Check that `path` is a readable Parquet file holding `required`; return its column names."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
-        msg = f"{path}: no such file; build it with `cello data cells ... -o {path}`."
+        msg = f"{path}: no such file; build it with `{made_by}`."
         raise InputError(msg)
     try:
         names = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-        msg = f"{path}: not a readable Parquet file ({exc}); rebuild it with `cello data cells`."
+        msg = f"{path}: not a readable Parquet file ({exc}); rebuild it with `{made_by}`."
         raise InputError(msg) from exc
-    missing = [c for c in REQUIRED if c not in names]
+    missing = [c for c in required if c not in names]
     if missing:
-        msg = f"{path}: missing column(s) {missing}; rebuild it with `cello data cells`."
+        msg = f"{path}: missing column(s) {missing}; is this a table from `{made_by}`? Rebuild it."
         raise InputError(msg)
+    return path, names
+
+
+def read_cells(path: str | os.PathLike) -> pd.DataFrame:
+    """Read the columns puzzles need from cells.parquet, with clear errors for bad files."""
+    path, names = _read_table(path, REQUIRED, made_by="cello data cells")
     return pd.read_parquet(path, columns=[c for c in REQUIRED + OPTIONAL if c in names])
 
 
 def read_puzzles(path: str | os.PathLike, *, required: list[str] | None = None) -> pd.DataFrame:
     """Read a puzzles.parquet; a missing/unreadable file or column is an `InputError`."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    required = S.PUZZLE_COLUMNS if required is None else required
-    if not path.is_file():
-        msg = f"{path}: no such file; build it with `cello data puzzles` (or `cello data split`)."
-        raise InputError(msg)
-    try:
-        names = pq.read_schema(path).names
-    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-        msg = f"{path}: not a readable Parquet file ({exc}); rebuild it with `cello data puzzles`."
-        raise InputError(msg) from exc
-    missing = [c for c in required if c not in names]
-    if missing:
-        msg = f"{path}: missing column(s) {missing}; is this a puzzles table from `cello data puzzles`?"
-        raise InputError(msg)
+    path, _ = _read_table(path, S.PUZZLE_COLUMNS if required is None else required, made_by="cello data puzzles")
     return pd.read_parquet(path)
 
 
