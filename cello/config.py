@@ -334,6 +334,41 @@ class DeployConfig(Section):
         return self
 
 
+# ---------------------------------------------------------------- the cluster (cello.k8s, the pipeline's kubernetes backend, k8s/)
+class ClusterConfig(Section):
+    """Where stages run on Kubernetes. The names here are the ones `k8s/` installs (namespace,
+    ServiceAccount, PVC, training runtime), so a change here goes with a change there."""
+
+    namespace: str = Field("cello", pattern=_DNS_LABEL, description="Namespace of every object a run creates.")
+    service_account: str = Field("cello-pipeline", pattern=_DNS_LABEL, description="ServiceAccount of the pipeline's pods (RBAC in k8s/base).")
+    pvc: str = Field("cello-workspace", description="ReadWriteMany claim shared by every step: data, checkpoints, eval runs.")
+    mount_path: str = Field("/mnt/cello", description="Where the claim is mounted in every pod; checkpoint URIs are paths under it.")
+    training_api: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="trainjob: Kubeflow Trainer v2 (TrainJob); pytorchjob: Training Operator v1 (kubeflow.org/v1 PyTorchJob)."
+    )
+    training_runtime: str = Field("cello-torch", description="ClusterTrainingRuntime the TrainJobs refer to (torchrun; installed by k8s/base).")
+    num_nodes: int = Field(1, ge=1, description="Nodes per training job.")
+    gpus_per_node: int = Field(8, ge=0, description="GPUs per training node (torchrun --nproc_per_node).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
+    cpu_per_node: str = Field("32", description="CPU request and limit per training node.")
+    memory_per_node: str = Field("256Gi", description="Memory request and limit per training node.")
+    shm_size: str = Field("64Gi", description="/dev/shm (a memory emptyDir) per training pod: NCCL and dataloader workers need more than the 64 MiB default.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of GPU steps, e.g. {'nvidia.com/gpu.product': 'NVIDIA-H100-80GB-HBM3'}.")
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Tolerations of GPU steps (GPU node taints).",
+    )
+    rollout_gpus: int = Field(1, ge=1, description="GPUs of the vLLM rollout server of GRPO (separate from the trainer's).")
+    active_deadline_s: int = Field(7 * 24 * 3600, ge=60, description="A training job running longer than this is failed and deleted.")
+    pending_timeout_s: int = Field(1800, ge=10, description="A job whose pods stay Pending this long fails the step (the pod and its events are named).")
+    poll_interval_s: float = Field(10.0, gt=0, description="Seconds between status checks while waiting on a job.")
+    log_tail_lines: int = Field(50, ge=0, description="Log lines of node 0 quoted when a job fails.")
+    secrets: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Secrets exposed as env to every step: {secret name: {key in the secret: ENV_VAR}} (object-store credentials, a hub token). Optional: a missing Secret is skipped.",
+    )
+
+
 # ---------------------------------------------------------------- baselines (cello.baselines)
 class BaselineConfig(Section):
     """`cello baseline`: the non-LLM marker-gene solver (gene-type association + Hungarian assignment)."""
@@ -443,6 +478,7 @@ class Params(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
