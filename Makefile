@@ -1,6 +1,7 @@
 # Cello: the few verbs a developer (and CI) runs.
-#   make demo     set up, then run the whole recipe on the bundled PBMC data (scripts/demo.sh)
+#   make demo     set up, then run the whole pipeline locally on the bundled PBMC data
 #   make test     set up, then run the test suite
+#   make pipeline compile pipelines/cello.yaml and draw pipelines/cello-dag.png (both committed)
 #   make bench    set up, then run the benchmarks (prints ratios, writes benchmarks/results/*.json)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,7 +13,7 @@ TORCH_CPU := torch==2.13.0
 EXTRAS := data,train,serve,pipeline,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint pipeline clean
 
 install: $(STAMP)
 
@@ -23,10 +24,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# The whole recipe on the bundled data, on CPU: DVC data, baseline, tiny model -> SFT -> merge
-# -> GRPO -> eval -> gate (see scripts/demo.sh; outputs under data/ and runs/demo/).
+# The Kubeflow pipeline on this machine (KFP's local runner), CPU only, on the bundled data:
+# DVC data -> tiny model -> SFT -> merge -> GRPO -> eval (+ baseline) -> gate -> deploy if it passed.
+# Everything lands under runs/<run id>/; the last lines say where, and what the gate decided.
 demo: install
-	bash scripts/demo.sh
+	$(BIN)/cello pipeline run --local --profile local
+
+# The compiled pipeline and its picture, committed; a test fails when the YAML is stale.
+pipeline: install
+	$(BIN)/cello pipeline compile -o pipelines/cello.yaml
+	$(BIN)/python scripts/render_dag.py
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -41,7 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_serve.py
 
 lint: install
-	$(BIN)/ruff check cello tests benchmarks
+	$(BIN)/ruff check cello components pipelines tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -162,8 +162,8 @@ def run_size(tmp: Path, n_cells: int, n_genes: int, baseline_cells: int) -> dict
     import pandas as pd
 
     ours = pd.read_parquet(tmp / "cells.parquet", columns=["top_genes"]).top_genes.head(timed)
-    identical = all(list(a) == b for a, b in zip(ours, base.pop("lists"))) and all(
-        list(a) == b for a, b in zip(ours, memory.pop("lists")))
+    identical = all(list(a) == b for a, b in zip(ours, base.pop("lists"), strict=False)) and all(
+        list(a) == b for a, b in zip(ours, memory.pop("lists"), strict=False))
     out = {
         "cells": n_cells, "genes": n_genes, "mean_detected_genes": mean_genes,
         "floor_read_seconds": floor["seconds"], "floor_max_rss_mib": floor["max_rss_mib"],

@@ -369,6 +369,18 @@ class ClusterConfig(Section):
     )
 
 
+# ---------------------------------------------------------------- the pipeline (cello.pipeline, components/, pipelines/)
+class PipelineConfig(Section):
+    """`cello pipeline`: settings of the KFP pipeline itself; each stage reads its own section."""
+
+    base_model: str | None = Field(
+        None, description="Model SFT starts from: a hub id or a path; 'tiny': a tiny model built offline from the SFT records (CPU runs); null: train.sft.model."
+    )
+    fan_out: int = Field(8, ge=1, description="Input files ranked at once by the data step's fan-out (dsl.ParallelFor parallelism).")
+    step_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="Timeout of a training or evaluation step's pod on a cluster.")
+    deploy_timeout_s: float = Field(300.0, gt=0, description="Local deploy: seconds for `cello serve` to get ready and answer the smoke puzzle.")
+
+
 # ---------------------------------------------------------------- baselines (cello.baselines)
 class BaselineConfig(Section):
     """`cello baseline`: the non-LLM marker-gene solver (gene-type association + Hungarian assignment)."""
@@ -459,7 +471,9 @@ class GateConfig(Section):
     require_paired: bool = Field(
         True, description="Rule 2 needs both predictions files (paired bootstrap by puzzle id); false: fall back to the point estimates when one is missing."
     )
-    baseline_margin: float = Field(0.0, ge=0, le=1, description="Rule 3: the candidate's metric must exceed the baseline's by more than this.")
+    baseline_margin: float = Field(
+        0.0, ge=-1, le=1, description="Rule 3: the candidate's metric must exceed the baseline's by more than this; negative: it may trail the baseline by up to that much (-1: rule 3 never blocks)."
+    )
     n_boot: int = Field(2000, ge=100, description="Paired-bootstrap resamples.")
     ci: float = Field(0.95, gt=0, lt=1, description="Coverage of the paired-bootstrap interval.")
     seed: int = Field(0, description="Seed of the paired bootstrap.")
@@ -479,6 +493,7 @@ class Params(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
@@ -507,8 +522,31 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def load_params(path: str | os.PathLike | None = "params.yaml", *, profile: str | None = None) -> Params:
-    """Read params.yaml (missing file: all defaults) and apply a named profile."""
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`raw` with dotted keys set: {"gate.min_accuracy": 0.0, "train.grpo.max_steps": 10}.
+
+    The first part must name a section of params.yaml (a typo is an error, not a new section);
+    the rest is checked when the result is validated."""
+    out = _deep_merge(raw, {})
+    for key, value in (overrides or {}).items():
+        parts = str(key).split(".")
+        if parts[0] not in Params.model_fields or not all(parts):
+            msg = f"override {key!r}: no such setting; the first part must be one of {sorted(Params.model_fields)} (e.g. gate.min_accuracy=0)."
+            raise ConfigError(msg)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_params(
+    path: str | os.PathLike | None = "params.yaml", *, profile: str | None = None, overrides: dict[str, Any] | None = None,
+) -> Params:
+    """Read params.yaml (missing file: all defaults), apply a named profile, then `overrides`
+    (dotted keys, see `apply_overrides`)."""
     raw: dict[str, Any] = {}
     if path is not None and Path(path).exists():
         try:
@@ -522,6 +560,7 @@ def load_params(path: str | os.PathLike | None = "params.yaml", *, profile: str 
             msg = f"{path}: no profile {profile!r}; known profiles: {sorted(profiles) or 'none'}."
             raise ConfigError(msg)
         raw = _deep_merge(raw, profiles[profile])
+    raw = apply_overrides(raw, overrides)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

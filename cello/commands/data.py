@@ -23,7 +23,7 @@ app = typer.Typer(help="Build CellPuzzles data from .h5ad files.", no_args_is_he
 @app.command("cells")
 def cells(
     inputs: list[str] = typer.Argument(None, help=".h5ad files, directories (searched recursively), or builtin:pbmc68k. Default: data.inputs in params."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output cells.parquet."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output cells.parquet, or a directory (no .parquet suffix) with one part per input."),
     cell_type_key: str | None = typer.Option(None, help="obs column with the cell type [cell_type]."),
     donor_key: str | None = typer.Option(None, help="obs column with the donor [donor_id]; 'none': one donor per file."),
     batch_key: str | None = typer.Option(None, help="obs column with the batch [none]."),
@@ -53,7 +53,7 @@ def cells(
 
 @app.command("puzzles")
 def puzzles(
-    cells_path: Path = typer.Argument(..., help="cells.parquet from `cello data cells`."),
+    cells_path: Path = typer.Argument(..., help="cells.parquet, or a directory of parts, from `cello data cells`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
     min_n: int | None = typer.Option(None, help="Smallest N [8]."),
     max_n: int | None = typer.Option(None, help="Largest N [15]."),

@@ -7,6 +7,11 @@ Files are read in row chunks straight from HDF5 (AnnData's on-disk sparse datase
 memory depends on `chunk_size`, not on the number of cells; several files are processed in
 parallel processes, each writing its own Parquet part, merged at the end. The ranking itself is
 vectorised (`cello.data.topgenes`). The output appears atomically: on any error nothing is left.
+
+The output may also be a directory of parts, one per input file (`part-00000.parquet`, ...,
+numbered by the input's position): `cello data cells atlas/ -o data/cells` writes them all, and
+`make_cells_part` writes one, which is how a pipeline fans the files of a large atlas out over
+a cluster and still produces the very same directory. `cello data puzzles` reads either form.
 """
 
 from __future__ import annotations
@@ -312,14 +317,46 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         return summary
 
 
+def part_name(index: int) -> str:
+    """File name of the part written for the `index`-th input (in `resolve_inputs` order)."""
+    return f"part-{index:05d}.parquet"
+
+
+def is_parts_dir(out: str | os.PathLike) -> bool:
+    """Whether `out` names a directory of parts rather than one .parquet file."""
+    return Path(out).suffix != ".parquet"
+
+
+def make_cells_part(inputs: list[str], index: int, out_dir: str | os.PathLike, *, cfg: CellsConfig) -> FileSummary:
+    """Rank the cells of the `index`-th input only, into `out_dir/part-<index>.parquet`.
+
+    The part is the one `make_cells(inputs, out_dir)` writes for that input, byte for byte, so
+    a pipeline can build the parts of a large atlas on many nodes. An input whose cells are all
+    filtered out writes no part (as in `make_cells`)."""
+    sources = resolve_inputs(list(inputs))
+    if not 0 <= index < len(sources):
+        msg = f"part {index} asked for, but the inputs resolve to {len(sources)} file(s): {sources}."
+        raise InputError(msg)
+    final = Path(out_dir) / part_name(index)
+    with atomic_path(final) as tmp:
+        summary = process_source(sources[index], str(tmp), cfg)
+        if not summary.kept:
+            tmp.unlink(missing_ok=True)
+    if not summary.kept:
+        final.unlink(missing_ok=True)
+    return summary
+
+
 def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -> CellsSummary:
-    """Build cells.parquet from .h5ad files/directories (or builtin:pbmc68k)."""
+    """Build cells from .h5ad files/directories (or builtin:pbmc68k): one `out` .parquet file,
+    or, when `out` has no .parquet suffix, a directory with one part per input."""
     sources = resolve_inputs(list(inputs))
     summary = CellsSummary(out=str(out))
+    parts_dir = is_parts_dir(out)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     # Parts live next to the output, so a single part can become the output by a rename.
     with tempfile.TemporaryDirectory(prefix=".cello-cells-", dir=Path(out).parent) as tmp:
-        parts = {src: os.path.join(tmp, f"part-{i:05d}.parquet") for i, src in enumerate(sources)}
+        parts = {src: os.path.join(tmp, part_name(i)) for i, src in enumerate(sources)}
         results: dict[str, FileSummary] = {}
         parallel = [s for s in sources if not s.startswith(BUILTIN_PREFIX)]
         if cfg.workers > 1 and len(parallel) > 1:
@@ -338,10 +375,13 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
                 f"({[asdict(f) for f in summary.files]}). Check --keep-suspension, --cell-type-key and --donor-key."
             )
             raise InputError(msg)
-        datasets = [f.dataset for f in summary.files]
-        if len(set(datasets)) < len(datasets):
-            msg = f"two inputs share a dataset name ({datasets}); rename one file so cell ids stay unique."
-            raise InputError(msg)
+        check_unique_datasets([f.dataset for f in summary.files], where=", ".join(sources))
+        if parts_dir:
+            with atomic_path(out, is_dir=True) as tmp_dir:
+                for p in written:
+                    os.replace(p, tmp_dir / Path(p).name)
+            log.info("wrote %d cells in %d part(s) to %s", summary.kept, len(written), out)
+            return summary
         schema = pa.unify_schemas([pq.read_schema(p) for p in written])
         with atomic_path(out) as tmp_out:
             if len(written) == 1:  # nothing to merge: the part is the output
@@ -353,6 +393,13 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
                             writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
     log.info("wrote %d cells to %s", summary.kept, out)
     return summary
+
+
+def check_unique_datasets(datasets: list[str], *, where: str) -> None:
+    """Cell ids are '<dataset>:<obs name>': two inputs with one dataset name would collide."""
+    if len(set(datasets)) < len(datasets):
+        msg = f"two inputs share a dataset name ({datasets}) in {where}; rename one file so cell ids stay unique."
+        raise InputError(msg)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

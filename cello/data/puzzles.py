@@ -286,9 +286,23 @@ def _read_table(path: str | os.PathLike, required: list[str], *, made_by: str) -
 
 
 def read_cells(path: str | os.PathLike) -> pd.DataFrame:
-    """Read the columns puzzles need from cells.parquet, with clear errors for bad files."""
-    path, names = _read_table(path, REQUIRED, made_by="cello data cells")
-    return pd.read_parquet(path, columns=[c for c in REQUIRED + OPTIONAL if c in names])
+    """Read the columns puzzles need from cells.parquet, or from a directory of parts (one per
+    input file, in input order), with clear errors for bad files."""
+    from cello.data.cells import check_unique_datasets
+
+    path = Path(path)
+    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    if not parts:
+        msg = f"{path}: directory holds no part-*.parquet; build it with `cello data cells ... -o {path}`."
+        raise InputError(msg)
+    frames = []
+    for part in parts:
+        part, names = _read_table(part, REQUIRED, made_by="cello data cells")
+        frames.append(pd.read_parquet(part, columns=[c for c in REQUIRED + OPTIONAL if c in names]))
+    if len(frames) == 1:
+        return frames[0]
+    check_unique_datasets([str(f[S.DATASET].iloc[0]) for f in frames if len(f)], where=str(path))
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_puzzles(path: str | os.PathLike, *, required: list[str] | None = None) -> pd.DataFrame:

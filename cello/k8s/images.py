@@ -4,6 +4,7 @@ Every Kubernetes object Cello renders takes its image from `image(key)`, so a cl
 private registry or pinned digests changes one env var, not code:
 
     CELLO_IMAGE_REGISTRY=registry.example.com/ml   # prefix of every Cello image
+    CELLO_IMAGE_TAG=0.2.0-rc1                      # tag of every Cello image (default: the package version)
     CELLO_IMAGE_SERVE=registry.example.com/ml/cello-serve@sha256:...   # one image, verbatim
     CELLO_IMAGE_VLLM=vllm/vllm-openai:v0.24.0
 
@@ -46,7 +47,8 @@ def image(key: str) -> str:
         return override
     if key in _CELLO:
         registry = os.environ.get("CELLO_IMAGE_REGISTRY", "").strip().rstrip("/") or DEFAULT_REGISTRY
-        return f"{registry}/{_CELLO[key]}:{__version__}"
+        tag = os.environ.get("CELLO_IMAGE_TAG", "").strip() or __version__
+        return f"{registry}/{_CELLO[key]}:{tag}"
     if key in _THIRD_PARTY:
         return _THIRD_PARTY[key]
     known = ", ".join(sorted([*_CELLO, *_THIRD_PARTY]))

@@ -243,3 +243,46 @@ def test_batch_key_none_from_the_cli(tmp_path):
     path = _write(make_adata(n_cells=20), tmp_path / "t.h5ad")
     assert main(["data", "cells", path, "-o", str(tmp_path / "c.parquet"), "--batch-key", "none", "--top-n", "3",
                  "--params", str(tmp_path / "none.yaml")]) == 0
+
+
+# ------------------------------------------------------------------ a directory of parts (the pipeline's fan-out)
+def test_parts_directory_equals_the_fan_out_byte_for_byte_and_reads_like_one_file(tmp_path):
+    from cello.config import PuzzlesConfig
+    from cello.data.cells import make_cells_part, part_name
+    from cello.data.puzzles import build_puzzles, read_cells
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for seed, name in [(0, "a"), (1, "b"), (2, "c")]:
+        _write(make_adata(n_cells=40, seed=seed), raw / f"{name}.h5ad")
+    cfg = CellsConfig(top_n=5, workers=2)
+    summary = make_cells([str(raw)], tmp_path / "all", cfg=cfg)  # no .parquet suffix: one part per file
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [part_name(i) for i in range(3)]
+    assert summary.kept == 120
+    for i in range(3):  # each part alone, as three pipeline tasks on three nodes would
+        make_cells_part([str(raw)], i, tmp_path / "fan", cfg=cfg)
+    for i in range(3):
+        assert (tmp_path / "fan" / part_name(i)).read_bytes() == (tmp_path / "all" / part_name(i)).read_bytes()
+    make_cells([str(raw)], tmp_path / "cells.parquet", cfg=cfg)
+    merged, parts = read_cells(tmp_path / "cells.parquet"), read_cells(tmp_path / "fan")
+    pd.testing.assert_frame_equal(merged, parts)
+    pcfg = PuzzlesConfig(min_n=3, max_n=4, per_n=3)
+    pd.testing.assert_frame_equal(build_puzzles(merged, cfg=pcfg)[0], build_puzzles(parts, cfg=pcfg)[0])
+
+
+def test_parts_errors_name_the_part_and_the_fix(tmp_path):
+    from cello.data.cells import make_cells_part
+    from cello.data.puzzles import read_cells
+
+    src = _write(make_adata(n_cells=20), tmp_path / "a.h5ad")
+    with pytest.raises(InputError, match="part 3 asked for, but the inputs resolve to 1 file"):
+        make_cells_part([src], 3, tmp_path / "parts", cfg=CellsConfig(top_n=5))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no part"):
+        read_cells(tmp_path / "empty")
+    make_cells_part([src], 0, tmp_path / "twice", cfg=CellsConfig(top_n=5))
+    import shutil
+
+    shutil.copy(tmp_path / "twice" / "part-00000.parquet", tmp_path / "twice" / "part-00001.parquet")
+    with pytest.raises(InputError, match="share a dataset name"):
+        read_cells(tmp_path / "twice")
