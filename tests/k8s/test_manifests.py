@@ -447,7 +447,7 @@ def test_role_has_one_rule_per_resource_each_with_a_comment():
         assert lines[i - 1].strip().startswith("#"), f"rbac.yaml line {i + 1}: say which step uses this rule"
 
 
-def test_role_covers_every_resource_the_launchers_touch():
+def test_role_grants_each_step_resource_with_the_verbs_it_needs():
     granted = {(r["apiGroups"][0], res): set(r["verbs"]) for r in _rules("Role") for res in r["resources"]}
     assert set(granted) == {(g, r) for g, rs in ALLOWED_RESOURCES.items() for r in rs} - {
         ("trainer.kubeflow.org", "clustertrainingruntimes")
