@@ -52,3 +52,8 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The generated files of k8s/base (the vLLM ServingRuntime, rendered by cello.k8s.inference).
+.PHONY: manifests
+manifests: install
+	$(BIN)/python scripts/render_manifests.py
