@@ -41,13 +41,11 @@ def find_incumbent(run_dir: str, incumbent: str, backend: str) -> str:
 
 
 @dsl.component(base_image=image("cello"), install_kfp_package=False)
-def no_incumbent(run_dir: str, report: Output[Markdown]) -> str:
+def no_incumbent(run_dir: str, data_dir: str, report: Output[Markdown]) -> str:
     """No incumbent: a first deployment; the gate's no-regression rule passes."""
+    from cello.pipeline.evaluate import no_incumbent
     from cello.pipeline.outputs import publish
-    from cello.pipeline.run import Run
 
-    run = Run.open(run_dir)
-    run.record_step("eval-incumbent", skipped="no incumbent: a first deployment")
-    publish(lineage=run.lineage_for(), markdown=report,
-            text="## No incumbent\n\nNothing is deployed and none was given: the no-regression rule passes.")
+    out = no_incumbent(run_dir, data_dir=data_dir)
+    publish(lineage=out["lineage"], markdown=report, text=out["markdown"])
     return ""

@@ -92,9 +92,10 @@ def make(params: Params):
                 against = on_cluster(evaluate.evaluate_model(run_dir=run_dir, data_dir=data_uri, model=found.outputs["Output"],
                                                              role="incumbent", gpus=eval_gpus), cluster, gpus=eval_gpus, timeout_s=step_timeout)
             with dsl.Else(name="first-deployment"):
-                none = on_cluster(evaluate.no_incumbent(run_dir=run_dir), cluster)
+                none = on_cluster(evaluate.no_incumbent(run_dir=run_dir, data_dir=data_uri), cluster)
 
-            decision = on_cluster(gate.gate(run_dir=run_dir, candidate=candidate.outputs["Output"], baseline=floor.outputs["Output"],
+            decision = on_cluster(gate.gate(run_dir=run_dir, data_dir=data_uri, candidate=candidate.outputs["Output"],
+                                            baseline=floor.outputs["Output"],
                                             incumbent=dsl.OneOf(against.outputs["Output"], none.outputs["Output"])), cluster)
             with dsl.If(decision.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
                 on_cluster(deploy.deploy(run_dir=run_dir, data_dir=data_uri, model=policy.outputs["Output"], backend=backend),

@@ -125,7 +125,7 @@ def decision_markdown(decision: Any) -> str:
                       "| rule | verdict | value | threshold | why |", "|---|---|---|---|---|", *rows])
 
 
-def gate(run_dir: str, *, candidate: str, baseline: str, incumbent: str = "") -> dict[str, Any]:
+def gate(run_dir: str, *, data_dir: str, candidate: str, baseline: str, incumbent: str = "") -> dict[str, Any]:
     """The promotion decision (cello.gate) from the metrics of the three evaluations."""
     from cello.gate import gate as decide
 
@@ -136,12 +136,22 @@ def gate(run_dir: str, *, candidate: str, baseline: str, incumbent: str = "") ->
             require(path, what=what, made_by="an evaluate step")
     decision = decide(candidate, incumbent=incumbent or None, baseline=baseline, cfg=run.params.gate,
                       out=out / "decision.json")
-    lineage = run.lineage_for(stage="gate")
+    lineage = run.lineage_for(data_dir, stage="gate")
     markdown = decision_markdown(decision) + _lineage_md(lineage)
     (out / "decision.md").write_text(markdown)
     run.record_step("gate", passed=decision.passed, decision=str(out / "decision.json"),
                     reasons=[{"rule": r.rule, "passed": r.passed, "message": r.message} for r in decision.reasons])
-    return {"passed": decision.passed, "markdown": markdown, "decision": json.loads((out / "decision.json").read_text())}
+    return {"passed": decision.passed, "markdown": markdown, "lineage": lineage,
+            "decision": json.loads((out / "decision.json").read_text())}
+
+
+def no_incumbent(run_dir: str, *, data_dir: str) -> dict[str, Any]:
+    """Say that there is nothing to compare with: a first deployment."""
+    run = Run.open(run_dir)
+    run.record_step("eval-incumbent", skipped="no incumbent: a first deployment")
+    lineage = run.lineage_for(data_dir, stage="eval-incumbent")
+    text = "## No incumbent\n\nNothing is deployed and none was given: the gate's no-regression rule passes."
+    return {"markdown": text + _lineage_md(lineage), "lineage": lineage}
 
 
 def find_incumbent(run_dir: str, *, incumbent: str = "", backend: str = "local") -> str:
