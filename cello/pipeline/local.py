@@ -241,6 +241,9 @@ def render(run: LocalRun, *, cwd: Path | None = None) -> str:
         lines.append(f"  {'eval' if role == 'candidate' else '':<8} {role:<10}batch {_fig(h, 'batch_accuracy')}  "
                      f"cell {_fig(h, 'cell_accuracy')}  format {h['format_rate']:.0%}  valid {h['valid_rate']:.0%}  "
                      f"{rel(Path(e['metrics']).parent / 'report.md')}")
+    jobs = sorted((run.run_dir / "kfp").glob("*/"))
+    if jobs:
+        lines.append(f"  kfp      the UI's artifacts (Metrics, Markdown reports, HTML plots): {rel(jobs[-1])}/<task>/")
     gate = s.get("gate")
     if gate:
         lines.append(f"  gate     {'PASS' if gate['passed'] else 'REJECT'}  ({rel(gate['decision'])})")
