@@ -126,7 +126,7 @@ class FakeAPI(kmock.KubernetesEmulator):
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta["generation"] = 1
                 meta["resourceVersion"] = "1"
-            elif request.action == kmock.action.UPDATE and "spec" in data:
+            elif request.action == kmock.action.UPDATE and data.get("spec"):  # a spec change: a new generation
                 key = (request.resource, request.namespace, request.name)
                 if key in self.objects and not self.objects[key].deleted:
                     current = self.objects[key].raw.get("metadata", {})
@@ -168,9 +168,11 @@ class Cluster:
     plans: dict[str, Plan] = field(default_factory=dict)
     default: Plan = field(default_factory=Plan)
     logs: dict[str, list[str]] = field(default_factory=dict)
-    never_ready: set[str] = field(default_factory=set)  # model URIs that never load
+    never_ready: set[str] = field(default_factory=set)  # model URIs that fail to load
+    stalled: set[str] = field(default_factory=set)  # model URIs the KServe controller never reports on
     on_ready: Any = None  # callback(isvc dict) when an InferenceService becomes Ready
     serving_url: str = "http://127.0.0.1:9"
+    closing: bool = False  # set at teardown: open log streams end
     _state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ objects
@@ -255,7 +257,7 @@ class Cluster:
                 yield f"{lines[sent]}\n".encode()
                 sent += 1
             pod = self.get(PODS, name, ns)
-            if pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            if self.closing or pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 return
             await asyncio.sleep(0.02)
 
@@ -434,6 +436,8 @@ class Cluster:
             return
         spec = obj["spec"]
         uris = [spec["predictor"]["model"]["storageUri"]] + [c["predictor"]["model"]["storageUri"] for c in spec.get("canary", [])]
+        if any(u in self.stalled for u in uris):
+            return
         bad = [u for u in uris if u in self.never_ready]
         if bad:
             conditions = [
@@ -487,6 +491,8 @@ async def running_cluster(tmp_path, monkeypatch):
         try:
             yield cluster
         finally:
+            cluster.closing = True
+            await asyncio.sleep(0.05)  # let open log streams see it
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -12,11 +12,11 @@ from cello.k8s.api import ClusterError, call
 from cello.k8s.jobspec import training_spec
 from cello.k8s.labels import job_name
 from cello.k8s.launch import run_training
+from cello.k8s.trainjob import render_trainjob
 from cello.k8s.wait import JobDeadlineExceeded, JobFailed, JobVanished, PodsPending
 from tests.k8s.conftest import fast, in_thread
 from tests.k8s.fakecluster import EVENTS, PODS, PYTORCHJOBS, TRAINJOBS, Plan
 
-pytestmark = pytest.mark.asyncio
 SFT = ["train", "sft", "/mnt/cello/data/records/sft", "-o", "/mnt/cello/runs/r1/sft"]
 NAME = job_name("r1", "sft")
 
@@ -26,6 +26,7 @@ def creates(cluster, resource=TRAINJOBS) -> int:
     return sum(1 for group, res, verb in cluster.calls() if res == plural and verb == "create")
 
 
+@pytest.mark.asyncio
 async def test_complete_returns_and_streams_node0_logs_while_running(cluster):
     seen = []  # (line, was the job already complete when the line arrived?)
 
@@ -48,6 +49,7 @@ async def test_complete_returns_and_streams_node0_logs_while_running(cluster):
     assert len([p for p in cluster.names(PODS) if p.startswith(NAME)]) == 2
 
 
+@pytest.mark.asyncio
 async def test_failed_job_fails_the_step_with_reason_exit_code_and_log_tail(cluster):
     cluster.plans[NAME] = Plan(outcome="fail", reason="FailedJobs", message="jobset failed: node-0 backoff limit",
                                logs=[f"line {i}" for i in range(9)] + ["torch.OutOfMemoryError: CUDA out of memory"])
@@ -61,6 +63,7 @@ async def test_failed_job_fails_the_step_with_reason_exit_code_and_log_tail(clus
     assert cluster.get(TRAINJOBS, NAME) is not None  # kept for inspection; cleanup deletes it
 
 
+@pytest.mark.asyncio
 async def test_deadline_deletes_the_job(cluster):
     cluster.plans[NAME] = Plan(outcome="hang")
     with pytest.raises(JobDeadlineExceeded, match="active_deadline_s=1s"):
@@ -68,6 +71,7 @@ async def test_deadline_deletes_the_job(cluster):
     assert cluster.get(TRAINJOBS, NAME) is None
 
 
+@pytest.mark.asyncio
 async def test_deadline_reported_by_the_controller_also_deletes_the_job(cluster):
     cluster.plans[NAME] = Plan(outcome="deadline")
     with pytest.raises(JobDeadlineExceeded, match="DeadlineExceeded"):
@@ -75,12 +79,14 @@ async def test_deadline_reported_by_the_controller_also_deletes_the_job(cluster)
     assert cluster.get(TRAINJOBS, NAME) is None
 
 
+@pytest.mark.asyncio
 async def test_vanished_job_fails_the_step(cluster):
     cluster.plans[NAME] = Plan(outcome="vanish")
     with pytest.raises(JobVanished, match="disappeared"):
         await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast())
 
 
+@pytest.mark.asyncio
 async def test_pending_too_long_names_the_pod_and_why(cluster):
     cluster.plans[NAME] = Plan(outcome="pending")
     with pytest.raises(PodsPending) as err:
@@ -93,6 +99,7 @@ async def test_pending_too_long_names_the_pod_and_why(cluster):
     assert cluster.names(EVENTS)
 
 
+@pytest.mark.asyncio
 async def test_restart_reattaches_instead_of_creating_a_second_job(cluster):
     class Crash(Exception):
         pass
@@ -113,14 +120,16 @@ async def test_restart_reattaches_instead_of_creating_a_second_job(cluster):
     assert again.reattached and creates(cluster) == 1
 
 
+@pytest.mark.asyncio
 async def test_a_job_of_another_run_is_not_adopted(cluster):
-    other = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-             "metadata": {"name": NAME, "labels": {"cello.dev/run-id": "someone-else"}}, "spec": {}}
+    other = render_trainjob(training_spec(SFT, stage="sft", run_id="someone-else", cfg=fast()), fast())
+    other["metadata"]["name"] = NAME  # a name clash (deterministic names make it all but impossible)
     cluster.put(TRAINJOBS, other)
     with pytest.raises(ConfigError, match="belongs to run 'someone-else'"):
         await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast())
 
 
+@pytest.mark.asyncio
 async def test_cancel_deletes_the_job(cluster):
     def cancel(line):
         if line.startswith("step 1"):
@@ -132,6 +141,7 @@ async def test_cancel_deletes_the_job(cluster):
     assert cluster.get(TRAINJOBS, NAME) is None
 
 
+@pytest.mark.asyncio
 async def test_pytorchjob_completes_with_the_same_semantics(cluster):
     lines = []
     cfg = fast(training_api="pytorchjob", num_nodes=3)
@@ -145,6 +155,7 @@ async def test_pytorchjob_completes_with_the_same_semantics(cluster):
     assert sorted(p for p in cluster.names(PODS) if p.startswith(NAME)) == [f"{NAME}-master-0", f"{NAME}-worker-0", f"{NAME}-worker-1"]
 
 
+@pytest.mark.asyncio
 async def test_pytorchjob_failure_quotes_the_master_log(cluster):
     cluster.plans[NAME] = Plan(outcome="fail", reason="PyTorchJobFailed", message="PyTorchJob r1 is failed because 1 Master replica(s) failed.",
                                logs=["loading", "Traceback (most recent call last):", "ValueError: bad record"])
@@ -155,6 +166,7 @@ async def test_pytorchjob_failure_quotes_the_master_log(cluster):
     assert f"pod {NAME}-master-0: container pytorch: Error (exit 1)" in str(err.value)
 
 
+@pytest.mark.asyncio
 async def test_refused_call_names_the_rbac_fix(cluster):
     cluster.api["post", kmock.resource(TRAINJOBS)] << kmock.KubernetesError(
         status=403, reason="Forbidden", message='trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:cello:cello-pipeline" cannot create resource')
@@ -162,6 +174,7 @@ async def test_refused_call_names_the_rbac_fix(cluster):
         await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast())
 
 
+@pytest.mark.asyncio
 async def test_merge_is_one_process_on_one_node(cluster):
     merge = ["train", "merge", "/mnt/cello/runs/r1/sft", "-o", "/mnt/cello/runs/r1/merged"]
     await in_thread(run_training, merge, stage="merge", run_id="r1", cfg=fast())
