@@ -28,7 +28,8 @@ async def cluster(request, tmp_path, monkeypatch):
 
 def fast(**over) -> ClusterConfig:
     """Cluster settings with test-sized timeouts."""
-    base = {"poll_interval_s": 0.05, "pending_timeout_s": 1, "api_retries": 1, "log_tail_lines": 5,
+    # pending_timeout_s 2: creationTimestamps have whole seconds, so a pod may look up to 1 s older
+    base = {"poll_interval_s": 0.05, "pending_timeout_s": 2, "api_retries": 1, "log_tail_lines": 5,
             "num_nodes": 2, "gpus_per_node": 2, "secrets": {"cello-hub": {"token": "HF_TOKEN"}}}
     return ClusterConfig(**{**base, **over})
 

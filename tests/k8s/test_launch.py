@@ -167,6 +167,14 @@ async def test_pytorchjob_failure_quotes_the_master_log(cluster):
 
 
 @pytest.mark.asyncio
+async def test_pytorchjob_pending_too_long_is_deleted(cluster):
+    cluster.plans[NAME] = Plan(outcome="pending")
+    with pytest.raises(PodsPending, match=f"pod {NAME}-master-0 of PyTorchJob"):
+        await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast(training_api="pytorchjob"))
+    assert cluster.get(PYTORCHJOBS, NAME) is None
+
+
+@pytest.mark.asyncio
 async def test_refused_call_names_the_rbac_fix(cluster):
     cluster.api["post", kmock.resource(TRAINJOBS)] << kmock.KubernetesError(
         status=403, reason="Forbidden", message='trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:cello:cello-pipeline" cannot create resource')
