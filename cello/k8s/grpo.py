@@ -39,7 +39,7 @@ from cello.k8s.api import Clients, ClusterError, call, connect
 from cello.k8s.images import image as image_ref
 from cello.k8s.jobspec import TrainingSpec, training_spec
 from cello.k8s.labels import job_name, run_labels, run_selector
-from cello.k8s.launch import handle_for, launch
+from cello.k8s.launch import handle_for, launch, render_job
 from cello.k8s.wait import JobOutcome, LogFn, State, job_logger
 
 SERVE_PORT = 8000  # vllm serve (TRL's default vllm_server_port)
@@ -196,10 +196,6 @@ def render_grpo(command: Sequence[str], *, model: str, run_id: str, cfg: Cluster
     if cfg.num_nodes == 1:
         return [render_grpo_pod(command, model=model, run_id=run_id, cfg=cfg, image=image, env=env)]
     spec = multinode_trainer_spec(command, run_id=run_id, cfg=cfg, image=image, env=env)
-    if cfg.training_api == "pytorchjob":
-        from cello.k8s.pytorchjob import render_pytorchjob as render_job
-    else:
-        from cello.k8s.trainjob import render_trainjob as render_job
     return [*render_rollout_server(model=model, run_id=run_id, cfg=cfg), render_job(spec, cfg)]
 
 

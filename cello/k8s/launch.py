@@ -39,6 +39,17 @@ def handle_for(spec: TrainingSpec, cfg: ClusterConfig, api: Clients):
     return TrainJobHandle(spec, cfg, api)
 
 
+def render_job(spec: TrainingSpec, cfg: ClusterConfig) -> dict[str, Any]:
+    """The object `handle_for(spec, cfg, ...).create()` submits, without a cluster (for review)."""
+    if cfg.training_api == "pytorchjob":
+        from cello.k8s.pytorchjob import render_pytorchjob
+
+        return render_pytorchjob(spec, cfg)
+    from cello.k8s.trainjob import render_trainjob
+
+    return render_trainjob(spec, cfg)
+
+
 @contextlib.contextmanager
 def sigterm_exits() -> Iterator[None]:
     """Turn SIGTERM (what Kubernetes sends a cancelled step's pod) into SystemExit, so the wait
