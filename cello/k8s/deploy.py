@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cello.config import ClusterConfig, DeployConfig
-from cello.errors import CelloError
+from cello.errors import CelloError, ConfigError
 from cello.k8s.api import ClusterError, call, load_config
 from cello.k8s.inference import API_VERSION, check_model_uri, render_inference_service
 from cello.k8s.labels import run_labels
@@ -205,7 +205,10 @@ def smoke_test(url: str, puzzle: dict[str, Any], *, cfg: DeployConfig, token: st
             last = f"{type(exc).__name__}: {exc}"
         else:
             if r.status_code == 200:
-                prediction = (r.json().get("predictions") or [{}])[0]
+                try:
+                    prediction = (r.json().get("predictions") or [{}])[0]
+                except (ValueError, AttributeError, IndexError):
+                    prediction = {"valid": False, "reason": f"not a v1 predict response: {r.text[:200]!r}"}
                 problem = answer_problem(puzzle, prediction)
                 if problem:
                     msg = f"smoke test at {route}: {problem}"
@@ -289,6 +292,10 @@ def deploy(
     """
     log = log or job_logger.info
     check_model_uri(model_uri)
+    if not cfg.transformer:
+        msg = ("deploy's smoke test sends a puzzle through the `cello serve` transformer's v1 route; "
+               "set deploy.transformer: true (or deploy without this step).")
+        raise ConfigError(msg)
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     retries = cluster.api_retries
     kserve = kserve_client()
@@ -312,13 +319,13 @@ def deploy(
                     raise _NotReady(msg)
                 prediction = smoke_test(url, smoke_puzzle, cfg=cfg, token=token)
                 log(f"{what}: {step} answered the smoke puzzle with a valid assignment: {prediction.get('assignment')}")
-        except (_NotReady, ClusterError, KeyboardInterrupt, SystemExit) as exc:
+        except BaseException as exc:  # whatever stopped the rollout (cancel included): restore first
             reason = str(exc) or type(exc).__name__
             try:
                 restored = _restore(kserve, previous, cfg, retries=retries, log=log)
             except ClusterError as again:
                 restored = f"nothing: the rollback failed too ({again})"
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
+            if not isinstance(exc, _NotReady | ClusterError):
                 raise
             msg = (f"deploying {model_uri} to {what} failed: {reason}. Rolled back to {restored}. Check the predictor's "
                    f"logs (kubectl logs -n {cfg.namespace} -l serving.kserve.io/inferenceservice={cfg.name}).")

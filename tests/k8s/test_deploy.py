@@ -194,3 +194,35 @@ def _apply_merge_patch(target, patch):  # RFC 7386, as the API server applies it
 def test_merge_patch_turns_current_into_desired(current, desired):
     patch = merge_patch(current, desired)
     assert _apply_merge_patch(current, patch) == desired
+
+
+@pytest.mark.asyncio
+async def test_knative_canary_splits_traffic_then_promotes(kserve):
+    incumbent(kserve)
+    outcome = await run(cfg=cfg(deployment_mode="Knative", canary_traffic_percent=20))
+    assert outcome.canary
+    shares = [v["spec"]["predictor"].get("canaryTrafficPercent") for v in history(kserve)]
+    assert 20 in shares  # the new revision got 20 % first
+    final = isvc(kserve)
+    assert predictor_uri(final) == NEW and "canaryTrafficPercent" not in final["spec"]["predictor"]
+
+
+@pytest.mark.asyncio
+async def test_cancel_during_rollout_restores_the_incumbent(kserve):
+    incumbent(kserve)
+
+    def cancel(line):
+        if "waiting for Ready" in line:
+            raise KeyboardInterrupt  # what SIGTERM becomes inside deploy
+
+    with pytest.raises(KeyboardInterrupt):
+        await run(log=cancel)
+    assert predictor_uri(isvc(kserve)) == OLD
+
+
+def test_deploy_needs_the_transformer_for_its_smoke_test():
+    from cello.config import ClusterConfig
+    from cello.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="deploy.transformer: true"):
+        deploy(NEW, cfg=cfg(transformer=False), cluster=ClusterConfig(), run_id="r1", smoke_puzzle=PUZZLE)

@@ -188,3 +188,29 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path):
 def test_help(kind, capsys):
     assert main(["k8s", "render", kind, "--help"]) == 0
     assert "--run-id" in capsys.readouterr().out
+
+
+def test_modules_import_without_the_cluster_libraries():
+    """kubernetes, kubeflow and kserve load only when a step talks to a cluster."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('kubernetes', 'kubeflow', 'kserve'):\n"
+            "            raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import cello.k8s.launch, cello.k8s.grpo, cello.k8s.deploy, cello.k8s.cleanup, cello.commands.k8s\n"
+            "from cello.k8s.jobspec import training_spec\n"
+            "from cello.config import ClusterConfig\n"
+            "from cello.k8s.pytorchjob import render_pytorchjob\n"
+            "cfg = ClusterConfig(training_api='pytorchjob')\n"
+            "render_pytorchjob(training_spec(['train', 'merge', 'a'], stage='merge', run_id='r1', cfg=cfg), cfg)\n"
+            "from cello.k8s.launch import run_training\n"
+            "try:\n"
+            "    run_training(['train', 'merge', 'a'], stage='merge', run_id='r1', cfg=cfg)\n"
+            "except ImportError as exc:\n"
+            "    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "pip install 'cello[pipeline]'" in out.stdout

@@ -219,3 +219,21 @@ def test_transient_errors_are_retried_a_bounded_number_of_times():
 def test_spec_refuses_a_full_command_line():
     with pytest.raises(ConfigError, match="pass the `cello` sub-command only"):
         training_spec(["torchrun", "-m", "cello.cli", "train", "sft"], stage="sft", run_id="r1", cfg=fast())
+
+
+def test_sigterm_becomes_systemexit_inside_and_is_restored_after():
+    """A cancelled KFP step gets SIGTERM; inside run_training it must unwind (and delete the job)."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "from cello.k8s.launch import sigterm_exits\n"
+            "try:\n"
+            "    with sigterm_exits():\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(5)\n"
+            "except SystemExit as exc:\n"
+            "    print('exit', exc.code)\n"
+            "print('restored', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["exit", "143", "restored", "True"]
