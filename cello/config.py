@@ -383,6 +383,14 @@ class ClusterConfig(Section):
         description="Secrets exposed as env to every step: {secret name: {key in the secret: ENV_VAR}} (object-store credentials, a hub token). Optional: a missing Secret is skipped.",
     )
 
+    @model_validator(mode="after")
+    def _check_ports(self) -> ClusterConfig:
+        low, high = (int(p) for p in self.nccl_port_range.split("-"))
+        if not 1 <= low <= high <= 65535:
+            msg = f"cluster.nccl_port_range={self.nccl_port_range!r} is not a port range LOW-HIGH within 1-65535; e.g. 32768-60999."
+            raise ValueError(msg)
+        return self
+
 
 # ---------------------------------------------------------------- baselines (cello.baselines)
 class BaselineConfig(Section):

@@ -112,6 +112,19 @@ def _sdk_object(obj: dict[str, Any]) -> Any:
     )
 
 
+def storage_uri(path: str, cluster: ClusterConfig) -> str:
+    """The storageUri KServe reads a checkpoint from: a path on the shared volume becomes
+    pvc://<claim>/<path under the mount>; a URI (s3://, pvc://, ...) is kept."""
+    if "://" in path:
+        return check_model_uri(path)
+    mount = cluster.mount_path.rstrip("/")
+    if not path.startswith(mount + "/"):
+        msg = (f"checkpoint {path!r} is neither a storage URI nor under the shared volume {mount}/; "
+               "KServe can only fetch it from s3://, pvc://, ... or the workspace claim.")
+        raise ConfigError(msg)
+    return check_model_uri(f"pvc://{cluster.pvc}/{path[len(mount) + 1:].strip('/')}")
+
+
 def predictor_uri(obj: dict[str, Any] | None) -> str | None:
     """The stable model of an InferenceService (`spec.predictor.model.storageUri`)."""
     return ((((obj or {}).get("spec") or {}).get("predictor") or {}).get("model") or {}).get("storageUri")

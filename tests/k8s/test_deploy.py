@@ -226,3 +226,14 @@ def test_deploy_needs_the_transformer_for_its_smoke_test():
 
     with pytest.raises(ConfigError, match="deploy.transformer: true"):
         deploy(NEW, cfg=cfg(transformer=False), cluster=ClusterConfig(), run_id="r1", smoke_puzzle=PUZZLE)
+
+
+def test_storage_uri_maps_the_shared_volume_to_the_claim():
+    from cello.config import ClusterConfig
+    from cello.errors import ConfigError
+    from cello.k8s.deploy import storage_uri
+
+    assert storage_uri("/mnt/cello/runs/r1/grpo/model", ClusterConfig()) == "pvc://cello-workspace/runs/r1/grpo/model"
+    assert storage_uri("s3://models/cello-7b", ClusterConfig()) == "s3://models/cello-7b"
+    with pytest.raises(ConfigError, match="neither a storage URI nor under the shared volume"):
+        storage_uri("/tmp/model", ClusterConfig())
