@@ -322,6 +322,9 @@ class DeployConfig(Section):
     transformer_memory: str = Field("4Gi", description="Transformer memory request and limit.")
     token_secret: str | None = Field(None, description="Secret (key 'token') with the transformer's own bearer token; null: none.")
     service_account: str | None = Field(None, description="ServiceAccount of the predictor (holds the s3 credentials); null: default.")
+    ready_timeout_s: float = Field(2400, gt=0, description="`deploy`: how long the InferenceService may take to become Ready before the rollout is rolled back.")
+    smoke_timeout_s: float = Field(300, gt=0, description="`deploy`: budget of the smoke request (retried while the route warms up).")
+    poll_interval_s: float = Field(10.0, gt=0, description="`deploy`: seconds between readiness checks.")
 
     @model_validator(mode="after")
     def _check(self) -> DeployConfig:
@@ -359,14 +362,34 @@ class ClusterConfig(Section):
         description="Tolerations of GPU steps (GPU node taints).",
     )
     rollout_gpus: int = Field(1, ge=1, description="GPUs of the vLLM rollout server of GRPO (separate from the trainer's).")
-    active_deadline_s: int = Field(7 * 24 * 3600, ge=60, description="A training job running longer than this is failed and deleted.")
-    pending_timeout_s: int = Field(1800, ge=10, description="A job whose pods stay Pending this long fails the step (the pod and its events are named).")
+    active_deadline_s: int = Field(7 * 24 * 3600, ge=1, description="A training job running longer than this is failed and deleted.")
+    pending_timeout_s: int = Field(1800, ge=1, description="A job whose pods stay Pending this long (none of their containers started) fails the step; the pod and its events are named.")
     poll_interval_s: float = Field(10.0, gt=0, description="Seconds between status checks while waiting on a job.")
     log_tail_lines: int = Field(50, ge=0, description="Log lines of node 0 quoted when a job fails.")
+    api_retries: int = Field(5, ge=0, description="Retries of a Kubernetes API call that failed transiently (connection error, 429, 5xx), with backoff.")
+    deepspeed: str | None = Field(
+        "configs/deepspeed/zero3.json", description="DeepSpeed config of multi-GPU SFT, relative to the cello-train image's working directory; null: plain DDP."
+    )
+    rollout_cpu: str = Field("8", description="CPU request and limit of GRPO's vLLM rollout server.")
+    rollout_memory: str = Field("64Gi", description="Memory request and limit of GRPO's vLLM rollout server.")
+    rollout_args: list[str] = Field(default_factory=list, description="More `vllm serve` args of the rollout server, e.g. ['--max-model-len', '8192'].")
+    rollout_startup_timeout_s: int = Field(1800, ge=10, description="Startup probe budget of the rollout server (download + load the policy).")
+    nccl_port_range: str = Field(
+        "32768-60999", pattern=r"^\d{1,5}-\d{1,5}$",
+        description="Ports NCCL opens between GRPO's trainer and rollout pods besides 51216 (bootstrap and data sockets are ephemeral: the nodes' ip_local_port_range).",
+    )
     secrets: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="Secrets exposed as env to every step: {secret name: {key in the secret: ENV_VAR}} (object-store credentials, a hub token). Optional: a missing Secret is skipped.",
     )
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> ClusterConfig:
+        low, high = (int(p) for p in self.nccl_port_range.split("-"))
+        if not 1 <= low <= high <= 65535:
+            msg = f"cluster.nccl_port_range={self.nccl_port_range!r} is not a port range LOW-HIGH within 1-65535; e.g. 32768-60999."
+            raise ValueError(msg)
+        return self
 
 
 # ---------------------------------------------------------------- the pipeline (cello.pipeline, components/, pipelines/)

@@ -1,9 +1,12 @@
-"""`cello k8s ...`: render the Kubernetes objects Cello runs as (no cluster needed).
+"""`cello k8s ...`: render the Kubernetes objects Cello runs as, for review (no cluster needed).
 
     cello k8s render isvc s3://models/cello-7b -o isvc.yaml
     cello k8s render isvc pvc://models/incumbent --canary-uri pvc://models/candidate --canary-percent 10
-    cello k8s render isvc s3://models/cello-7b --validate ../shared/schemas/crds   # check against the CRDs
+    cello k8s render isvc s3://models/cello-7b --validate path/to/crds   # check against the CRDs
     cello k8s render runtime -o runtime.yaml
+    cello k8s render trainjob --run-id r1 --nodes 2 -- train sft /mnt/cello/data/records/sft -o /mnt/cello/runs/r1/sft
+    cello k8s render pytorchjob --run-id r1 --stage merge -- train merge /mnt/cello/runs/r1/sft -o /mnt/cello/runs/r1/merged
+    cello k8s render grpo --run-id r1 --model /mnt/cello/runs/r1/merged -- train grpo /mnt/cello/data/records/grpo -o /mnt/cello/runs/r1/grpo
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ import typer
 from cello.commands._common import PARAMS, PROFILE
 from cello.config import load_params, override
 
-app = typer.Typer(help="Render Kubernetes objects (KServe InferenceService, ServingRuntime).", no_args_is_help=True)
+app = typer.Typer(help="Render Kubernetes objects (InferenceService, ServingRuntime, TrainJob, PyTorchJob, GRPO).", no_args_is_help=True)
 render = typer.Typer(help="Render one object as YAML (stdout, or --out).", no_args_is_help=True)
 app.add_typer(render, name="render")
 
 OUT = typer.Option(None, "--out", "-o", help="Output YAML file [stdout].")
-VALIDATE = typer.Option(None, "--validate", help="Folder of CRD YAML files to validate against before writing.")
+VALIDATE = typer.Option(None, "--validate", help="Folder of CRD YAML files to validate against before writing (core kinds: the Kubernetes schema, strict).")
+COMMAND = typer.Argument(..., help="The `cello` sub-command the job runs, after --, e.g. -- train sft DATA -o OUT.")
+RUN_ID = typer.Option(..., "--run-id", help="Run id (names and labels every object; a KFP run id).")
+NODES = typer.Option(None, "--nodes", help="Nodes of the training job [cluster.num_nodes].")
+GPUS = typer.Option(None, "--gpus", help="GPUs per node [cluster.gpus_per_node].")
+IMAGE = typer.Option(None, "--image", help="Container image [the cello-train image].")
+ENV = typer.Option(None, "--env", help="KEY=VALUE for the trainer's environment, repeatable.")
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str] | None:
@@ -93,9 +102,66 @@ def runtime(
     _report(text, out, "ServingRuntime", cfg.runtime_name, validate)
 
 
+def _training_command(api: str, doc: str):
+    """`cello k8s render trainjob|pytorchjob`: the same options, for one training API."""
+
+    def command(
+        command: list[str] = COMMAND,
+        run_id: str = RUN_ID,
+        stage: str = typer.Option("sft", "--stage", help="sft | merge | distill | grpo."),
+        nodes: int | None = NODES,
+        gpus: int | None = GPUS,
+        image: str | None = IMAGE,
+        env: list[str] | None = ENV,
+        out: Path | None = OUT,
+        validate: Path | None = VALIDATE,
+        params: Path = PARAMS,
+        profile: str | None = PROFILE,
+    ) -> None:
+        from cello.k8s.jobspec import training_spec
+        from cello.k8s.launch import render_job
+        from cello.k8s.manifests import emit
+
+        cfg = override(load_params(params, profile=profile).cluster, training_api=api, num_nodes=nodes, gpus_per_node=gpus)
+        obj = render_job(training_spec(command, stage=stage, run_id=run_id, cfg=cfg, image=image, env=_pairs(env, "--env")), cfg)
+        _report(emit([obj], out, validate), out, obj["kind"], obj["metadata"]["name"], validate)
+
+    command.__doc__ = doc
+    return command
+
+
+render.command("trainjob")(_training_command("trainjob", "Render a stage as a Kubeflow Trainer TrainJob (torchrun on the cello-torch runtime)."))
+render.command("pytorchjob")(_training_command("pytorchjob", "Render a stage as a Training Operator v1 PyTorchJob (kubeflow.org/v1)."))
+
+
+@render.command("grpo")
+def grpo(
+    command: list[str] = COMMAND,
+    run_id: str = RUN_ID,
+    model: str = typer.Option(..., "--model", help="Starting policy on the shared volume (what vLLM serves)."),
+    nodes: int | None = NODES,
+    gpus: int | None = GPUS,
+    api: str | None = typer.Option(None, "--api", help="Trainer of multi-node GRPO: trainjob | pytorchjob [cluster.training_api]."),
+    image: str | None = IMAGE,
+    env: list[str] | None = ENV,
+    out: Path | None = OUT,
+    validate: Path | None = VALIDATE,
+    params: Path = PARAMS,
+    profile: str | None = PROFILE,
+) -> None:
+    """Render GRPO: one pod with a vLLM sidecar (1 node), or server + Service + NetworkPolicies + trainer job."""
+    from cello.k8s.grpo import render_grpo
+    from cello.k8s.manifests import emit
+
+    cfg = override(load_params(params, profile=profile).cluster, training_api=api, num_nodes=nodes, gpus_per_node=gpus)
+    objs = render_grpo(command, model=model, run_id=run_id, cfg=cfg, image=image, env=_pairs(env, "--env"))
+    text = emit(objs, out, validate)
+    _report(text, out, " + ".join(o["kind"] for o in objs), objs[-1]["metadata"]["name"], validate)
+
+
 def _report(text: str, out: Path | None, kind: str, name: str, validate: Path | None) -> None:
     if out is None or str(out) == "-":
         typer.echo(text, nl=False)
         return
-    checked = " (validated against the CRD schema)" if validate else ""
+    checked = " (validated)" if validate else ""
     typer.echo(f"{kind} {name} -> {out}{checked}")

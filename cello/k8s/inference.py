@@ -26,13 +26,13 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from cello import __version__
 from cello.config import DeployConfig
 from cello.errors import ConfigError, InputError
 from cello.k8s.images import image
+from cello.k8s.manifests import emit, to_yaml, write_manifests  # noqa: F401 - re-exported
 
 API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
@@ -276,32 +276,6 @@ def render_serving_runtime(*, cfg: DeployConfig | None = None) -> dict[str, Any]
     }
 
 
-def to_yaml(objects: Iterable[dict[str, Any]]) -> str:
-    """Multi-document YAML, keys in the order they were built."""
-    import yaml
-
-    return yaml.safe_dump_all(list(objects), sort_keys=False, default_flow_style=False)
-
-
-def write_manifests(objects: Iterable[dict[str, Any]], out: str | os.PathLike | None) -> str:
-    """Write `objects` as YAML to `out` atomically (None or '-': return the text only)."""
-    from cello._io import atomic_path
-
-    text = to_yaml(objects)
-    if out is not None and str(out) != "-":
-        with atomic_path(out) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    return text
-
-
-def _emit(obj: dict[str, Any], out: str | os.PathLike | None, crd_dir: str | os.PathLike | None) -> str:
-    if crd_dir is not None:
-        from cello.k8s.validate import validate
-
-        validate(obj, crd_dir)
-    return write_manifests([obj], out)
-
-
 def write_inference_service(
     model_uri: str,
     out: str | os.PathLike | None = None,
@@ -311,7 +285,7 @@ def write_inference_service(
     crd_dir: str | os.PathLike | None = None,
 ) -> str:
     """Render the InferenceService, validate it against the CRDs in `crd_dir` (if given), write YAML."""
-    return _emit(render_inference_service(model_uri, cfg=cfg, canary_uri=canary_uri), out, crd_dir)
+    return emit([render_inference_service(model_uri, cfg=cfg, canary_uri=canary_uri)], out, crd_dir)
 
 
 def write_serving_runtime(
@@ -321,4 +295,4 @@ def write_serving_runtime(
     crd_dir: str | os.PathLike | None = None,
 ) -> str:
     """Render the ServingRuntime, validate it against the CRDs in `crd_dir` (if given), write YAML."""
-    return _emit(render_serving_runtime(cfg=cfg), out, crd_dir)
+    return emit([render_serving_runtime(cfg=cfg)], out, crd_dir)
