@@ -375,8 +375,8 @@ class ClusterConfig(Section):
     rollout_args: list[str] = Field(default_factory=list, description="More `vllm serve` args of the rollout server, e.g. ['--max-model-len', '8192'].")
     rollout_startup_timeout_s: int = Field(1800, ge=10, description="Startup probe budget of the rollout server (download + load the policy).")
     nccl_port_range: str = Field(
-        "32768-60999", pattern=r"^\d{1,5}-\d{1,5}$",
-        description="Ports NCCL opens between GRPO's trainer and rollout pods besides 51216 (bootstrap and data sockets are ephemeral: the nodes' ip_local_port_range).",
+        "51217-52216", pattern=r"^\d{1,5}-\d{1,5}$",
+        description="Ports NCCL opens between GRPO's trainer and rollout pods besides 51216: its sockets are ephemeral, so the training pods set net.ipv4.ip_local_port_range to this range (ends of different parity) and the NetworkPolicies open it.",
     )
     secrets: dict[str, dict[str, str]] = Field(
         default_factory=dict,
@@ -386,8 +386,9 @@ class ClusterConfig(Section):
     @model_validator(mode="after")
     def _check_ports(self) -> ClusterConfig:
         low, high = (int(p) for p in self.nccl_port_range.split("-"))
-        if not 1 <= low <= high <= 65535:
-            msg = f"cluster.nccl_port_range={self.nccl_port_range!r} is not a port range LOW-HIGH within 1-65535; e.g. 32768-60999."
+        if not 1024 <= low < high <= 65535 or (high - low) % 2 == 0:
+            msg = (f"cluster.nccl_port_range={self.nccl_port_range!r}: use LOW-HIGH within 1024-65535 with ends of "
+                   "different parity (the kernel's rule for ip_local_port_range), e.g. 51217-52216.")
             raise ValueError(msg)
         return self
 

@@ -117,6 +117,7 @@ def render_grpo_pod(command: Sequence[str], *, model: str, run_id: str, cfg: Clu
             "containers": [trainer],
             "volumes": podspec.volumes(cfg),
             **podspec.scheduling(cfg),
+            "securityContext": podspec.security_context(cfg),
         },
     }
 
@@ -162,6 +163,7 @@ def render_rollout_server(*, model: str, run_id: str, cfg: ClusterConfig) -> lis
                             "readinessProbe": {"httpGet": {"path": "/health", "port": SERVE_PORT}, "periodSeconds": 10}}],
             "volumes": podspec.volumes(cfg),
             **podspec.scheduling(cfg),
+            "securityContext": podspec.security_context(cfg),
         },
     }
     service = {

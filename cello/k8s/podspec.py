@@ -6,6 +6,8 @@
 - the Secrets of `cluster.secrets` as env vars, each optional (a cluster without an object store
   or a hub token simply lacks that Secret);
 - GPU scheduling: node selector and tolerations;
+- the sysctl that keeps NCCL's ephemeral ports inside `cluster.nccl_port_range`, the range the
+  GRPO NetworkPolicies open (NCCL cannot be told which ports to use; the kernel picks them);
 - resources with requests = limits (GPUs cannot be overcommitted anyway).
 """
 
@@ -61,6 +63,13 @@ def resources(cfg: ClusterConfig, *, gpus: int, cpu: str, memory: str) -> dict[s
     if gpus > 0:
         amounts[cfg.gpu_resource] = str(gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def security_context(cfg: ClusterConfig) -> dict[str, Any]:
+    """The pod securityContext: ephemeral ports (hence NCCL's sockets) in `cluster.nccl_port_range`.
+    `net.ipv4.ip_local_port_range` is a namespaced, 'safe' sysctl: allowed without cluster changes."""
+    low, high = cfg.nccl_port_range.split("-")
+    return {"sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": f"{low} {high}"}]}
 
 
 def scheduling(cfg: ClusterConfig) -> dict[str, Any]:

@@ -47,6 +47,7 @@ def _replica(spec: TrainingSpec, cfg: ClusterConfig, replicas: int) -> dict[str,
                 "containers": [container],
                 "volumes": podspec.volumes(cfg),
                 **podspec.scheduling(cfg),
+                "securityContext": podspec.security_context(cfg),
             },
         },
     }

@@ -52,6 +52,7 @@ def sdk_inputs(spec: TrainingSpec, cfg: ClusterConfig) -> tuple[Any, list[Any]]:
         volumes=podspec.volumes(cfg),
         node_selector=sched.get("nodeSelector"),
         tolerations=sched.get("tolerations"),
+        security_context=podspec.security_context(cfg),
         containers=[o.ContainerPatch(name=NODE, env=spec.env_from or None, volume_mounts=podspec.volume_mounts(cfg))],
     )
     node = o.ReplicatedJobPatch(name=NODE, template=o.JobTemplatePatch(

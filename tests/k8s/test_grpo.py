@@ -76,7 +76,8 @@ def test_multi_node_network_policies_open_exactly_the_sync_and_serving_ports():
     from_server, from_peers = to_trainer["spec"]["ingress"]
     assert from_server["from"][0]["podSelector"]["matchLabels"].items() >= rollout.items()
     assert {"protocol": "TCP", "port": 51216} in from_server["ports"]
-    assert {"protocol": "TCP", "port": 32768, "endPort": 60999} in from_server["ports"]  # NCCL's ephemeral sockets
+    assert {"protocol": "TCP", "port": 51217, "endPort": 52216} in from_server["ports"]  # NCCL (pods pin ephemeral ports here)
+    assert pod["spec"]["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_local_port_range", "value": "51217 52216"}]
     assert "ports" not in from_peers and from_peers["from"][0]["podSelector"]["matchLabels"].items() >= trainer.items()
     (from_trainer,) = to_server["spec"]["ingress"]
     assert to_server["spec"]["podSelector"]["matchLabels"].items() >= rollout.items()

@@ -152,7 +152,7 @@ EXPECTED = {
     ("RoleBinding", "cello-pipeline"), ("ClusterRole", "cello-pipeline-runtime"),
     ("ClusterRoleBinding", "cello-pipeline-runtime"), ("PersistentVolumeClaim", "cello-workspace"),
     ("ClusterTrainingRuntime", "cello-torch"), ("ServingRuntime", "cello-vllm"),
-    ("NetworkPolicy", "cello-grpo-rollout"), ("NetworkPolicy", "cello-grpo-trainer"),
+    ("NetworkPolicy", "cello-grpo-default-deny"),
 }
 
 
@@ -170,7 +170,7 @@ def test_overlay_renders_the_whole_install(overlay):
 def test_overlay_core_kinds_validate_strictly(overlay):
     pytest.importorskip("kubernetes_validate")
     core = [d for d in rendered(overlay) if not _is_custom(d)]
-    assert len(core) == 9
+    assert len(core) == 8
     problems = {f"{d['kind']}/{d['metadata']['name']}": core_errors(d) for d in core}
     assert all(not p for p in problems.values()), problems
 
@@ -203,8 +203,8 @@ def test_validation_is_strict_so_a_typo_fails():
     (pvc,) = pick(objs, "PersistentVolumeClaim")
     pvc["spec"]["accessMode"] = ["ReadWriteMany"]  # accessModes misspelt
     assert "accessMode" in core_errors(pvc)[0]
-    (policy, _) = pick(objs, "NetworkPolicy")
-    policy["spec"]["ingress"][0]["ports"][0]["port"] = [8000]
+    (policy,) = pick(objs, "NetworkPolicy")
+    policy["spec"]["ingres"] = []  # ingress misspelt
     assert core_errors(policy)
     (runtime,) = pick(objs, "ClusterTrainingRuntime")
     node_container(runtime)["resource"] = {}  # resources misspelt
@@ -360,14 +360,25 @@ def _ports(rule: dict) -> list[tuple[int, int]] | None:
 def _role(selector: dict) -> str:
     labels = selector["matchLabels"]
     assert set(selector) == {"matchLabels"}, selector  # no expressions that could widen it
-    assert labels.items() >= PART_OF.items() and set(labels) == {*PART_OF, "cello.dev/role"}, labels
+    assert labels.items() >= PART_OF.items() and labels["cello.dev/run-id"] == RUN, labels
     return labels["cello.dev/role"]
 
 
+RUN = "r1"
+
+
+def _run_policies() -> list[dict]:
+    """The NetworkPolicies multi-node GRPO creates for one run (cello.k8s.grpo)."""
+    from cello.k8s.grpo import render_rollout_server
+
+    cfg = ClusterConfig(num_nodes=2)
+    return [o for o in render_rollout_server(model="/mnt/cello/m", run_id=RUN, cfg=cfg) if o["kind"] == "NetworkPolicy"]
+
+
 def _edges() -> set[tuple[str, str, tuple[int, int] | None]]:
-    """(from role, to role, port range or None for all) for every opening of the policies."""
+    """(from role, to role, port range or None for all) for every opening of a run's policies."""
     edges = set()
-    for policy in (d for d in _base_objects() if d["kind"] == "NetworkPolicy"):
+    for policy in _run_policies():
         spec = policy["spec"]
         assert spec["policyTypes"] == ["Ingress"]
         target = _role(spec["podSelector"])
@@ -380,31 +391,53 @@ def _edges() -> set[tuple[str, str, tuple[int, int] | None]]:
     return edges
 
 
-NCCL = (51217, 52216)
+def _nccl() -> tuple[int, int]:
+    low, high = ClusterConfig().nccl_port_range.split("-")
+    return int(low), int(high)
 
 
-def test_network_policy_opens_exactly_the_grpo_ports_between_the_roles():
+def test_base_policy_shuts_every_grpo_pod_and_nothing_else():
+    (policy,) = [d for d in _base_objects() if d["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and spec["ingress"] == []  # deny all ingress...
+    assert spec["podSelector"]["matchLabels"] == PART_OF  # ...to Cello's pods...
+    (expr,) = spec["podSelector"]["matchExpressions"]  # ...that have a GRPO role
+    assert expr == {"key": "cello.dev/role", "operator": "In", "values": ["trainer", "rollout"]}
+
+
+def test_run_policies_open_exactly_the_grpo_ports_between_the_roles():
     trl = trl_grpo_defaults("vllm_server_port", "vllm_group_port")
     serving, sync = trl["vllm_server_port"], trl["vllm_group_port"]  # 8000, 51216 in TRL 1.16
+    nccl = _nccl()
     between = {e for e in _edges() if e[0] != e[1]}
     assert between == {
         ("trainer", "rollout", (serving, serving)),  # vLLM's HTTP API
         ("rollout", "trainer", (sync, sync)),  # the weight-sync rendezvous on the trainer's rank 0
-        ("trainer", "rollout", NCCL),  # NCCL's own sockets, both ways
-        ("rollout", "trainer", NCCL),
+        ("trainer", "rollout", nccl),  # NCCL's own sockets, both ways
+        ("rollout", "trainer", nccl),
     }
-    assert not NCCL[0] <= sync <= NCCL[1] and not NCCL[0] <= serving <= NCCL[1]
-    assert (NCCL[1] - NCCL[0]) % 2 == 1  # ip_local_port_range ends of different parity
+    assert not nccl[0] <= sync <= nccl[1] and not nccl[0] <= serving <= nccl[1]
+    assert (nccl[1] - nccl[0]) % 2 == 1  # ip_local_port_range ends of different parity
 
 
-def test_network_policy_lets_trainer_nodes_reach_each_other_and_nothing_else_in():
+def test_run_policies_let_trainer_nodes_reach_each_other_and_nothing_else_in():
     same = {e for e in _edges() if e[0] == e[1]}
     assert same == {("trainer", "trainer", None)}  # torchrun rendezvous + NCCL between the trainer's nodes
 
 
-def test_network_policy_comment_names_the_sysctl_the_pods_must_set():
+def test_every_training_pod_keeps_nccl_in_the_opened_range():
+    from cello.k8s.grpo import render_grpo
+
+    want = [{"name": "net.ipv4.ip_local_port_range", "value": "{} {}".format(*_nccl())}]
+    runtime = base("ClusterTrainingRuntime")
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["sysctls"] == want
+    cfg = ClusterConfig(num_nodes=2)
+    objects = render_grpo(["train", "grpo", "/mnt/cello/d", "-o", "/mnt/cello/o"], model="/mnt/cello/m", run_id=RUN, cfg=cfg)
+    (server,) = [o for o in objects if o["kind"] == "Pod"]
+    assert server["spec"]["securityContext"]["sysctls"] == want
     comments = " ".join(line.lstrip("# ") for line in (BASE / "networkpolicy.yaml").read_text().splitlines() if line.startswith("#"))
-    assert f'net.ipv4.ip_local_port_range to "{NCCL[0]} {NCCL[1]}"' in " ".join(comments.split())
+    assert 'net.ipv4.ip_local_port_range to "{} {}"'.format(*_nccl()) in " ".join(comments.split())
 
 
 # ---------------------------------------------------------------- RBAC: least privilege
@@ -415,7 +448,6 @@ ALLOWED_RESOURCES = {
     "kubeflow.org": {"pytorchjobs"},
     "serving.kserve.io": {"inferenceservices"},
     "": {"pods", "pods/log", "events", "services"},
-    "apps": {"deployments"},
     "networking.k8s.io": {"networkpolicies"},
 }
 
