@@ -164,7 +164,7 @@ def cleanup(workdir: str, *, run_id: str, backend: str, status: dict[str, Any] |
     if backend == "kubernetes":
         from cello.pipeline.cluster import delete_run_objects
 
-        deleted = delete_run_objects(run_id)
+        deleted = delete_run_objects(run_id, run_dir=run_path)
     info = {"run_id": run_id, "state": state, "error": (status or {}).get("error"), "backend": backend,
             "deleted": deleted, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if run_path.is_dir():

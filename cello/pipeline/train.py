@@ -158,7 +158,7 @@ def grpo(run_dir: str, *, data_dir: str, model: str, backend: str = "local", num
     if backend == "kubernetes":
         from cello.pipeline.cluster import run_grpo_job
 
-        run_grpo_job(args, run=run, num_nodes=num_nodes, gpus_per_node=gpus_per_node)
+        run_grpo_job(args, run=run, model=model, num_nodes=num_nodes, gpus_per_node=gpus_per_node)
     else:
         execute("grpo", args, run=run, backend=backend, num_nodes=num_nodes, gpus_per_node=gpus_per_node, step_gpus=step_gpus)
     summary = _summary(out)

@@ -9,58 +9,14 @@ from __future__ import annotations
 import time
 
 import pytest
-import pytest_asyncio
 
 from cello.config import DeployConfig
 from cello.k8s.deploy import DeployFailed, deploy, deployed_model_uri, merge_patch, predictor_uri
 from cello.k8s.inference import render_inference_service
-from tests.k8s.conftest import fast, in_thread
+from tests.k8s.conftest import CANDIDATES, PUZZLE, fast, in_thread
 from tests.k8s.fakecluster import ISVCS
-from tests.llm_server import serve_openai
-from tests.serve.conftest import Server
 
-CANDIDATES = ["B cell", "T cell", "monocyte"]
-PUZZLE = {"id": "smoke", "context": "The cells are from the blood of a healthy donor.",
-          "cells": [["MS4A1", "CD79A", "CD19"], ["CD3E", "IL7R", "CD2"], ["LYZ", "CD14", "S100A8"]],
-          "candidates": CANDIDATES}
 OLD, NEW, GARBLED = "pvc://cello-workspace/runs/r0/model", "pvc://cello-workspace/runs/r1/model", "pvc://cello-workspace/runs/garbled/model"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The transformer route, and the switch that decides how the model behind it answers."""
-    model = {"mode": "good"}
-
-    def respond(messages, body):
-        if model["mode"] == "garbled":
-            return "The first cell looks like a B cell, I think."
-        return "<think>MS4A1 marks B cells, CD3E T cells, LYZ monocytes.</think>\n<answer>" + " | ".join(CANDIDATES) + "</answer>"
-
-    logs = tmp_path_factory.mktemp("deploy-serve")
-    with serve_openai(responder=respond, model_name="cello") as upstream:
-        server = Server("transformer", ["--model", upstream, "--upstream-model", "cello", "--max-new-tokens", "64",
-                                        "--model_name", "cello"], log_dir=logs)
-        try:
-            server.wait_ready("/v1/models/cello")
-            yield server.url, model
-        finally:
-            server.stop()
-
-
-@pytest_asyncio.fixture
-async def kserve(cluster, served):
-    """The cluster with KServe: Ready InferenceServices route to the served transformer."""
-    url, model = served
-    cluster.serving_url = url
-
-    def on_ready(isvc):
-        spec = isvc["spec"]
-        newest = spec["canary"][-1]["predictor"] if spec.get("canary") else spec["predictor"]
-        model["mode"] = "garbled" if "garbled" in newest["model"]["storageUri"] else "good"
-
-    cluster.on_ready = on_ready
-    model["mode"] = "good"
-    return cluster
 
 
 def cfg(**over) -> DeployConfig:
