@@ -11,6 +11,7 @@ an error that names it, not a silently ignored setting.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cello.data.prompt import PromptTemplate
 from cello.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_FIELDS = ["sex", "development_stage", "self_reported_ethnicity", "tissue", "disease"]
 
@@ -143,11 +146,14 @@ class LoraStageConfig(Section):
 class _TrainerStageConfig(Section):
     """Fields the SFT and GRPO stages share; any other TRL knob goes through `trl`."""
 
-    # TRL/TrainingArguments names that Cello sets itself from the fields below.
+    # TRL arguments Cello sets itself from the fields below (cello.train.sft / grpo build them, and
+    # cello.train.common.trl_config refuses to set one that is not listed here): `trl:` may not
+    # override them, or a pass-through entry could silently undo a Cello setting.
     OWNED_TRL_KEYS: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-        "gradient_accumulation_steps", "gradient_checkpointing", "activation_checkpointing", "bf16", "fp16", "deepspeed", "report_to",
-        "logging_steps", "save_steps", "save_total_limit", "seed", "use_cpu",
+        "gradient_accumulation_steps", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+        "activation_checkpointing", "activation_checkpointing_kwargs", "bf16", "fp16", "use_cpu", "deepspeed",
+        "report_to", "logging_steps", "save_strategy", "save_steps", "save_total_limit", "seed", "data_seed",
     })
 
     model: str | None = Field(None, description="Model to train: a local Hugging Face directory or a hub id.")
@@ -183,6 +189,7 @@ class SFTStageConfig(_TrainerStageConfig):
 
     OWNED_TRL_KEYS: ClassVar[frozenset[str]] = _TrainerStageConfig.OWNED_TRL_KEYS | {
         "max_length", "packing", "padding_free", "assistant_only_loss", "eval_strategy", "eval_steps",
+        "per_device_eval_batch_size", "dataset_num_proc",
     }
 
     model: str | None = Field("Qwen/Qwen2.5-7B-Instruct", description="Base model: a local Hugging Face directory or a hub id.")
@@ -566,13 +573,25 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
     return out
 
 
+DEFAULT_PARAMS = Path("params.yaml")
+
+
 def load_params(
-    path: str | os.PathLike | None = "params.yaml", *, profile: str | None = None, overrides: dict[str, Any] | None = None,
+    path: str | os.PathLike | None = None, *, profile: str | None = None, overrides: dict[str, Any] | None = None,
 ) -> Params:
-    """Read params.yaml (missing file: all defaults), apply a named profile, then `overrides`
-    (dotted keys, see `apply_overrides`)."""
+    """Read a params file, apply a named profile, then `overrides` (dotted keys, see
+    `apply_overrides`). `path` None means ./params.yaml, which may be absent (built-in
+    defaults, said in the log); a file given explicitly must exist: a typo in --params must
+    not silently start a run with the paper's 7B defaults."""
     raw: dict[str, Any] = {}
-    if path is not None and Path(path).exists():
+    if path is None:
+        path = DEFAULT_PARAMS
+        if not path.is_file():
+            log.info("no %s in %s: using the built-in defaults", path, Path.cwd())
+    elif not Path(path).is_file():
+        msg = f"{path}: no such params file; fix --params (without it, ./params.yaml or the built-in defaults are used)."
+        raise ConfigError(msg)
+    if Path(path).is_file():
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as exc:

@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def defaults_params(folder: str | Path) -> str:
+    """A params file that sets nothing: every setting at its built-in default, whatever the
+    repository's params.yaml says (a --params file that does not exist is an error)."""
+    path = Path(folder) / "defaults.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}\n")
+    return str(path)
+
+
 def make_adata(
     n_cells: int = 60,
     n_genes: int = 80,

@@ -26,6 +26,7 @@ from cello.config import BaselineConfig
 from cello.data.prompt import PromptTemplate
 from cello.errors import InputError
 from cello.scoring import compute_metrics, prediction_record, score
+from tests.conftest import defaults_params
 
 TYPES = [f"type {chr(65 + i)}" for i in range(10)]
 NOISE = [f"G{i}" for i in range(200)]
@@ -156,10 +157,10 @@ def test_files_and_cli(tmp_path, capsys):
     synthetic_puzzles(50, seed=7).to_parquet(train)
     synthetic_puzzles(15, seed=8, prefix="t").to_parquet(test)
     model, preds, metrics = tmp_path / "b.json", tmp_path / "out" / "pred.jsonl", tmp_path / "m.json"
-    assert main(["baseline", "fit", str(train), "-o", str(model), "--params", str(tmp_path / "none.yaml"), "--top-k", "15"]) == 0
+    assert main(["baseline", "fit", str(train), "-o", str(model), "--params", defaults_params(tmp_path), "--top-k", "15"]) == 0
     assert json.loads(model.read_text())["config"]["top_k"] == 15
     assert main(["baseline", "predict", str(model), str(test), "-o", str(preds), "--metrics", str(metrics),
-                 "--params", str(tmp_path / "none.yaml")]) == 0
+                 "--params", defaults_params(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "cell accuracy" in out and "chance" in out
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
@@ -199,7 +200,7 @@ def test_marker_baseline_beats_chance_on_demo_split(tmp_path, capsys):
     if importlib.util.find_spec("scanpy") is None:
         pytest.skip("scanpy (the `data` extra) is not installed: the demo dataset ships inside it")
     cells, puzzles, splits = tmp_path / "cells.parquet", tmp_path / "puzzles.parquet", tmp_path / "splits"
-    none = str(tmp_path / "no-params.yaml")  # built-in defaults, whatever params.yaml says
+    none = defaults_params(tmp_path)  # built-in defaults, whatever params.yaml says
     assert main(["data", "cells", "builtin:pbmc68k", "-o", str(cells), "--params", none]) == 0
     assert main(["data", "puzzles", str(cells), "-o", str(puzzles), "--min-n", "4", "--max-n", "8",
                  "--per-n", "40", "--params", none]) == 0

@@ -27,6 +27,7 @@ from cello.evaluate import (
     read_predictions,
 )
 from cello.scoring import compute_metrics
+from tests.conftest import defaults_params
 
 try:
     from llm_server import build_test_model, serve_openai
@@ -43,10 +44,10 @@ def demo(demo_data, tmp_path_factory):
     """The demo split as eval records, plus the marker baseline fitted on its train split."""
     root = tmp_path_factory.mktemp("eval-demo")
     assert main(["data", "export", str(demo_data / "splits"), "-o", str(root / "eval"), "--format", "eval",
-                 "--params", str(root / "none.yaml")]) == 0
+                 "--params", defaults_params(root)]) == 0
     fit_baseline(demo_data / "splits" / "train.parquet", root / "baseline.json")
     return {"records": root / "eval" / "test.jsonl", "parquet": demo_data / "splits" / "test.parquet",
-            "baseline": root / "baseline.json", "none": str(root / "none.yaml")}
+            "baseline": root / "baseline.json", "none": defaults_params(root)}
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from cello.config import EvalConfig, GateConfig
 from cello.data.prompt import PromptTemplate
 from cello.evaluate import METRICS, PREDICTIONS, evaluate
 from cello.gate import gate
+from tests.conftest import defaults_params
 
 K = 80
 TYPES = ["B cell", "T cell", "NK cell", "monocyte"]
@@ -182,7 +183,7 @@ def test_cell_accuracy_gate_uses_the_ratio_of_sums(mixed_runs):
 
 
 def test_cli_exit_codes_and_decision_file(runs, tmp_path):
-    none = str(tmp_path / "none.yaml")
+    none = defaults_params(tmp_path)
     out = tmp_path / "decision.json"
     args = ["eval", "gate", "--candidate", str(runs["cand55"]), "--incumbent", str(runs["inc90"]),
             "--baseline", str(runs["base30"]), "-o", str(out), "--params", none, "--min-accuracy", "0.5"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read defaults from (missing: built-in defaults).")
+PARAMS = typer.Option(None, "--params", help="Params file to read settings from [./params.yaml; without one: the built-in defaults].")
 PROFILE = typer.Option(None, "--profile", help="Named profile in params.yaml (e.g. 'local').")

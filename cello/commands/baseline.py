@@ -23,7 +23,7 @@ def fit(
     alpha: float | None = typer.Option(None, help="Smoothing of the gene-type frequencies [0.1]."),
     rank_weighting: str | None = typer.Option(None, help="log | linear | uniform [log]."),
     top_k: int | None = typer.Option(None, help="Genes per cell used [all]."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Learn gene-to-cell-type association weights from the train puzzles."""
@@ -41,7 +41,7 @@ def predict(
     puzzles: Path = typer.Argument(..., help="Puzzles (.parquet) or eval records (.jsonl) to solve."),
     out: Path = typer.Option(..., "--out", "-o", help="Output predictions.jsonl (the `cello eval` record format)."),
     metrics: Path | None = typer.Option(None, "--metrics", help="Also write the metrics (JSON)."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Solve every puzzle, write scored predictions, print accuracy next to chance."""

@@ -34,7 +34,7 @@ def cells(
     max_cells: int | None = typer.Option(None, help="Seeded subsample per file [all]."),
     extra_context: list[str] | None = typer.Option(None, "--extra-context", help="More obs fields for the donor sentence."),
     workers: int | None = typer.Option(None, help="Files processed in parallel [2]."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Rank each cell's top genes and write its donor context sentence."""
@@ -59,7 +59,7 @@ def puzzles(
     max_n: int | None = typer.Option(None, help="Largest N [15]."),
     per_n: int | None = typer.Option(None, help="Puzzles per N per dataset [40]."),
     seed: int | None = typer.Option(None, help="Random seed [0]."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Sample CellPuzzles: N cells of N distinct types from one donor (and batch)."""
@@ -79,7 +79,7 @@ def split(
     test_fraction: float | None = typer.Option(None, help="Share of puzzles per N in test [0.1]."),
     max_test: int | None = typer.Option(None, help="Cap on test size [1000]."),
     seed: int | None = typer.Option(None, help="Random seed [0]."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Split puzzles into train/test, stratified by N, without leakage."""
@@ -96,7 +96,7 @@ def audit(
     train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (.json/.jsonl)."),
     test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Count test puzzles that share an identical cell (same ranked gene list) with train."""
@@ -111,7 +111,7 @@ def export(
     splits: Path = typer.Argument(..., help="Directory from `cello data split`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (one JSONL file per split)."),
     fmt: str = typer.Option(..., "--format", "-f", help="sft | grpo | eval | cellpuzzles."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Render puzzles into SFT, GRPO, eval or published-CellPuzzles records."""
@@ -126,7 +126,7 @@ def import_(
     source: Path = typer.Argument(..., help="Published CellPuzzles records (.json list or .jsonl)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Read published CellPuzzles records (system_msg/user_msg/assistant_msg) into puzzles.parquet."""

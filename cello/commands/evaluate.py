@@ -69,7 +69,7 @@ def run(
     compare: list[Path] | None = _COMPARE,
     overwrite: bool = _OVERWRITE,
     no_progress: bool = _NO_PROGRESS,
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Run a model (or a baseline) over an eval split and score it; resumes an interrupted run."""
@@ -112,7 +112,7 @@ def gate(
     tolerance: float | None = _TOL,
     baseline_margin: float | None = _MARGIN,
     fail_on_reject: bool = _FAIL,
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Decide whether the candidate may replace the incumbent; write decision.json with every reason."""

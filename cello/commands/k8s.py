@@ -66,7 +66,7 @@ def isvc(
     transformer: bool | None = typer.Option(None, "--transformer/--no-transformer", help="Put `cello serve` in front [yes]."),
     auth: bool | None = typer.Option(None, "--auth/--no-auth", help="Add the auth annotation [yes]."),
     validate: Path | None = VALIDATE,
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Render the KServe InferenceService: vLLM predictor + `cello serve` transformer."""
@@ -90,7 +90,7 @@ def runtime(
     name: str | None = typer.Option(None, help="ServingRuntime name [cello-vllm]."),
     namespace: str | None = typer.Option(None, help="Namespace [cello]."),
     validate: Path | None = VALIDATE,
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Render a ServingRuntime that pins the vLLM-capable KServe huggingfaceserver image."""
@@ -115,7 +115,7 @@ def _training_command(api: str, doc: str):
         env: list[str] | None = ENV,
         out: Path | None = OUT,
         validate: Path | None = VALIDATE,
-        params: Path = PARAMS,
+        params: Path | None = PARAMS,
         profile: str | None = PROFILE,
     ) -> None:
         from cello.k8s.jobspec import training_spec
@@ -146,7 +146,7 @@ def grpo(
     env: list[str] | None = ENV,
     out: Path | None = OUT,
     validate: Path | None = VALIDATE,
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Render GRPO: one pod with a vLLM sidecar (1 node), or server + Service + NetworkPolicies + trainer job."""

@@ -42,7 +42,7 @@ def tiny(
     intermediate: int | None = _INTERMEDIATE,
     vocab_size: int | None = _VOCAB,
     seed: int | None = _SEED,
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """A random-weight Qwen2 model (~0.1-5M parameters) with a tokenizer trained on the puzzle corpus."""

@@ -41,7 +41,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict:
     return out
 
 
-def _known(params: Path, values: dict, *, drop: tuple[str, ...] = ()) -> dict:
+def _known(params: Path | None, values: dict, *, drop: tuple[str, ...] = ()) -> dict:
     """`values` if every key is a parameter of the pipeline, else an error listing them."""
     from cello.errors import ConfigError
     from cello.pipeline.compiler import pipeline_function
@@ -59,7 +59,7 @@ def compile_(
     out: Path = typer.Option(Path("pipelines/cello.yaml"), "--out", "-o", help="IR YAML to write."),
     registry: str | None = typer.Option(None, "--registry", help="Registry of the Cello images (default: cello.k8s.images)."),
     tag: str | None = typer.Option(None, "--tag", help="Tag of the Cello images (default: the package version)."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
 ) -> None:
     """Compile the pipeline to the IR YAML a Kubeflow Pipelines 2.x cluster runs."""
     from cello.pipeline.compiler import compile_pipeline, use_images
@@ -71,7 +71,7 @@ def compile_(
 
 
 @app.command("params")
-def params_(params: Path = PARAMS) -> None:
+def params_(params: Path | None = PARAMS) -> None:
     """List the pipeline's parameters with their types and defaults."""
     from cello.pipeline.compiler import pipeline_function
 
@@ -89,9 +89,10 @@ def run(
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Where data/, dvc-cache/ and run folders go."),
     repo: Path = typer.Option(Path("."), "--repo", help="The Cello project whose params.yaml/dvc.yaml the run uses."),
     revision: str = typer.Option("", "--revision", help="Pin data and settings to this commit ('': the working tree as it is)."),
-    params: Path = PARAMS,
 ) -> None:
-    """Run the whole pipeline (data -> SFT -> merge -> GRPO -> eval -> gate -> deploy) locally."""
+    """Run the whole pipeline (data -> SFT -> merge -> GRPO -> eval -> gate -> deploy) locally.
+
+    The run's settings are REPO's params.yaml (at --revision), with --profile and --set applied."""
     from cello.errors import ConfigError
     from cello.pipeline.local import render, run_local
 
@@ -99,9 +100,10 @@ def run(
         msg = "`cello pipeline run` runs here and needs --local; on a cluster use `cello pipeline submit --host URL`."
         raise ConfigError(msg)
     fixed = ("repo", "revision", "profile", "overrides", "workdir", "run_id")
-    arguments = _known(repo / params, _pairs(param, "--param"), drop=fixed)
+    params = repo / "params.yaml"
+    arguments = _known(params if params.is_file() else None, _pairs(param, "--param"), drop=fixed)
     result = run_local(repo=str(repo.resolve()), revision=revision, profile=profile or "", overrides=_pairs(set_, "--set"),
-                       workdir=str(workdir), run_id=run_id or "", arguments=arguments, params_path=str(params))
+                       workdir=str(workdir), run_id=run_id or "", arguments=arguments)
     typer.echo(render(result))
 
 
@@ -115,7 +117,7 @@ def submit(
     run_name: str | None = typer.Option(None, "--run-name", help="Name of the run in the UI."),
     namespace: str | None = typer.Option(None, "--namespace", help="KFP profile namespace (multi-user installs)."),
     service_account: str | None = typer.Option(None, "--service-account", help="ServiceAccount of the run's pods [cluster.service_account]."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
 ) -> None:
     """Submit a run to a Kubeflow Pipelines cluster; print its URL."""
     from cello.config import load_params

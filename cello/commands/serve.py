@@ -34,7 +34,7 @@ def command(
     device: str | None = typer.Option(None, help="In process: auto | cpu | cuda [auto]."),
     threads: int | None = typer.Option(None, "--threads", help="In process: torch CPU threads [torch default]."),
     workers: int = typer.Option(1, "--workers", help="Uvicorn workers (only 1: batching needs one process)."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Serve a Cello model over KServe v1/v2 (and OpenAI chat when in process)."""

@@ -41,7 +41,7 @@ def sft(
     deepspeed: str | None = typer.Option(None, "--deepspeed", help="DeepSpeed JSON, e.g. configs/deepspeed/zero3.json."),
     report_to: list[str] | None = typer.Option(None, "--report-to", help="tensorboard, mlflow, wandb or none (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Fine-tune with TRL SFTTrainer + LoRA, loss on assistant tokens (one process or torchrun)."""
@@ -83,7 +83,7 @@ def grpo(
     format_weight: float | None = typer.Option(None, help="Weight of the format reward [0]."),
     report_to: list[str] | None = typer.Option(None, "--report-to", help="tensorboard, mlflow, wandb or none (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """GRPO with the batch-level reward (TRL GRPOTrainer; rollouts by transformers or a vLLM server)."""
@@ -109,7 +109,7 @@ def distill(
     concurrency: int | None = typer.Option(None, help="Requests in flight [8]."),
     limit: int | None = typer.Option(None, help="Only the first N puzzles."),
     template: bool = typer.Option(False, "--template", help="No teacher: format-only traces from the gold answers."),
-    params: Path = PARAMS,
+    params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Build SFT traces from a teacher by rejection sampling on the reward (or --template)."""

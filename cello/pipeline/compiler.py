@@ -44,7 +44,7 @@ def require_kfp() -> None:
         raise ConfigError(msg) from exc
 
 
-def pipeline_function(params_path: str | os.PathLike = "params.yaml") -> Any:
+def pipeline_function(params_path: str | os.PathLike | None = None) -> Any:
     """The pipeline built with the defaults and cluster settings of `params_path`."""
     from cello.config import load_params
 
@@ -59,7 +59,7 @@ def pipeline_function(params_path: str | os.PathLike = "params.yaml") -> Any:
     return make(load_params(params_path))
 
 
-def compile_pipeline(out: str | os.PathLike = DEFAULT_OUT, *, params_path: str | os.PathLike = "params.yaml") -> Path:
+def compile_pipeline(out: str | os.PathLike = DEFAULT_OUT, *, params_path: str | os.PathLike | None = None) -> Path:
     """Write the pipeline's IR YAML to `out` (atomically); return its path."""
     require_kfp()
     from kfp import compiler

@@ -105,7 +105,7 @@ def read_steps(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def run_local(*, repo: str, revision: str = "", profile: str = "", overrides: dict[str, Any] | None = None,
               workdir: str = "runs", run_id: str = "", arguments: dict[str, Any] | None = None,
-              params_path: str = "params.yaml", echo: TextIO | None = None) -> LocalRun:
+              echo: TextIO | None = None) -> LocalRun:
     """Run the pipeline with KFP's local runner; raise PipelineRunError naming a failed task."""
     from cello.pipeline.compiler import require_kfp
 
@@ -121,7 +121,8 @@ def run_local(*, repo: str, revision: str = "", profile: str = "", overrides: di
     run_dir = work / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "pipeline.log"
-    pipeline = make(load_params(Path(repo) / params_path if not revision else params_path))
+    params = Path(repo) / "params.yaml"
+    pipeline = make(load_params(params if params.is_file() else None))  # the DAG; the run's settings come from `prepare`
     args = {"repo": repo, "revision": revision, "profile": profile, "overrides": overrides or {}, "workdir": str(work),
             "run_id": run_id, "backend": "local", "num_nodes": 1, "gpus_per_node": _local_gpus(), **(arguments or {})}
     echo.write(f"run {run_id}: {run_dir}\n  log: {log_path}\n")

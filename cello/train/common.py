@@ -115,21 +115,33 @@ def deepspeed_config(path: str) -> str:
     return path
 
 
-def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, section: str):
-    """Build a TRL config from Cello's fields (`owned`) plus the `trl:` pass-through."""
+def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, section: str, reserved: frozenset[str]):
+    """Build a TRL config from Cello's fields (`owned`) plus the `trl:` pass-through (`extra`).
+
+    `reserved` is the stage config's OWNED_TRL_KEYS: every key Cello sets must be in it (so the
+    check on `trl:` covers it), and no `trl:` entry may touch it."""
+    undeclared = sorted(set(owned) - reserved)
+    if undeclared:
+        msg = f"{section}: Cello sets {undeclared} but they are not in OWNED_TRL_KEYS; add them there."
+        raise RuntimeError(msg)
+    clash = sorted(set(extra) & reserved)
+    if clash:
+        msg = f"{section}.trl: {clash} are set by Cello's own fields; remove them from `trl` and set the matching field instead."
+        raise ConfigError(msg)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(extra) - known)
     if unknown:
         msg = f"{section}.trl: {unknown} are not {cls.__name__} fields; check the spelling against TRL's docs."
         raise ConfigError(msg)
-    kwargs = {**owned, **extra}
+    kwargs = dict(owned)
     if kwargs.get("gradient_checkpointing"):
-        kwargs.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if "activation_checkpointing" in known:  # transformers >= 5.x renamed gradient_checkpointing
         for old, new in (("gradient_checkpointing", "activation_checkpointing"),
                          ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
             if old in kwargs:
-                kwargs.setdefault(new, kwargs.pop(old))
+                kwargs[new] = kwargs.pop(old)
+    kwargs.update(extra)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -120,12 +120,13 @@ def grpo_args(out_dir: str | os.PathLike, *, cfg: GRPOStageConfig, world_size: i
         "top_p": cfg.top_p,
         "beta": cfg.beta,
         "reward_weights": [cfg.reward_weight, cfg.format_weight],
+        "steps_per_generation": grad_acc,  # one generation batch per optimizer step: prompts_per_step means that
     }
     if cfg.vllm_server:
         owned.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=cfg.vllm_server.rstrip("/"))
     if cfg.deepspeed:
         owned["deepspeed"] = common.deepspeed_config(cfg.deepspeed)
-    return common.trl_config(GRPOConfig, owned, cfg.trl, section="train.grpo")
+    return common.trl_config(GRPOConfig, owned, cfg.trl, section="train.grpo", reserved=cfg.OWNED_TRL_KEYS)
 
 
 def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: GRPOStageConfig,

@@ -87,7 +87,7 @@ def build_sft_trainer(
     }
     if cfg.deepspeed:
         owned["deepspeed"] = common.deepspeed_config(cfg.deepspeed)
-    args = common.trl_config(SFTConfig, owned, cfg.trl, section="train.sft")
+    args = common.trl_config(SFTConfig, owned, cfg.trl, section="train.sft", reserved=cfg.OWNED_TRL_KEYS)
 
     model, tokenizer = common.load_model(model_path, settings=settings)
     peft_config = common.lora_config(cfg.lora, tied_embeddings=bool(model.config.tie_word_embeddings))

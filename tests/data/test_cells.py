@@ -13,7 +13,7 @@ from cello.data.cells import make_cells, strip_ensembl
 from cello.data.context import clean, sentence
 from cello.data.topgenes import top_genes, top_genes_reference
 from cello.errors import InputError
-from tests.conftest import make_adata
+from tests.conftest import defaults_params, make_adata
 
 
 def _write(adata, path):
@@ -242,7 +242,7 @@ def test_nan_and_inf_are_never_ranked():
 def test_batch_key_none_from_the_cli(tmp_path):
     path = _write(make_adata(n_cells=20), tmp_path / "t.h5ad")
     assert main(["data", "cells", path, "-o", str(tmp_path / "c.parquet"), "--batch-key", "none", "--top-n", "3",
-                 "--params", str(tmp_path / "none.yaml")]) == 0
+                 "--params", defaults_params(tmp_path)]) == 0
 
 
 # ------------------------------------------------------------------ a directory of parts (the pipeline's fan-out)

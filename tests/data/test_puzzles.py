@@ -12,6 +12,7 @@ from cello.config import PuzzlesConfig
 from cello.data.puzzles import build_puzzles, make_puzzles
 from cello.data.schema import PUZZLE_COLUMNS
 from cello.errors import InputError
+from tests.conftest import defaults_params
 
 
 def make_cells(spec: dict[tuple[str, str, str], dict[str, int]]) -> pd.DataFrame:
@@ -235,7 +236,7 @@ def test_cli_puzzles(tmp_path, capsys):
 
     src = tmp_path / "cells.parquet"
     BIG.to_parquet(src)
-    none = str(tmp_path / "no-params.yaml")
+    none = defaults_params(tmp_path)
     out = tmp_path / "p.parquet"
     assert main(["data", "puzzles", str(src), "-o", str(out), "--min-n", "3", "--max-n", "4", "--per-n", "2", "--params", none]) == 0
     assert "puzzles: 8 from 2 dataset(s)" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from cello.cli import main
+from tests.conftest import defaults_params
 
 CASES = [
     # file, extra `data cells` flags, N range, donors, types per donor
@@ -23,17 +24,17 @@ def test_real_file_to_split(shared_data, tmp_path, name, flags, n_range, donors,
     if not path.exists():
         pytest.skip(f"{name} absent")
     cells, puzzles, splits = tmp_path / "cells.parquet", tmp_path / "puzzles.parquet", tmp_path / "splits"
-    assert main(["data", "cells", str(path), "-o", str(cells), "--params", str(tmp_path / "none.yaml"), *flags]) == 0
+    assert main(["data", "cells", str(path), "-o", str(cells), "--params", defaults_params(tmp_path), *flags]) == 0
     df = pd.read_parquet(cells)
     assert df.donor_id.nunique() == donors
     assert df.groupby("donor_id").cell_type.nunique().min() == types
     assert main(["data", "puzzles", str(cells), "-o", str(puzzles), "--min-n", str(n_range[0]),
-                 "--max-n", str(n_range[1]), "--per-n", "20", "--params", str(tmp_path / "none.yaml")]) == 0
+                 "--max-n", str(n_range[1]), "--per-n", "20", "--params", defaults_params(tmp_path)]) == 0
     pz = pd.read_parquet(puzzles)
     assert set(pz.n) == set(range(n_range[0], n_range[1] + 1))
     assert all(len(set(a)) == n for a, n in zip(pz.answer, pz.n, strict=True))
     assert main(["data", "split", str(puzzles), "-o", str(splits), "--test-fraction", "0.2",
-                 "--params", str(tmp_path / "none.yaml")]) == 0
+                 "--params", defaults_params(tmp_path)]) == 0
     train, test = pd.read_parquet(splits / "train.parquet"), pd.read_parquet(splits / "test.parquet")
     assert len(train) and len(test)
     assert not set(c for ids in train.cell_ids for c in ids) & set(c for ids in test.cell_ids for c in ids)
@@ -44,9 +45,9 @@ def test_too_few_types_is_a_clear_error(shared_data, tmp_path, capsys):
     if not path.exists():
         pytest.skip("file absent")
     cells = tmp_path / "cells.parquet"
-    assert main(["data", "cells", str(path), "-o", str(cells), "--params", str(tmp_path / "none.yaml")]) == 0
+    assert main(["data", "cells", str(path), "-o", str(cells), "--params", defaults_params(tmp_path)]) == 0
     assert main(["data", "puzzles", str(cells), "-o", str(tmp_path / "p.parquet"), "--min-n", "8",
-                 "--params", str(tmp_path / "none.yaml")]) == 2
+                 "--params", defaults_params(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "min" in err and str(cells) in err
     assert not (tmp_path / "p.parquet").exists()

@@ -21,6 +21,7 @@ from cello.data.records import (
     records_to_puzzles,
 )
 from cello.errors import ConfigError, InputError
+from tests.conftest import defaults_params
 
 TEMPLATE = PromptTemplate()
 
@@ -201,7 +202,7 @@ def test_export_only_present_splits(tmp_path, split_dir):
 def test_cli_export_and_import(tmp_path, split_dir, capsys):
     from cello.cli import main
 
-    none = str(tmp_path / "no-params.yaml")
+    none = defaults_params(tmp_path)
     out = tmp_path / "cp"
     assert main(["data", "export", str(split_dir), "-o", str(out), "--format", "cellpuzzles", "--params", none]) == 0
     assert "train: 6 records, test: 3 records" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from cello.data.split import (
     stratified_quota,
 )
 from cello.errors import InputError
+from tests.conftest import defaults_params
 
 
 def make_cells(donors: dict[tuple[str, str], int], *, types: int = 6) -> pd.DataFrame:
@@ -261,7 +262,7 @@ def test_cli_split_and_audit(tmp_path, capsys):
 
     src = tmp_path / "puzzles.parquet"
     RICH.to_parquet(src)
-    none = str(tmp_path / "no-params.yaml")
+    none = defaults_params(tmp_path)
     assert main(["data", "split", str(src), "-o", str(tmp_path / "splits"), "--max-test", "8", "--params", none]) == 0
     assert "split by cell" in capsys.readouterr().out
     args = ["data", "audit", str(tmp_path / "splits" / "train.parquet"), str(tmp_path / "splits" / "test.parquet")]

@@ -21,6 +21,7 @@ from cello.k8s.inference import (
     write_inference_service,
 )
 from cello.k8s.validate import ManifestError, schema_errors, strict, validate
+from tests.conftest import defaults_params
 
 CRDS = Path(__file__).resolve().parents[2] / ".." / "shared" / "schemas" / "crds"
 needs_crds = pytest.mark.skipif(not CRDS.is_dir(), reason=f"CRD schemas not found at {CRDS}")
@@ -224,7 +225,7 @@ def test_strict_leaves_maps_and_preserved_objects_open():
 def test_cli_renders_and_validates(tmp_path):
     out = tmp_path / "isvc.yaml"
     code = main(["k8s", "render", "isvc", URI, "-o", str(out), "--validate", str(CRDS), "--gpus", "2",
-                 "--tensor-parallel-size", "2", "--node-selector", "pool=gpu", "--params", str(tmp_path / "none.yaml")])
+                 "--tensor-parallel-size", "2", "--node-selector", "pool=gpu", "--params", defaults_params(tmp_path)])
     assert code == 0
     obj = yaml.safe_load(out.read_text())
     assert obj["spec"]["predictor"]["nodeSelector"] == {"pool": "gpu"}

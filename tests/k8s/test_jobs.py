@@ -18,6 +18,7 @@ from cello.k8s.launch import render_job, run_training
 from cello.k8s.manifests import validate_all
 from cello.k8s.trainjob import render_trainjob
 from cello.k8s.validate import schema_errors
+from tests.conftest import defaults_params
 from tests.k8s.conftest import CRDS, fast, in_thread, needs_crds
 from tests.k8s.fakecluster import RUNTIME, TRAINJOBS
 
@@ -153,7 +154,7 @@ async def test_rendered_trainjob_is_what_the_sdk_submits(cluster):
 @needs_crds
 def test_cli_renders_and_validates_training_jobs(tmp_path):
     out = tmp_path / "job.yaml"
-    base = ["--run-id", "r1", "-o", str(out), "--validate", str(CRDS), "--params", str(tmp_path / "none.yaml")]
+    base = ["--run-id", "r1", "-o", str(out), "--validate", str(CRDS), "--params", defaults_params(tmp_path)]
     assert main(["k8s", "render", "trainjob", *base, "--nodes", "4", "--gpus", "8", "--", *SFT]) == 0
     obj = yaml.safe_load(out.read_text())
     assert obj["kind"] == "TrainJob" and obj["spec"]["trainer"]["numNodes"] == 4
@@ -167,7 +168,7 @@ def test_cli_renders_and_validates_grpo(tmp_path):
     out = tmp_path / "grpo.yaml"
     grpo = ["--", "train", "grpo", "/mnt/cello/data/records/grpo", "-o", "/mnt/cello/runs/r1/grpo"]
     common = ["--run-id", "r1", "--model", "/mnt/cello/runs/r1/merged", "-o", str(out), "--validate", str(CRDS),
-              "--params", str(tmp_path / "none.yaml")]
+              "--params", defaults_params(tmp_path)]
     assert main(["k8s", "render", "grpo", *common, *grpo]) == 0
     assert [o["kind"] for o in yaml.safe_load_all(out.read_text())] == ["Pod"]
     assert main(["k8s", "render", "grpo", *common, "--nodes", "2", "--api", "pytorchjob", *grpo]) == 0

@@ -14,6 +14,7 @@ from cello.config import TinyModelConfig
 from cello.data.prompt import PromptTemplate
 from cello.errors import InputError
 from cello.llm.tiny import EOS_TOKEN, PAD_TOKEN, build_tiny_model, load_corpus, train_tokenizer
+from tests.conftest import defaults_params
 
 GENES = [["CD3E", "MS4A1", "LYZ", "NKG7"], ["LYZ", "CD14", "MS4A1", "CD3E"]]
 TYPES = ["B cell", "T cell"]
@@ -167,14 +168,14 @@ def test_cli_builds_with_corpus_and_flags(tmp_path):
     _records(tmp_path)
     out = tmp_path / "m"
     rc = main(["model", "tiny", "-o", str(out), "--corpus", str(tmp_path / "sft"), "--hidden", "32",
-               "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab-size", "400", "--params", str(tmp_path / "none.yaml")])
+               "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab-size", "400", "--params", defaults_params(tmp_path)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (32, 1, 2, 1)
 
 
 def test_cli_rejects_bad_shape(tmp_path, capsys):
-    rc = main(["model", "tiny", "-o", str(tmp_path / "m"), "--hidden", "30", "--params", str(tmp_path / "none.yaml")])
+    rc = main(["model", "tiny", "-o", str(tmp_path / "m"), "--hidden", "30", "--params", defaults_params(tmp_path)])
     assert rc == 2 and not (tmp_path / "m").exists()
     assert "multiple of num_heads" in capsys.readouterr().err
 

@@ -106,7 +106,7 @@ def test_submit_to_an_unreachable_host_says_which(capsys):
 def test_run_needs_local_and_rejects_unknown_parameters(capsys):
     assert main(["pipeline", "run", "--profile", "local"]) == 2
     assert "needs --local" in capsys.readouterr().err
-    assert main(["pipeline", "run", "--local", "--param", "gpus=3", "--params", str(REPO / "params.yaml")]) == 2
+    assert main(["pipeline", "run", "--local", "--param", "gpus=3", "--repo", str(REPO)]) == 2
     assert "unknown pipeline parameter(s) ['gpus']" in capsys.readouterr().err
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import defaults_params
 from tests.llm_server import build_test_model, serve_openai
 
 TOKEN = "test-token-4f1c"
@@ -48,7 +49,7 @@ class Server:
         clean = {k: v for k, v in os.environ.items() if k not in ("CELLO_SERVE_TOKEN", "OPENAI_API_KEY")}
         clean.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})})
         cmd = [sys.executable, "-m", "cello.cli", "serve", "--host", "127.0.0.1", "--http_port", str(self.port),
-               "--params", str(log_dir / "no-params.yaml"), *args]
+               "--params", defaults_params(log_dir), *args]
         self._fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=clean, cwd=REPO)
 

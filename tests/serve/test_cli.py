@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cello.cli import main
+from tests.conftest import defaults_params
 
 
 def test_help(capsys):
@@ -12,7 +13,7 @@ def test_help(capsys):
 
 
 def test_errors_exit_2(tmp_path, capsys):
-    params = str(tmp_path / "none.yaml")
+    params = defaults_params(tmp_path)
     assert main(["serve", "--workers", "2", "--params", params]) == 2
     assert main(["serve", "--params", params]) == 2  # no --model
     assert main(["serve", "--model", str(tmp_path), "--params", params]) == 2  # not a model directory
