@@ -7,12 +7,13 @@ padded batches, padding-free batches, and best-fit packing into rows of 4096 and
 tokens; throughput is real (non-pad) tokens per second. On CPU (sdpa) a packed or
 padding-free row is attended densely under a block-diagonal mask, so its attention costs
 grow with the square of the row length: expect ratios below 1 there, and above 1 on a GPU
-with flash-attn's variable-length kernels. Where CUDA is present, two more figures: a ~0.5B Qwen2-shaped model
-(random weights, built locally) in bf16, tokens/s/GPU; and GRPO seconds per step with a local
-`trl vllm-serve` server (skipped when vllm is not installed).
+with flash-attn's variable-length kernels. Where CUDA is present, more figures: a ~0.5B Qwen2-shaped
+model (random weights, built locally) in bf16, tokens/s/GPU padded, padding-free and packed; and
+GRPO seconds per step with a local vLLM server (skipped when vllm is not installed).
 
     python benchmarks/bench_train.py            # prints ratios, writes benchmarks/results/bench_train.json
     python benchmarks/bench_train.py --records 400
+    python benchmarks/bench_train.py --gpu-only --out gpu.json     # what scripts/gpu_check.sh runs
 """
 
 from __future__ import annotations
@@ -114,16 +115,28 @@ def build_half_b_model(root: Path, tokenizer_dir: Path) -> Path:
 
 
 def bench_gpu(root: Path, n_records: int) -> dict:
+    """~0.5B bf16 SFT tokens/s/GPU padded, padding-free and packed (flash-attn when it imports,
+    else sdpa); GRPO s/step with a vLLM server when vllm is installed."""
     import torch
 
     from cello.errors import is_available
 
-    res: dict = {"device": torch.cuda.get_device_name(0)}
+    res: dict = {"device": torch.cuda.get_device_name(0), "flash_attn": is_available("flash_attn"), "modes": {}}
     model = build_half_b_model(root, root / "tiny")
-    tokens = real_tokens(model, make_records(n_records))
-    runtime = sft_tokens_per_s(model, root / "sft", root / "gpu-sft", mode="packing", batch=8, precision="bf16")
-    res["sft_0.5b_bf16_tokens_per_s_per_gpu"] = round(tokens / runtime, 1)
-    print(f"  0.5B bf16 SFT (packing): {tokens / runtime:.0f} tokens/s/GPU")
+    records = make_records(n_records)
+    data = root / "gpu-data"
+    data.mkdir(exist_ok=True)
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    tokens = real_tokens(model, records)
+    sft_tokens_per_s(model, data, root / "gpu-warmup", mode="padded", batch=8, precision="bf16")  # kernels, caches
+    for mode in ("padded", "padding_free", "packing"):
+        runtime = sft_tokens_per_s(model, data, root / f"gpu-{mode}", mode=mode, batch=8, precision="bf16")
+        res["modes"][mode] = {"seconds": round(runtime, 2), "tokens_per_s_per_gpu": round(tokens / runtime, 1)}
+        print(f"  0.5B bf16 SFT {mode:13s} {runtime:7.1f} s  {tokens / runtime:10.0f} tokens/s/GPU")
+    padded = res["modes"]["padded"]["tokens_per_s_per_gpu"]
+    for mode in ("padding_free", "packing"):
+        res[f"ratio_{mode}_vs_padded"] = round(res["modes"][mode]["tokens_per_s_per_gpu"] / padded, 2)
+    res["sft_0.5b_bf16_tokens_per_s_per_gpu"] = max(m["tokens_per_s_per_gpu"] for m in res["modes"].values())
     if not is_available("vllm"):
         res["grpo_vllm"] = "skipped: vllm not installed"
         print("  GRPO with vLLM server: skipped (vllm not installed)")
@@ -162,8 +175,10 @@ def bench_grpo_vllm(root: Path, model: Path, steps: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=160, help="SFT records per mode (CPU part).")
-    ap.add_argument("--batch", type=int, default=8, help="Sequences per batch.")
+    ap.add_argument("--records", type=int, default=160, help="SFT records per mode.")
+    ap.add_argument("--batch", type=int, default=8, help="Sequences per batch (CPU part).")
+    ap.add_argument("--gpu-only", action="store_true", help="Only the GPU part (scripts/gpu_check.sh).")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON to write.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -171,21 +186,26 @@ def main() -> None:
     result = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = Path(tmp)
-        print(f"SFT on the tiny model, {args.records} records of mixed length, batch {args.batch}:")
-        result["cpu_tiny"] = bench_cpu_modes(root, args.records, args.batch)
-        cpu = result["cpu_tiny"]
-        print(f"  padding-free / padded: {cpu['ratio_padding_free_vs_padded']}x, packing (4096) / padded: "
-              f"{cpu['ratio_packing_vs_padded']}x, packing (1024) / padded: {cpu['ratio_packing_1024_vs_padded']}x")
-        if not torch.cuda.is_available():
-            print("  (sdpa computes a packed row's attention densely under a block mask: packing pays off with flash-attn varlen on GPU)")
+        if args.gpu_only:
+            from cello.llm.tiny import build_tiny_model
+
+            build_tiny_model(root / "tiny", corpus=[m["content"] for r in make_records(200) for m in r["messages"]])
+        else:
+            print(f"SFT on the tiny model, {args.records} records of mixed length, batch {args.batch}:")
+            result["cpu_tiny"] = bench_cpu_modes(root, args.records, args.batch)
+            cpu = result["cpu_tiny"]
+            print(f"  padding-free / padded: {cpu['ratio_padding_free_vs_padded']}x, packing (4096) / padded: "
+                  f"{cpu['ratio_packing_vs_padded']}x, packing (1024) / padded: {cpu['ratio_packing_1024_vs_padded']}x")
+            if not torch.cuda.is_available():
+                print("  (sdpa computes a packed row's attention densely under a block mask: packing pays off with flash-attn varlen on GPU)")
         if torch.cuda.is_available():
             result["gpu"] = bench_gpu(root, args.records)
         else:
             result["gpu"] = "skipped: no CUDA device"
-            print("GPU part (0.5B bf16 SFT tokens/s/GPU, GRPO s/step with vLLM server): skipped, no CUDA device")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {RESULTS}")
+            print("GPU part (0.5B bf16 SFT tokens/s/GPU padded / padding-free / packed, GRPO s/step with vLLM): skipped, no CUDA device")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":
