@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# (module in cello.commands, sub-command name). A module may be absent while a stage is built.
+# (module in cello.commands, sub-command name). Every module must import: a broken one is an
+# error here, not a sub-command that silently disappears.
 _GROUPS = [
     ("data", "data"),
     ("baseline", "baseline"),
@@ -41,12 +42,7 @@ _GROUPS = [
 ]
 
 for _module, _name in _GROUPS:
-    try:
-        _mod = importlib.import_module(f"cello.commands.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"cello.commands.{_module}":
-            raise
-        continue
+    _mod = importlib.import_module(f"cello.commands.{_module}")
     if isinstance(getattr(_mod, "app", None), typer.Typer):
         app.add_typer(_mod.app, name=_name)
     else:  # a single command (e.g. `cello serve`)
