@@ -4,7 +4,8 @@ Each takes the run folder, reads its resolved params, writes under `<run>/models
 and returns the output's URI (a path on the shared volume). `backend` says where the work
 happens:
 
-- "local": in this process, or under torchrun when `gpus_per_node` > 1 (one node, its GPUs);
+- "local": here, in a child process (under torchrun when the step has several GPUs: `step_gpus`),
+  which gives the memory back when the stage ends;
 - "kubernetes": a training job on the cluster's GPU nodes (`cello.k8s`), which this step
   launches, streams the logs of and waits for; the step fails when the job fails.
 
@@ -43,8 +44,8 @@ def command(stage: str, *args: str, run: Run) -> list[str]:
 
 def execute(stage: str, args: list[str], *, run: Run, backend: str, num_nodes: int = 1, gpus_per_node: int = 0,
             step_gpus: int = 0) -> None:
-    """Run `cello <args>` where `backend` says: here (under torchrun over this pod's `step_gpus`
-    when there are several) or as a job of `num_nodes` x `gpus_per_node` on the cluster."""
+    """Run `cello <args>` where `backend` says: here (a child process; torchrun over this pod's
+    `step_gpus` when there are several) or as a job of `num_nodes` x `gpus_per_node` on the cluster."""
     if check_backend(backend) == "kubernetes":
         from cello.pipeline.cluster import run_job
 
@@ -53,16 +54,10 @@ def execute(stage: str, args: list[str], *, run: Run, backend: str, num_nodes: i
     if num_nodes > 1:
         msg = f"{stage}: num_nodes={num_nodes} needs backend 'kubernetes'; the local backend runs on this node only."
         raise ConfigError(msg)
-    if step_gpus > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={step_gpus}",
-               "-m", "cello.cli", *args]
-        log.info("$ %s", " ".join(cmd))
-        code = subprocess.run(cmd, check=False).returncode
-    else:
-        from cello.cli import main
-
-        log.info("$ cello %s", " ".join(args))
-        code = main(args)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={step_gpus}"] if step_gpus > 1 else []
+    cmd = [sys.executable, *launcher, "-m", "cello.cli", *args]
+    log.info("$ %s", " ".join(cmd))
+    code = subprocess.run(cmd, check=False).returncode
     if code != 0:
         msg = f"{stage}: `cello {' '.join(args[:2])}` exited with {code}; its log is above."
         raise InputError(msg)
