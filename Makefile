@@ -2,6 +2,7 @@
 #   make demo     set up, then run the whole recipe on the bundled PBMC data (scripts/demo.sh)
 #   make test     set up, then run the test suite
 #   make bench    set up, then run the benchmarks (prints ratios, writes benchmarks/results/*.json)
+#   make images   build the container images (docker, else podman): scripts/build-images.sh
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -12,7 +13,7 @@ TORCH_CPU := torch==2.13.0
 EXTRAS := data,train,serve,pipeline,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint images clean
 
 install: $(STAMP)
 
@@ -42,6 +43,14 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check cello tests benchmarks
+
+# The images of images/<name>/Dockerfile, tagged as cello.k8s.images names them. Settings go on
+# the command line or in the environment: make images IMAGES=cello ENGINE=podman PUSH=1
+# (ENGINE, BASE_IMAGE, TORCH_INDEX_URL, PUSH, CELLO_IMAGE_REGISTRY: see the script's header).
+# Needs no venv; cello-train is skipped, said so, where its CUDA base cannot be pulled.
+IMAGES ?= cello cello-serve cello-train
+images:
+	bash scripts/build-images.sh $(IMAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
