@@ -34,6 +34,8 @@ GPU_IMAGES=" cello-train "          # built on a CUDA base from a registry, neve
 DEFAULT_BASE=python:3.11-slim-bookworm
 LOCAL_BASE=localhost/debian-python3:bookworm
 
+TEMP=()                              # removed on exit, whatever happens
+trap 'rm -rf "${TEMP[@]}"' EXIT
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 run() {  # print (quoted as a shell would need), then run unless DRY_RUN=1
@@ -72,13 +74,13 @@ containers_conf() {
   if command -v runc >/dev/null; then printf '[engine]\nruntime = "runc"\n'; fi
 }
 
-CONF=""
 podman_conf() {
   [ "$ENGINE" = podman ] && [ -z "${CONTAINERS_CONF:-}" ] || return 0
-  CONF=$(mktemp "${TMPDIR:-/tmp}/cello-containers.XXXXXX")
-  trap 'rm -f "$CONF"' EXIT
-  containers_conf >"$CONF"
-  export CONTAINERS_CONF=$CONF
+  local conf
+  conf=$(mktemp "${TMPDIR:-/tmp}/cello-containers.XXXXXX")
+  TEMP+=("$conf")
+  containers_conf >"$conf"
+  export CONTAINERS_CONF=$conf
 }
 
 have_image() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
@@ -112,10 +114,10 @@ local_base() {
   mirror=$(debian_mirror)
   mirror=${mirror:-http://deb.debian.org/debian}
   rootfs=$(mktemp -d "${TMPDIR:-/tmp}/cello-rootfs.XXXXXX")
+  TEMP+=("$rootfs")
   say "no registry: making $LOCAL_BASE with debootstrap from $mirror (about a minute)"
   run debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror"
   run rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
-  # shellcheck disable=SC2016  # $PATH stays literal
   printf '+ tar -C %s -c . | %s import ... - %s\n' "$rootfs" "$ENGINE" "$LOCAL_BASE" >&2
   if [ "${DRY_RUN:-0}" != 1 ]; then
     tar -C "$rootfs" -c . | "$ENGINE" import \
@@ -221,7 +223,11 @@ main() {
   declare -A REF
   while read -r name ref; do REF[$name]=$ref; done < <(refs)
   for name in "${names[@]}"; do
-    [ -f "images/$name/Dockerfile" ] || die "no images/$name/Dockerfile (images: $(ls images | tr '\n' ' '))."
+    if [ ! -f "images/$name/Dockerfile" ]; then
+      local known=(images/*/Dockerfile)
+      known=("${known[@]#images/}")
+      die "no images/$name/Dockerfile (images: ${known[*]%/Dockerfile})."
+    fi
     [ -n "${REF[$name]:-}" ] || die "images/$name is not named in cello/k8s/images.py: add its key there."
   done
 
