@@ -3,6 +3,7 @@
 #   make test     set up, then run the test suite
 #   make pipeline compile pipelines/cello.yaml and draw pipelines/cello-dag.png (both committed)
 #   make bench    set up, then run the benchmarks (prints ratios, writes benchmarks/results/*.json)
+#   make images   build the container images (docker, else podman): scripts/build-images.sh
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -13,7 +14,7 @@ TORCH_CPU := torch==2.13.0
 EXTRAS := data,train,serve,pipeline,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint pipeline clean
+.PHONY: install demo test test-fast bench lint pipeline images clean
 
 install: $(STAMP)
 
@@ -49,6 +50,14 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check cello components pipelines tests benchmarks scripts
+
+# The images of images/<name>/Dockerfile, tagged as cello.k8s.images names them. Settings go on
+# the command line or in the environment: make images IMAGES=cello ENGINE=podman PUSH=1
+# (ENGINE, BASE_IMAGE, TORCH_INDEX_URL, PUSH, CELLO_IMAGE_REGISTRY: see the script's header).
+# Needs no venv; cello-train is skipped, said so, where its CUDA base cannot be pulled.
+IMAGES ?= cello cello-serve cello-train
+images:
+	bash scripts/build-images.sh $(IMAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -250,5 +250,7 @@ def build_tiny_model(
         tmp.chmod(0o755)  # a temp dir is private; a model dir is read by servers and other users
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():  # safetensors writes 0600: a non-root server could not read it
+            f.chmod(0o644)
     log.info("tiny model: %d parameters, vocab %d, %d corpus texts -> %s", n_params, len(tokenizer), len(texts), out_dir)
     return Path(out_dir)
