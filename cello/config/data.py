@@ -71,7 +71,7 @@ class SplitConfig(Section):
     max_test: int | None = Field(1000, ge=1, description="Cap on the test size; null: no cap.")
     by: Literal["cell", "donor"] = Field(
         "cell",
-        description="Leakage unit kept out of train: a cell, or a whole donor.",
+        description="Leakage unit kept out of train: 'cell' (no cell in both splits) or 'donor' (no donor in both).",
     )
     seed: int = Field(0, description="Seed of the split.")
 

@@ -55,7 +55,7 @@ class ServeConfig(Section):
     )
     auth_token_file: str | None = Field(
         None,
-        description="File holding the bearer token (a mounted Secret); wins over the env var.",
+        description="File holding the bearer token (a mounted Secret); wins over the env var (auth_token_env).",
     )
 
     @model_validator(mode="after")
