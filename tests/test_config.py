@@ -81,3 +81,14 @@ def test_the_prompt_section_refuses_unknown_keys(tmp_path):
     path.write_text(yaml.safe_dump({"prompt": {"instructions": "typo"}}))
     with pytest.raises(ConfigError, match="prompt.instructions: Extra inputs are not permitted"):
         load_params(path)
+
+
+def test_profiles_hold_settings_not_paths():
+    # the local profile used to name runs/demo/tiny and runs/demo/sft-merged; models are passed
+    # with --model (the pipeline always passes them)
+    from tests.conftest import REPO
+
+    profiles = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]
+    for name, profile in profiles.items():
+        for stage, section in (profile.get("train") or {}).items():
+            assert "model" not in section, f"profiles.{name}.train.{stage}.model: pass --model instead"
