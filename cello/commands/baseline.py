@@ -10,19 +10,21 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import BaselineConfig, load_params, override
 
-app = typer.Typer(help="Non-LLM baselines: fit the marker-gene solver, predict and score a split.", no_args_is_help=True)
+app = typer.Typer(
+    help="Non-LLM baselines: fit the marker-gene solver, predict and score a split.", no_args_is_help=True
+)
 
 
 @app.command("fit")
 def fit(
     train: Path = typer.Argument(..., help="Train puzzles (.parquet from `cello data split`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output baseline.json."),
-    alpha: float | None = typer.Option(None, help="Smoothing of the gene-type frequencies [0.1]."),
-    rank_weighting: str | None = typer.Option(None, help="log | linear | uniform [log]."),
-    top_k: int | None = typer.Option(None, help="Genes per cell used [all]."),
+    alpha: float | None = option(BaselineConfig, "alpha"),
+    rank_weighting: str | None = option(BaselineConfig, "rank_weighting"),
+    top_k: int | None = option(BaselineConfig, "top_k"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:

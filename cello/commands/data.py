@@ -14,26 +14,33 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import NONE_NOTE, PARAMS, PROFILE, option
+from cello.config import CellsConfig, PuzzlesConfig, SplitConfig, load_params, override
 
 app = typer.Typer(help="Build CellPuzzles data from .h5ad files.", no_args_is_help=True)
 
 
 @app.command("cells")
 def cells(
-    inputs: list[str] = typer.Argument(None, help=".h5ad files, directories (searched recursively), or builtin:pbmc68k. Default: data.inputs in params."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output cells.parquet, or a directory (no .parquet suffix) with one part per input."),
-    cell_type_key: str | None = typer.Option(None, help="obs column with the cell type [cell_type]."),
-    donor_key: str | None = typer.Option(None, help="obs column with the donor [donor_id]; 'none': one donor per file."),
-    batch_key: str | None = typer.Option(None, help="obs column with the batch [none]."),
-    gene_symbols: str | None = typer.Option(None, help="var column with symbols ['auto'; 'none': var_names]."),
-    matrix: str | None = typer.Option(None, help="'X', 'raw' or a layer name [X]."),
-    top_n: int | None = typer.Option(None, help="Genes per cell [50]."),
-    keep_suspension: str | None = typer.Option(None, help="Keep this suspension_type ['cell'; 'none': all]."),
-    max_cells: int | None = typer.Option(None, help="Seeded subsample per file [all]."),
-    extra_context: list[str] | None = typer.Option(None, "--extra-context", help="More obs fields for the donor sentence."),
-    workers: int | None = typer.Option(None, help="Files processed in parallel [2]."),
+    inputs: list[str] = typer.Argument(
+        None,
+        help=".h5ad files, directories (searched recursively), or builtin:pbmc68k. Default: data.inputs in params.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output cells.parquet, or a directory (no .parquet suffix) with one part per input.",
+    ),
+    cell_type_key: str | None = option(CellsConfig, "cell_type_key"),
+    donor_key: str | None = option(CellsConfig, "donor_key", note=NONE_NOTE),
+    batch_key: str | None = option(CellsConfig, "batch_key", note=NONE_NOTE),
+    gene_symbols: str | None = option(CellsConfig, "gene_symbols", note=NONE_NOTE),
+    matrix: str | None = option(CellsConfig, "matrix"),
+    top_n: int | None = option(CellsConfig, "top_n"),
+    keep_suspension: str | None = option(CellsConfig, "keep_suspension", note=NONE_NOTE),
+    max_cells: int | None = option(CellsConfig, "max_cells"),
+    extra_context: list[str] | None = option(
+        CellsConfig, "extra_context_fields", "--extra-context", note="Repeatable."
+    ),
+    workers: int | None = option(CellsConfig, "workers"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
@@ -55,10 +62,10 @@ def cells(
 def puzzles(
     cells_path: Path = typer.Argument(..., help="cells.parquet, or a directory of parts, from `cello data cells`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
-    min_n: int | None = typer.Option(None, help="Smallest N [8]."),
-    max_n: int | None = typer.Option(None, help="Largest N [15]."),
-    per_n: int | None = typer.Option(None, help="Puzzles per N per dataset [40]."),
-    seed: int | None = typer.Option(None, help="Random seed [0]."),
+    min_n: int | None = option(PuzzlesConfig, "min_n"),
+    max_n: int | None = option(PuzzlesConfig, "max_n"),
+    per_n: int | None = option(PuzzlesConfig, "per_n"),
+    seed: int | None = option(PuzzlesConfig, "seed"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
@@ -75,10 +82,10 @@ def puzzles(
 def split(
     puzzles_path: Path = typer.Argument(..., help="puzzles.parquet from `cello data puzzles`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.parquet, test.parquet, summary.json)."),
-    by: str | None = typer.Option(None, help="Keep no 'cell' (default) or no 'donor' in both splits."),
-    test_fraction: float | None = typer.Option(None, help="Share of puzzles per N in test [0.1]."),
-    max_test: int | None = typer.Option(None, help="Cap on test size [1000]."),
-    seed: int | None = typer.Option(None, help="Random seed [0]."),
+    by: str | None = option(SplitConfig, "by"),
+    test_fraction: float | None = option(SplitConfig, "test_fraction"),
+    max_test: int | None = option(SplitConfig, "max_test"),
+    seed: int | None = option(SplitConfig, "seed"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:

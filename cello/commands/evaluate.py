@@ -17,8 +17,15 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import (
+    BackendConfig,
+    EvalConfig,
+    GateConfig,
+    SamplingParams,
+    load_params,
+    override,
+)
 
 
 class _RunByDefault(TyperGroup):
@@ -32,22 +39,36 @@ class _RunByDefault(TyperGroup):
 
 app = typer.Typer(
     cls=_RunByDefault,
-    help="Evaluate models and baselines, gate a candidate, plot runs. `cello eval SPLIT --model M -o DIR` = `cello eval run ...`.",
+    help="Evaluate models and baselines, gate a candidate, plot runs. "
+         "`cello eval SPLIT --model M -o DIR` = `cello eval run ...`.",
     no_args_is_help=True,
 )
 
-# Options as module-level singletons (ruff B008). Defaults in parentheses, not [brackets]: rich reads those as markup.
-_SPLIT = typer.Argument(..., help="Eval split: eval records (.jsonl), a puzzles split (.parquet), or a directory with test.jsonl/test.parquet.")
-_OUT = typer.Option(..., "--out", "-o", help="Run directory: predictions.jsonl, metrics.json, report.md, accuracy_by_n.png.")
-_MODEL = typer.Option(None, "--model", "-m", help="Backend spec: model DIR (transformers), http(s)://HOST/v1 or openai:NAME@URL, vllm:DIR.")
-_BASELINE = typer.Option(None, "--baseline", help="Evaluate a baseline instead: baseline.json (`cello baseline fit`) or 'chance'.")
+# Options as module-level singletons (ruff B008). Defaults in parentheses, not [brackets]: rich
+# reads those as markup.
+# Options that set a config field take their help and shown default from it (`option`).
+_SPLIT = typer.Argument(
+    ...,
+    help="Eval split: eval records (.jsonl), a puzzles split (.parquet), or a directory with "
+         "test.jsonl/test.parquet.",
+)
+_OUT = typer.Option(
+    ..., "--out", "-o", help="Run directory: predictions.jsonl, metrics.json, report.md, accuracy_by_n.png.",
+)
+_MODEL = typer.Option(
+    None, "--model", "-m",
+    help="Backend spec: model DIR (transformers), http(s)://HOST/v1 or openai:NAME@URL, vllm:DIR.",
+)
+_BASELINE = typer.Option(
+    None, "--baseline", help="Evaluate a baseline instead: baseline.json (`cello baseline fit`) or 'chance'.",
+)
 _NAME = typer.Option(None, "--name", help="Model name in metrics, report and plot (default: dir name / served model).")
-_MAX_NEW = typer.Option(None, "--max-new-tokens", help="Most tokens per completion (default: generation.sampling).")
-_TEMP = typer.Option(None, "--temperature", help="0 = greedy (default: generation.sampling).")
-_BATCH = typer.Option(None, "--batch-size", help="transformers: conversations per forward pass (default: generation.backend).")
-_CONC = typer.Option(None, "--concurrency", help="HTTP: requests in flight (default: generation.backend).")
-_CHUNK = typer.Option(None, "--chunk-size", help="Puzzles per append to predictions.jsonl (default: eval.chunk_size: per backend).")
-_LIMIT = typer.Option(None, "--limit", help="Only the first K puzzles, for quick runs (default: eval.limit).")
+_MAX_NEW = option(SamplingParams, "max_new_tokens", "--max-new-tokens")
+_TEMP = option(SamplingParams, "temperature", "--temperature")
+_BATCH = option(BackendConfig, "batch_size", "--batch-size")
+_CONC = option(BackendConfig, "concurrency", "--concurrency")
+_CHUNK = option(EvalConfig, "chunk_size", "--chunk-size")
+_LIMIT = option(EvalConfig, "limit", "--limit")
 _COMPARE = typer.Option(None, "--compare", help="Another run's metrics.json, added to the plot and report. Repeatable.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Discard predictions.jsonl in OUT instead of resuming from it.")
 _NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
@@ -88,15 +109,25 @@ def run(
 
 _CAND = typer.Option(..., "--candidate", help="The candidate's metrics.json.")
 _INC = typer.Option(None, "--incumbent", help="The deployed model's metrics.json; omit for a first deployment.")
-_BASE = typer.Option(None, "--baseline", help="The marker baseline's metrics.json (`cello eval --baseline baseline.json`).")
-_CAND_PRED = typer.Option(None, "--candidate-predictions", help="The candidate's predictions.jsonl (default: next to its metrics.json).")
-_INC_PRED = typer.Option(None, "--incumbent-predictions", help="The incumbent's predictions.jsonl (default: next to its metrics.json).")
-_DECISION = typer.Option(None, "--out", "-o", help="decision.json to write (default: decision.json next to the candidate's metrics).")
-_METRIC = typer.Option(None, "--metric", help="batch_accuracy | cell_accuracy | repaired_batch_accuracy | repaired_cell_accuracy (default: gate.metric).")
-_MIN_ACC = typer.Option(None, "--min-accuracy", help="Rule 1 floor (default: gate.min_accuracy).")
-_TOL = typer.Option(None, "--tolerance", help="Rule 2: allowed drop below the incumbent (default: gate.regression_tolerance).")
-_MARGIN = typer.Option(None, "--baseline-margin", help="Rule 3: margin over the baseline (default: gate.baseline_margin).")
-_FAIL = typer.Option(False, "--fail-on-reject", help="Exit 1 when the candidate is rejected (CI); default: exit 0 either way.")
+_BASE = typer.Option(
+    None, "--baseline", help="The marker baseline's metrics.json (`cello eval --baseline baseline.json`).",
+)
+_CAND_PRED = typer.Option(
+    None, "--candidate-predictions", help="The candidate's predictions.jsonl (default: next to its metrics.json).",
+)
+_INC_PRED = typer.Option(
+    None, "--incumbent-predictions", help="The incumbent's predictions.jsonl (default: next to its metrics.json).",
+)
+_DECISION = typer.Option(
+    None, "--out", "-o", help="decision.json to write (default: decision.json next to the candidate's metrics).",
+)
+_METRIC = option(GateConfig, "metric", "--metric")
+_MIN_ACC = option(GateConfig, "min_accuracy", "--min-accuracy")
+_TOL = option(GateConfig, "regression_tolerance", "--tolerance")
+_MARGIN = option(GateConfig, "baseline_margin", "--baseline-margin")
+_FAIL = typer.Option(
+    False, "--fail-on-reject", help="Exit 1 when the candidate is rejected (CI); default: exit 0 either way.",
+)
 
 
 @app.command("gate")
@@ -119,7 +150,8 @@ def gate(
     from cello.gate import gate as decide
 
     p = load_params(params, profile=profile)
-    cfg = override(p.gate, metric=metric, min_accuracy=min_accuracy, regression_tolerance=tolerance, baseline_margin=baseline_margin)
+    cfg = override(p.gate, metric=metric, min_accuracy=min_accuracy, regression_tolerance=tolerance,
+                   baseline_margin=baseline_margin)
     out = out or candidate.parent / "decision.json"
     decision = decide(candidate, incumbent=incumbent, baseline=baseline, candidate_predictions=candidate_predictions,
                       incumbent_predictions=incumbent_predictions, cfg=cfg, out=out)
@@ -135,7 +167,9 @@ _TITLE = typer.Option(None, "--title", help="Figure title.")
 
 
 @app.command("plot")
-def plot(metrics: list[Path] = _RUNS, out: Path = _PLOT, label: list[str] | None = _LABELS, title: str | None = _TITLE) -> None:
+def plot(
+    metrics: list[Path] = _RUNS, out: Path = _PLOT, label: list[str] | None = _LABELS, title: str | None = _TITLE,
+) -> None:
     """Plot cell and batch accuracy by N for several runs (with bootstrap bands and chance)."""
     from cello.errors import ConfigError
     from cello.report import load_metrics, model_label, plot_accuracy_by_n

@@ -5,8 +5,10 @@
     cello k8s render isvc s3://models/cello-7b --validate path/to/crds   # check against the CRDs
     cello k8s render runtime -o runtime.yaml
     cello k8s render trainjob --run-id r1 --nodes 2 -- train sft /mnt/cello/data/records/sft -o /mnt/cello/runs/r1/sft
-    cello k8s render pytorchjob --run-id r1 --stage merge -- train merge /mnt/cello/runs/r1/sft -o /mnt/cello/runs/r1/merged
-    cello k8s render grpo --run-id r1 --model /mnt/cello/runs/r1/merged -- train grpo /mnt/cello/data/records/grpo -o /mnt/cello/runs/r1/grpo
+    cello k8s render pytorchjob --run-id r1 --stage merge -- \\
+        train merge /mnt/cello/runs/r1/sft -o /mnt/cello/runs/r1/merged
+    cello k8s render grpo --run-id r1 --model /mnt/cello/runs/r1/merged -- \\
+        train grpo /mnt/cello/data/records/grpo -o /mnt/cello/runs/r1/grpo
 """
 
 from __future__ import annotations
@@ -15,20 +17,26 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import ClusterConfig, DeployConfig, load_params, override
 
-app = typer.Typer(help="Render Kubernetes objects (InferenceService, ServingRuntime, TrainJob, PyTorchJob, GRPO).", no_args_is_help=True)
+app = typer.Typer(
+    help="Render Kubernetes objects (InferenceService, ServingRuntime, TrainJob, PyTorchJob, GRPO).",
+    no_args_is_help=True,
+)
 render = typer.Typer(help="Render one object as YAML (stdout, or --out).", no_args_is_help=True)
 app.add_typer(render, name="render")
 
-OUT = typer.Option(None, "--out", "-o", help="Output YAML file [stdout].")
-VALIDATE = typer.Option(None, "--validate", help="Folder of CRD YAML files to validate against before writing (core kinds: the Kubernetes schema, strict).")
+OUT = typer.Option(None, "--out", "-o", help="Output YAML file (default: stdout).")
+VALIDATE = typer.Option(
+    None, "--validate",
+    help="Folder of CRD YAML files to validate against before writing (core kinds: the Kubernetes schema, strict).",
+)
 COMMAND = typer.Argument(..., help="The `cello` sub-command the job runs, after --, e.g. -- train sft DATA -o OUT.")
 RUN_ID = typer.Option(..., "--run-id", help="Run id (names and labels every object; a KFP run id).")
-NODES = typer.Option(None, "--nodes", help="Nodes of the training job [cluster.num_nodes].")
-GPUS = typer.Option(None, "--gpus", help="GPUs per node [cluster.gpus_per_node].")
-IMAGE = typer.Option(None, "--image", help="Container image [the cello-train image].")
+NODES = option(ClusterConfig, "num_nodes", "--nodes")
+GPUS = option(ClusterConfig, "gpus_per_node", "--gpus")
+IMAGE = typer.Option(None, "--image", help="Container image (default: the cello-train image).")
 ENV = typer.Option(None, "--env", help="KEY=VALUE for the trainer's environment, repeatable.")
 
 
@@ -51,20 +59,22 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str] | None:
 def isvc(
     model_uri: str = typer.Argument(..., help="Checkpoint URI: s3://bucket/path or pvc://claim/path."),
     out: Path | None = OUT,
-    name: str | None = typer.Option(None, help="InferenceService name [cello]."),
-    namespace: str | None = typer.Option(None, help="Namespace [cello]."),
-    mode: str | None = typer.Option(None, "--mode", help="Deployment mode: Standard | Knative [Standard]."),
-    runtime: str | None = typer.Option(None, help="ServingRuntime to pin (e.g. cello-vllm) [auto-select]."),
-    served_model_name: str | None = typer.Option(None, help="Model name the predictor serves [cello]."),
-    dtype: str | None = typer.Option(None, help="auto | float16 | bfloat16 | float32 [bfloat16]."),
-    max_model_len: int | None = typer.Option(None, help="vLLM --max-model-len [8192]."),
-    tensor_parallel_size: int | None = typer.Option(None, help="vLLM --tensor-parallel-size [1]."),
-    gpus: int | None = typer.Option(None, help="GPUs per predictor replica [1]."),
-    node_selector: list[str] | None = typer.Option(None, "--node-selector", help="KEY=VALUE, repeatable."),
+    name: str | None = option(DeployConfig, "name"),
+    namespace: str | None = option(DeployConfig, "namespace"),
+    mode: str | None = option(DeployConfig, "deployment_mode", "--mode"),
+    runtime: str | None = option(DeployConfig, "runtime"),
+    served_model_name: str | None = option(DeployConfig, "served_model_name"),
+    dtype: str | None = option(DeployConfig, "dtype"),
+    max_model_len: int | None = option(DeployConfig, "max_model_len"),
+    tensor_parallel_size: int | None = option(DeployConfig, "tensor_parallel_size"),
+    gpus: int | None = option(DeployConfig, "gpus"),
+    node_selector: list[str] | None = option(
+        DeployConfig, "node_selector", "--node-selector", note="KEY=VALUE, repeatable."
+    ),
     canary_uri: str | None = typer.Option(None, help="New model for a Standard-mode canary (model_uri stays stable)."),
-    canary_percent: int | None = typer.Option(None, help="Traffic share of the new model, 0-100."),
-    transformer: bool | None = typer.Option(None, "--transformer/--no-transformer", help="Put `cello serve` in front [yes]."),
-    auth: bool | None = typer.Option(None, "--auth/--no-auth", help="Add the auth annotation [yes]."),
+    canary_percent: int | None = option(DeployConfig, "canary_traffic_percent", "--canary-percent"),
+    transformer: bool | None = option(DeployConfig, "transformer", "--transformer/--no-transformer"),
+    auth: bool | None = option(DeployConfig, "auth", "--auth/--no-auth"),
     validate: Path | None = VALIDATE,
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
@@ -87,8 +97,8 @@ def isvc(
 @render.command("runtime")
 def runtime(
     out: Path | None = OUT,
-    name: str | None = typer.Option(None, help="ServingRuntime name [cello-vllm]."),
-    namespace: str | None = typer.Option(None, help="Namespace [cello]."),
+    name: str | None = option(DeployConfig, "runtime_name", "--name"),
+    namespace: str | None = option(DeployConfig, "namespace"),
     validate: Path | None = VALIDATE,
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
@@ -122,16 +132,22 @@ def _training_command(api: str, doc: str):
         from cello.k8s.launch import render_job
         from cello.k8s.manifests import emit
 
-        cfg = override(load_params(params, profile=profile).cluster, training_api=api, num_nodes=nodes, gpus_per_node=gpus)
-        obj = render_job(training_spec(command, stage=stage, run_id=run_id, cfg=cfg, image=image, env=_pairs(env, "--env")), cfg)
+        cfg = override(load_params(params, profile=profile).cluster, training_api=api, num_nodes=nodes,
+                       gpus_per_node=gpus)
+        spec = training_spec(command, stage=stage, run_id=run_id, cfg=cfg, image=image, env=_pairs(env, "--env"))
+        obj = render_job(spec, cfg)
         _report(emit([obj], out, validate), out, obj["kind"], obj["metadata"]["name"], validate)
 
     command.__doc__ = doc
     return command
 
 
-render.command("trainjob")(_training_command("trainjob", "Render a stage as a Kubeflow Trainer TrainJob (torchrun on the cello-torch runtime)."))
-render.command("pytorchjob")(_training_command("pytorchjob", "Render a stage as a Training Operator v1 PyTorchJob (kubeflow.org/v1)."))
+render.command("trainjob")(_training_command(
+    "trainjob", "Render a stage as a Kubeflow Trainer TrainJob (torchrun on the cello-torch runtime)."
+))
+render.command("pytorchjob")(_training_command(
+    "pytorchjob", "Render a stage as a Training Operator v1 PyTorchJob (kubeflow.org/v1)."
+))
 
 
 @render.command("grpo")
@@ -141,7 +157,7 @@ def grpo(
     model: str = typer.Option(..., "--model", help="Starting policy on the shared volume (what vLLM serves)."),
     nodes: int | None = NODES,
     gpus: int | None = GPUS,
-    api: str | None = typer.Option(None, "--api", help="Trainer of multi-node GRPO: trainjob | pytorchjob [cluster.training_api]."),
+    api: str | None = option(ClusterConfig, "training_api", "--api", note="The trainer of multi-node GRPO."),
     image: str | None = IMAGE,
     env: list[str] | None = ENV,
     out: Path | None = OUT,

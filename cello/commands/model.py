@@ -10,25 +10,27 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import TinyModelConfig, load_params, override
 
 app = typer.Typer(help="Build model directories locally (no hub needed).", no_args_is_help=True)
 
 
-# Options as module-level singletons (ruff B008); "[x]" in a help text is the built-in default.
+# Options as module-level singletons (ruff B008); those that set a config field take their
+# help and shown default from it (`option`).
 _OUT = typer.Option(..., "--out", "-o", help="Output directory (a Hugging Face model dir).")
 _CORPUS = typer.Option(
     None, "--corpus",
-    help="Tokenizer corpus: export records (.jsonl), puzzles.parquet, or a directory of them. Repeatable. Default: built-in puzzle-like text.",
+    help="Tokenizer corpus: export records (.jsonl), puzzles.parquet, or a directory of them. Repeatable. "
+         "Default: built-in puzzle-like text.",
 )
-_HIDDEN = typer.Option(None, "--hidden", help="Hidden size [64].")
-_LAYERS = typer.Option(None, "--layers", help="Decoder layers [2].")
-_HEADS = typer.Option(None, "--heads", help="Attention heads [4].")
-_KV_HEADS = typer.Option(None, "--kv-heads", help="Key/value heads [2].")
-_INTERMEDIATE = typer.Option(None, "--intermediate", help="MLP width [128].")
-_VOCAB = typer.Option(None, "--vocab-size", help="BPE vocabulary size [2048].")
-_SEED = typer.Option(None, "--seed", help="Seed for weights and built-in corpus [0].")
+_HIDDEN = option(TinyModelConfig, "hidden_size", "--hidden")
+_LAYERS = option(TinyModelConfig, "num_layers", "--layers")
+_HEADS = option(TinyModelConfig, "num_heads", "--heads")
+_KV_HEADS = option(TinyModelConfig, "num_kv_heads", "--kv-heads")
+_INTERMEDIATE = option(TinyModelConfig, "intermediate_size", "--intermediate")
+_VOCAB = option(TinyModelConfig, "vocab_size", "--vocab-size")
+_SEED = option(TinyModelConfig, "seed", "--seed")
 
 
 @app.command("tiny")

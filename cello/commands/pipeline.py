@@ -15,12 +15,15 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import ClusterConfig
 
 app = typer.Typer(help="The Kubeflow pipeline: compile, run locally, submit to a cluster.", no_args_is_help=True)
 
 _SET = typer.Option(None, "--set", help="params.yaml setting for this run, KEY=VALUE with a dotted key (repeatable).")
-_PARAM = typer.Option(None, "--param", help="Pipeline parameter, KEY=VALUE (repeatable; list them: cello pipeline params).")
+_PARAM = typer.Option(
+    None, "--param", help="Pipeline parameter, KEY=VALUE (repeatable; list them: cello pipeline params).",
+)
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict:
@@ -57,7 +60,9 @@ def _known(params: Path | None, values: dict, *, drop: tuple[str, ...] = ()) -> 
 @app.command("compile")
 def compile_(
     out: Path = typer.Option(Path("pipelines/cello.yaml"), "--out", "-o", help="IR YAML to write."),
-    registry: str | None = typer.Option(None, "--registry", help="Registry of the Cello images (default: cello.k8s.images)."),
+    registry: str | None = typer.Option(
+        None, "--registry", help="Registry of the Cello images (default: cello.k8s.images).",
+    ),
     tag: str | None = typer.Option(None, "--tag", help="Tag of the Cello images (default: the package version)."),
     params: Path | None = PARAMS,
 ) -> None:
@@ -81,14 +86,20 @@ def params_(params: Path | None = PARAMS) -> None:
 
 @app.command("run")
 def run(
-    local: bool = typer.Option(False, "--local", help="Run with KFP's local runner on this machine (the only mode here)."),
-    profile: str | None = typer.Option(None, "--profile", help="params.yaml profile (e.g. 'local': the tiny CPU model)."),
+    local: bool = typer.Option(
+        False, "--local", help="Run with KFP's local runner on this machine (the only mode here).",
+    ),
+    profile: str | None = PROFILE,
     set_: list[str] | None = _SET,
     param: list[str] | None = _PARAM,
-    run_id: str | None = typer.Option(None, "--run-id", help="Run id (the folder under --workdir) [a timestamp]."),
+    run_id: str | None = typer.Option(
+        None, "--run-id", help="Run id, the folder under --workdir (default: a timestamp).",
+    ),
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Where data/, dvc-cache/ and run folders go."),
     repo: Path = typer.Option(Path("."), "--repo", help="The Cello project whose params.yaml/dvc.yaml the run uses."),
-    revision: str = typer.Option("", "--revision", help="Pin data and settings to this commit ('': the working tree as it is)."),
+    revision: str = typer.Option(
+        "", "--revision", help="Pin data and settings to this commit ('': the working tree as it is).",
+    ),
 ) -> None:
     """Run the whole pipeline (data -> SFT -> merge -> GRPO -> eval -> gate -> deploy) locally.
 
@@ -102,8 +113,9 @@ def run(
     fixed = ("repo", "revision", "profile", "overrides", "workdir", "run_id")
     params = repo / "params.yaml"
     arguments = _known(params if params.is_file() else None, _pairs(param, "--param"), drop=fixed)
-    result = run_local(repo=str(repo.resolve()), revision=revision, profile=profile or "", overrides=_pairs(set_, "--set"),
-                       workdir=str(workdir), run_id=run_id or "", arguments=arguments)
+    result = run_local(repo=str(repo.resolve()), revision=revision, profile=profile or "",
+                       overrides=_pairs(set_, "--set"), workdir=str(workdir), run_id=run_id or "",
+                       arguments=arguments)
     typer.echo(render(result))
 
 
@@ -113,10 +125,12 @@ def submit(
     experiment: str = typer.Option("cello", "--experiment", help="KFP experiment to file the run under."),
     set_: list[str] | None = _SET,
     param: list[str] | None = _PARAM,
-    package: Path = typer.Option(Path("pipelines/cello.yaml"), "--package", help="Compiled pipeline (cello pipeline compile)."),
+    package: Path = typer.Option(
+        Path("pipelines/cello.yaml"), "--package", help="Compiled pipeline (cello pipeline compile).",
+    ),
     run_name: str | None = typer.Option(None, "--run-name", help="Name of the run in the UI."),
     namespace: str | None = typer.Option(None, "--namespace", help="KFP profile namespace (multi-user installs)."),
-    service_account: str | None = typer.Option(None, "--service-account", help="ServiceAccount of the run's pods [cluster.service_account]."),
+    service_account: str | None = option(ClusterConfig, "service_account", "--service-account"),
     params: Path | None = PARAMS,
 ) -> None:
     """Submit a run to a Kubeflow Pipelines cluster; print its URL."""

@@ -14,25 +14,32 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import BackendConfig, ServeConfig, load_params, override
 
 
 def command(
-    model: str | None = typer.Option(None, "--model", "-m", help="Model directory, or upstream http(s)://HOST/openai/v1 (transformer mode)."),
-    port: int | None = typer.Option(None, "--port", "--http_port", "--http-port", help="HTTP port [8080]."),
-    host: str | None = typer.Option(None, "--host", help="Address to bind [0.0.0.0]; 127.0.0.1 for local only."),
-    model_name: str | None = typer.Option(None, "--model-name", "--model_name", help="Name in the routes [cello]."),
-    predictor_host: str | None = typer.Option(None, "--predictor-host", "--predictor_host", help="Upstream host as KServe passes it: HOST or http(s)://HOST (-> http(s)://HOST/openai/v1)."),
-    upstream_model: str | None = typer.Option(None, "--upstream-model", help="Model name the upstream serves [first of GET /models]."),
-    max_new_tokens: int | None = typer.Option(None, help="Generation budget per puzzle [1024]."),
-    temperature: float | None = typer.Option(None, help="0 = greedy [0]."),
-    timeout_s: float | None = typer.Option(None, "--timeout-s", help="Generation timeout per request, seconds [120]."),
-    max_batch_size: int | None = typer.Option(None, help="Conversations generated together [8]."),
-    max_puzzles: int | None = typer.Option(None, help="Puzzles per request [8]."),
-    token_file: str | None = typer.Option(None, "--token-file", help="File with the bearer token (a mounted Secret) [env CELLO_SERVE_TOKEN]."),
-    device: str | None = typer.Option(None, help="In process: auto | cpu | cuda [auto]."),
-    threads: int | None = typer.Option(None, "--threads", help="In process: torch CPU threads [torch default]."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model directory, or upstream http(s)://HOST/openai/v1 (transformer mode)."
+    ),
+    port: int | None = option(ServeConfig, "port", "--port", "--http_port", "--http-port"),
+    host: str | None = option(ServeConfig, "host", "--host"),
+    model_name: str | None = option(ServeConfig, "model_name", "--model-name", "--model_name"),
+    predictor_host: str | None = typer.Option(
+        None, "--predictor-host", "--predictor_host",
+        help="Upstream host as KServe passes it: HOST or http(s)://HOST (-> http(s)://HOST/openai/v1).",
+    ),
+    upstream_model: str | None = typer.Option(
+        None, "--upstream-model", help="Model name the upstream serves (default: the first of GET /models)."
+    ),
+    max_new_tokens: int | None = option(ServeConfig, "max_new_tokens"),
+    temperature: float | None = option(ServeConfig, "temperature"),
+    timeout_s: float | None = option(ServeConfig, "timeout_s", "--timeout-s"),
+    max_batch_size: int | None = option(ServeConfig, "max_batch_size"),
+    max_puzzles: int | None = option(ServeConfig, "max_puzzles"),
+    token_file: str | None = option(ServeConfig, "auth_token_file", "--token-file"),
+    device: str | None = option(BackendConfig, "device", note="In process only."),
+    threads: int | None = option(ServeConfig, "cpu_threads", "--threads"),
     workers: int = typer.Option(1, "--workers", help="Uvicorn workers (only 1: batching needs one process)."),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,

@@ -2,7 +2,7 @@
 
     cello train distill data/records/grpo -o data/records/distill --teacher http://vllm:8000/v1
     cello train distill data/records/grpo -o data/records/template --template
-    cello train sft data/records/sft -o outputs/sft --profile local
+    cello train sft data/records/sft -o outputs/sft --model models/tiny --profile local
     cello train merge outputs/sft -o outputs/sft-merged
     cello train grpo data/records/grpo --model outputs/sft-merged -o outputs/grpo --profile local
     torchrun --nproc_per_node 8 -m cello.cli train sft data/records/sft -o outputs/sft
@@ -14,8 +14,15 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import PARAMS, PROFILE
-from cello.config import load_params, override
+from cello.commands._common import PARAMS, PROFILE, option
+from cello.config import (
+    DistillStageConfig,
+    GRPOStageConfig,
+    LoraStageConfig,
+    SFTStageConfig,
+    load_params,
+    override,
+)
 
 app = typer.Typer(help="Train models: distill traces, SFT (LoRA), merge, GRPO.", no_args_is_help=True)
 
@@ -30,16 +37,18 @@ def _is_main() -> bool:
 def sft(
     records: Path = typer.Argument(..., help="SFT records: a JSONL file or a directory holding train.jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (model/, summary.json, checkpoints)."),
-    model: str | None = typer.Option(None, "--model", help="Base model dir or hub id [train.sft.model]."),
-    eval_records: Path | None = typer.Option(None, "--eval", help="Eval records (file, or dir with test.jsonl) [hold out eval_fraction]."),
-    epochs: float | None = typer.Option(None, help="Passes over the data [1]."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many steps [-1: epochs]."),
-    learning_rate: float | None = typer.Option(None, "--lr", help="Peak learning rate [5e-5]."),
-    packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Pack conversations into max_length rows."),
-    padding_free: bool | None = typer.Option(None, "--padding-free/--no-padding-free", help="Flatten batches without padding."),
-    dora: bool | None = typer.Option(None, "--dora/--no-dora", help="DoRA instead of LoRA."),
-    deepspeed: str | None = typer.Option(None, "--deepspeed", help="DeepSpeed JSON, e.g. configs/deepspeed/zero3.json."),
-    report_to: list[str] | None = typer.Option(None, "--report-to", help="tensorboard, mlflow, wandb or none (repeatable)."),
+    model: str | None = option(SFTStageConfig, "model", "--model"),
+    eval_records: Path | None = typer.Option(
+        None, "--eval", help="Eval records (file, or dir with test.jsonl) (default: hold out eval_fraction)."
+    ),
+    epochs: float | None = option(SFTStageConfig, "epochs"),
+    max_steps: int | None = option(SFTStageConfig, "max_steps"),
+    learning_rate: float | None = option(SFTStageConfig, "learning_rate", "--lr"),
+    packing: bool | None = option(SFTStageConfig, "packing", "--packing/--no-packing"),
+    padding_free: bool | None = option(SFTStageConfig, "padding_free", "--padding-free/--no-padding-free"),
+    dora: bool | None = option(LoraStageConfig, "use_dora", "--dora/--no-dora"),
+    deepspeed: str | None = option(SFTStageConfig, "deepspeed", "--deepspeed"),
+    report_to: list[str] | None = option(SFTStageConfig, "report_to", "--report-to", note="Repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
@@ -61,7 +70,9 @@ def sft(
 def merge(
     adapter: Path = typer.Argument(..., help="Output of `cello train sft` (or its model/ dir)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output model directory."),
-    base: str | None = typer.Option(None, "--base", help="Base model [the adapter's base_model_name_or_path]."),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model (default: the adapter's base_model_name_or_path).",
+    ),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
 ) -> None:
     """Merge the LoRA adapter into its base: a standalone model + tokenizer."""
@@ -73,15 +84,17 @@ def merge(
 
 @app.command("grpo")
 def grpo(
-    records: Path = typer.Argument(..., help="GRPO (or eval) records: a JSONL file or a directory holding train.jsonl."),
+    records: Path = typer.Argument(
+        ..., help="GRPO (or eval) records: a JSONL file or a directory holding train.jsonl.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (model/, summary.json, checkpoints)."),
-    model: str | None = typer.Option(None, "--model", help="Starting policy, e.g. the merged SFT model [train.grpo.model]."),
-    vllm_server: str | None = typer.Option(None, "--vllm-server", help="Base URL of a `trl vllm-serve` server for rollouts."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many steps [-1: epochs]."),
-    learning_rate: float | None = typer.Option(None, "--lr", help="Peak learning rate [1e-6]."),
-    num_generations: int | None = typer.Option(None, help="Completions per prompt [5]."),
-    format_weight: float | None = typer.Option(None, help="Weight of the format reward [0]."),
-    report_to: list[str] | None = typer.Option(None, "--report-to", help="tensorboard, mlflow, wandb or none (repeatable)."),
+    model: str | None = option(GRPOStageConfig, "model", "--model", note="Usually the merged SFT model."),
+    vllm_server: str | None = option(GRPOStageConfig, "vllm_server", "--vllm-server"),
+    max_steps: int | None = option(GRPOStageConfig, "max_steps"),
+    learning_rate: float | None = option(GRPOStageConfig, "learning_rate", "--lr"),
+    num_generations: int | None = option(GRPOStageConfig, "num_generations"),
+    format_weight: float | None = option(GRPOStageConfig, "format_weight"),
+    report_to: list[str] | None = option(GRPOStageConfig, "report_to", "--report-to", note="Repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
@@ -101,12 +114,12 @@ def grpo(
 def distill(
     records: Path = typer.Argument(..., help="GRPO or eval records: a JSONL file or a directory holding train.jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.jsonl SFT records, summary.json)."),
-    teacher: str | None = typer.Option(None, "--teacher", help="The teacher: OpenAI-compatible base URL (or a backend spec, e.g. a model dir)."),
-    teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name at the teacher's endpoint [first of /models]."),
-    samples: int | None = typer.Option(None, "--samples", "-k", help="Completions per puzzle [4]."),
-    min_reward: float | None = typer.Option(None, help="Keep only completions with reward >= this [1.0: perfect]."),
-    keep_per_puzzle: int | None = typer.Option(None, help="Most traces kept per puzzle [1]."),
-    concurrency: int | None = typer.Option(None, help="Requests in flight [8]."),
+    teacher: str | None = option(DistillStageConfig, "teacher", "--teacher"),
+    teacher_model: str | None = option(DistillStageConfig, "teacher_model", "--teacher-model"),
+    samples: int | None = option(DistillStageConfig, "samples", "--samples", "-k"),
+    min_reward: float | None = option(DistillStageConfig, "min_reward"),
+    keep_per_puzzle: int | None = option(DistillStageConfig, "keep_per_puzzle"),
+    concurrency: int | None = option(DistillStageConfig, "concurrency"),
     limit: int | None = typer.Option(None, help="Only the first N puzzles."),
     template: bool = typer.Option(False, "--template", help="No teacher: format-only traces from the gold answers."),
     params: Path | None = PARAMS,
@@ -116,7 +129,7 @@ def distill(
     from cello.train.distill import distill as run_distill
 
     p = load_params(params, profile=profile)
-    cfg = override(p.train.distill, teacher=teacher, teacher_model=teacher_model, samples=samples, min_reward=min_reward,
-                   keep_per_puzzle=keep_per_puzzle, concurrency=concurrency)
+    cfg = override(p.train.distill, teacher=teacher, teacher_model=teacher_model, samples=samples,
+                   min_reward=min_reward, keep_per_puzzle=keep_per_puzzle, concurrency=concurrency)
     summary = run_distill(records, out, cfg=cfg, template=p.prompt, use_template=template, limit=limit)
     typer.echo(summary.render())

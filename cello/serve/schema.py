@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from cello.config import ServeConfig
+from cello.config import ServeConfig, describe
 
 _DEFAULT = ServeConfig()
 # Control characters (Unicode Cc: C0, DEL, C1 incl. U+0085 NEL), line and paragraph separators
@@ -303,18 +303,6 @@ def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:
         raise RequestError(msg) from None
     maybe = _MAYBE_SURROGATE if isinstance(data, bytes | bytearray) else _MAYBE_SURROGATE_TEXT
     return check_text(value, what=what) if maybe.search(data) else value
-
-
-def describe(exc: ValidationError, *, prefix: str = "", sep: str = ", ") -> str:
-    """A short, readable list of what is wrong (at most 5 problems), each led by `prefix`."""
-    lines = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(safe(str(p)) for p in err["loc"] if not str(p).startswith("function-"))
-        text = safe(err["msg"].removeprefix("Value error, "))
-        head = f"{prefix}{sep}{loc}" if prefix and loc else prefix or loc
-        lines.append(f"{head}: {text}" if head else text)
-    more = len(exc.errors()) - 5
-    return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
 
 
 def parse_puzzles(items: Any, *, limits: ServeConfig | None = None, where: str = "instances") -> list[Puzzle]:
