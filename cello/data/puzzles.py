@@ -46,6 +46,16 @@ def safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
+def unique_id(base: str, taken: set[str]) -> str:
+    """`base`, else `base-2`, `base-3`, ...: the first one not in `taken`, which it joins."""
+    pid, dup = base, 1
+    while pid in taken:
+        dup += 1
+        pid = f"{base}-{dup}"
+    taken.add(pid)
+    return pid
+
+
 @dataclass
 class PuzzleSummary:
     """What `build_puzzles` made, and what it had to skip."""
@@ -227,12 +237,7 @@ def build_puzzles(
                 seen.add(key)
                 k = counters[(g.name, n)]
                 counters[(g.name, n)] += 1
-                pid = base = safe_id(f"{ds}-{g.name}-n{n}-{k}")
-                dup = 1
-                while pid in ids:
-                    dup += 1
-                    pid = f"{base}-{dup}"
-                ids.add(pid)
+                pid = unique_id(safe_id(f"{ds}-{g.name}-n{n}-{k}"), ids)
                 used.add((ds, g.name))
                 answer = [g.types[t] for t in picked]
                 rows_out.append({

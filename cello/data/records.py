@@ -35,7 +35,7 @@ import pandas as pd
 from cello._io import atomic_path, read_jsonl, write_jsonl
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
-from cello.data.puzzles import read_puzzles
+from cello.data.puzzles import read_puzzles, unique_id
 from cello.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -216,12 +216,7 @@ def records_to_puzzles(records: list, *, dataset: str, template: PromptTemplate,
             msg = (f"{source}: record {i}: {exc}. Fix or remove that record (user_msg must follow "
                    "the prompt template; the answer is 'A | B | ...' inside <answer>...</answer>).")
             raise InputError(msg) from exc
-        pid = base = str(_field(rec, "id", f"{dataset}-{i}"))
-        dup = 1
-        while pid in ids:
-            dup += 1
-            pid = f"{base}-{dup}"
-        ids.add(pid)
+        pid = unique_id(str(_field(rec, "id", f"{dataset}-{i}")), ids)
         donor = str(_field(rec, "donor_id", "unknown"))
         rows.append({
             S.PUZZLE_ID: pid, S.DATASET: dataset, S.GROUP: str(_field(rec, "group", donor)),
