@@ -297,7 +297,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from cello import report as R
-    from cello.baselines import chance_expected_accuracy
+    from cello.baselines import chance_set_accuracy
     from cello.scoring import compute_metrics
 
     t0 = time.perf_counter()
@@ -333,16 +333,11 @@ def evaluate(
         predictor.close()
     ordered = [done[it["id"]] for it in items]  # split order: metrics do not depend on resume history
     metrics = compute_metrics(ordered, n_boot=cfg.n_boot, seed=cfg.seed, ci=cfg.ci)
-    chance = [chance_expected_accuracy(it["n"]) for it in items]
     metrics.update({
         "model": predictor.name, "kind": predictor.kind, "split": str(split), "predictions": PREDICTIONS,
         "puzzles": puzzle_fingerprint([it["id"] for it in items]), "limit": cfg.limit,
         "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
-        "chance": {  # expected figures of a random valid assignment, defined as the metrics are (cell: micro)
-            "cell_accuracy": sum(c.cell * it["n"] for c, it in zip(chance, items, strict=True)) / sum(it["n"] for it in items),
-            "cell_accuracy_macro": sum(c.cell for c in chance) / len(chance),
-            "batch_accuracy": sum(c.batch for c in chance) / len(chance),
-        },
+        "chance": chance_set_accuracy([it["n"] for it in items]),  # a random valid assignment, as the metrics
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     runs = [(predictor.name, metrics), *others]
