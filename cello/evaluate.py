@@ -337,7 +337,7 @@ def evaluate(
         "model": predictor.name, "kind": predictor.kind, "split": str(split), "predictions": PREDICTIONS,
         "puzzles": puzzle_fingerprint([it["id"] for it in items]), "limit": cfg.limit,
         "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
-        "chance": chance_set_accuracy([it["n"] for it in items]),  # a random valid assignment, as the metrics
+        "chance": chance_set_accuracy([it["n"] for it in items]),  # expected figures of a random assignment
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     runs = [(predictor.name, metrics), *others]
