@@ -1,20 +1,25 @@
-"""Atomic file outputs and small table/JSON helpers.
+"""Atomic file outputs, small JSON helpers, and append-only journals.
 
 Every stage writes through `atomic_path`: the output appears under its final name only when
 the stage succeeded, so a crash never leaves a half-written file that a later stage (or DVC)
-could mistake for a good one.
+could mistake for a good one. Long runs that must survive a crash (eval predictions, distilled
+traces) append to a journal instead (`append_journal`, `read_journal`): a rerun reads what is
+there, drops a torn last line, and goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -81,3 +86,59 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 msg = f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove that line."
                 raise InputError(msg) from exc
     return out
+
+
+# ---------------------------------------------------------------- append-only journals
+def append_journal(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Append records as JSON lines, flushed and fsynced: a crash loses at most this call's
+    records, and can leave only a torn last line (which `read_journal` drops)."""
+    data = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    if not data:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_journal(path: str | os.PathLike, *, repair: bool = False, what: str = "record",
+                 fix: str = "remove that line") -> list[dict]:
+    """Records of an append-only JSONL journal (each a JSON object with an "id"); [] if absent.
+
+    A last line that is not such a record (a crash mid-write) is skipped with a warning, and cut
+    from the file when `repair`, so that appends start on a fresh line; a complete last record
+    whose newline was lost gets it back. A bad line before the last is damage, not a crash: an
+    `InputError` naming the line, the `what` it should be and the `fix`.
+    """
+    from cello.errors import InputError
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records, good_end, pos = [], 0, 0
+    for lineno, raw in enumerate(lines, 1):
+        end = pos + len(raw) + 1
+        if raw.strip():
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict) or "id" not in rec:
+                    msg = f"not a {what} (no 'id')"
+                    raise ValueError(msg)
+            except ValueError as exc:
+                if any(rest.strip() for rest in lines[lineno:]):
+                    msg = f"{path}:{lineno}: not a valid {what} ({exc}); {fix}."
+                    raise InputError(msg) from exc
+                log.warning("%s:%d: incomplete last line (an interrupted run?); ignoring it", path, lineno)
+                break
+            records.append(rec)
+        good_end = min(end, len(data))
+        pos = end
+    if repair and good_end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    if repair and good_end and not data[:good_end].endswith(b"\n"):
+        with open(path, "ab") as fh:  # a complete record whose newline was lost
+            fh.write(b"\n")
+    return records

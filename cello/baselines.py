@@ -43,7 +43,7 @@ from cello.errors import InputError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ChanceAccuracy", "chance_expected_accuracy", "ChanceBaseline", "MarkerBaseline",
+    "ChanceAccuracy", "chance_expected_accuracy", "chance_set_accuracy", "ChanceBaseline", "MarkerBaseline",
     "normalize_type", "load_puzzles", "fit_baseline", "predict_baseline", "PredictSummary",
 ]
 
@@ -68,6 +68,19 @@ def chance_expected_accuracy(n: int) -> ChanceAccuracy:
         msg = f"chance_expected_accuracy(): n={n}; a puzzle has at least one cell."
         raise ValueError(msg)
     return ChanceAccuracy(1.0 / n, 1.0 / math.factorial(n))
+
+
+def chance_set_accuracy(ns: Sequence[int]) -> dict[str, float]:
+    """Expected figures of a uniformly random valid assignment over puzzles of sizes `ns`,
+    defined as the metrics are: cell_accuracy is micro (correct cells / cells: one expected hit
+    per puzzle, so puzzles / cells, not the mean of 1/N), cell_accuracy_macro the mean of 1/N,
+    batch_accuracy the mean of 1/N!."""
+    chance = [chance_expected_accuracy(n) for n in ns]
+    return {
+        "cell_accuracy": sum(c.cell * n for c, n in zip(chance, ns, strict=True)) / sum(ns),
+        "cell_accuracy_macro": sum(c.cell for c in chance) / len(chance),
+        "batch_accuracy": sum(c.batch for c in chance) / len(chance),
+    }
 
 
 def _as_list(value: Any) -> list:
@@ -293,7 +306,7 @@ class PredictSummary:
         ]
         for n, g in self.metrics["by_n"].items():
             lines.append(f"  N={n:>2}: {g['count']:>4} puzzles, cell {g['cell_accuracy']:.3f} "
-                         f"(chance {1 / int(n):.3f}), batch {g['batch_accuracy']:.3f}")
+                         f"(chance {chance_expected_accuracy(int(n)).cell:.3f}), batch {g['batch_accuracy']:.3f}")
         return "\n".join(lines)
 
 
@@ -312,12 +325,8 @@ def predict_baseline(
     metrics = compute_metrics(records, n_boot=n_boot, seed=seed)
     if metrics_out is not None:
         write_json(metrics, metrics_out)
-    ns = [r["n"] for r in records] or [1]
-    chance = [chance_expected_accuracy(n) for n in ns]
-    # Cell accuracy is micro (correct cells / cells): a random assignment gets 1 cell right per
-    # puzzle in expectation, so the chance figure is puzzles / cells, not the mean of 1/N.
-    return PredictSummary(str(out), metrics, float(len(ns) / max(sum(int(n) for n in ns), 1)),
-                          float(np.mean([c.batch for c in chance])))
+    chance = chance_set_accuracy([int(r["n"]) for r in records] or [1])
+    return PredictSummary(str(out), metrics, chance["cell_accuracy"], chance["batch_accuracy"])
 
 
 def _predict_records(baseline: MarkerBaseline, puzzles: Iterable[Mapping[str, Any]], *,

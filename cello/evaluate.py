@@ -28,7 +28,6 @@ metrics.json, report.md and the plot are written atomically at the end.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cello._io import atomic_path, write_json
+from cello._io import append_journal, atomic_path, read_journal, write_json
 from cello.config import BackendConfig, EvalConfig, SamplingParams, override
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
@@ -222,38 +221,11 @@ def make_predictor(
 
 # ---------------------------------------------------------------- the predictions journal
 def read_predictions(path: str | os.PathLike, *, fix_truncated: bool = False) -> list[dict[str, Any]]:
-    """Records of a predictions.jsonl. A last line that is not valid JSON (a crash mid-write) is
-    skipped with a warning, and cut from the file when `fix_truncated`; a bad line elsewhere is an error."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    records, good_end, pos = [], 0, 0
-    for lineno, raw in enumerate(lines, 1):
-        end = pos + len(raw) + 1
-        if raw.strip():
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict) or "id" not in rec:
-                    msg = "not a prediction record (no 'id')"
-                    raise ValueError(msg)
-            except ValueError as exc:
-                if any(rest.strip() for rest in lines[lineno:]):
-                    msg = f"{path}:{lineno}: not a valid prediction record ({exc}); remove that line or rerun with --overwrite."
-                    raise InputError(msg) from exc
-                log.warning("%s:%d: incomplete last line (an interrupted run?); ignoring it", path, lineno)
-                break
-            records.append(rec)
-        good_end = min(end, len(data))
-        pos = end
-    if fix_truncated and good_end < len(data):
-        with open(path, "r+b") as fh:
-            fh.truncate(good_end)
-    if fix_truncated and good_end and not data[:good_end].endswith(b"\n"):
-        with open(path, "ab") as fh:  # a complete record whose newline was lost
-            fh.write(b"\n")
-    return records
+    """Records of a predictions.jsonl (a journal: `cello._io.read_journal`). A last line that is
+    not valid JSON (a crash mid-write) is skipped with a warning, and cut from the file when
+    `fix_truncated`; a bad line elsewhere is an error."""
+    return read_journal(path, repair=fix_truncated, what="prediction record",
+                        fix="remove that line or rerun with --overwrite")
 
 
 def _record(item: dict[str, Any], completion: str, extra: dict[str, Any], *, model: str) -> dict[str, Any]:
@@ -325,7 +297,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from cello import report as R
-    from cello.baselines import chance_expected_accuracy
+    from cello.baselines import chance_set_accuracy
     from cello.scoring import compute_metrics
 
     t0 = time.perf_counter()
@@ -345,7 +317,7 @@ def evaluate(
         done = _resume(journal, items, predictor.name, split=split, overwrite=overwrite)
         todo = [it for it in items if it["id"] not in done]
         chunk = cfg.chunk_size or predictor.chunk_size
-        with open(journal, "a", encoding="utf-8") as fh, tqdm(
+        with tqdm(
             total=len(items), initial=len(items) - len(todo), desc=f"eval {predictor.name}", unit="puzzle",
             disable=not progress, dynamic_ncols=True,
         ) as bar:
@@ -355,24 +327,17 @@ def evaluate(
                 answers = predictor.predict(batch, progress=bar.update)
                 gen_s += time.perf_counter() - t
                 recs = [_record(it, text, extra, model=predictor.name) for it, (text, extra) in zip(batch, answers, strict=True)]
-                fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-                fh.flush()
-                os.fsync(fh.fileno())
+                append_journal(journal, recs)
                 done.update((r["id"], r) for r in recs)
     finally:
         predictor.close()
     ordered = [done[it["id"]] for it in items]  # split order: metrics do not depend on resume history
     metrics = compute_metrics(ordered, n_boot=cfg.n_boot, seed=cfg.seed, ci=cfg.ci)
-    chance = [chance_expected_accuracy(it["n"]) for it in items]
     metrics.update({
         "model": predictor.name, "kind": predictor.kind, "split": str(split), "predictions": PREDICTIONS,
         "puzzles": puzzle_fingerprint([it["id"] for it in items]), "limit": cfg.limit,
         "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
-        "chance": {  # expected figures of a random valid assignment, defined as the metrics are (cell: micro)
-            "cell_accuracy": sum(c.cell * it["n"] for c, it in zip(chance, items, strict=True)) / sum(it["n"] for it in items),
-            "cell_accuracy_macro": sum(c.cell for c in chance) / len(chance),
-            "batch_accuracy": sum(c.batch for c in chance) / len(chance),
-        },
+        "chance": chance_set_accuracy([it["n"] for it in items]),  # expected figures of a random assignment
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     runs = [(predictor.name, metrics), *others]

@@ -120,6 +120,8 @@ def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: st
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from cello.baselines import chance_expected_accuracy
+
     if not runs:
         msg = "plot_accuracy_by_n(): no runs to plot; pass at least one metrics.json."
         raise InputError(msg)
@@ -140,8 +142,9 @@ def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: st
             ax.fill_between(ns, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     if all_n:
         ns = sorted(all_n)
-        axes[0].plot(ns, [1 / n for n in ns], "k:", label="chance (expected)")
-        axes[1].plot(ns, [1 / math.factorial(n) for n in ns], "k:", label="chance (expected)")
+        chance = [chance_expected_accuracy(n) for n in ns]
+        axes[0].plot(ns, [c.cell for c in chance], "k:", label="chance (expected)")
+        axes[1].plot(ns, [c.batch for c in chance], "k:", label="chance (expected)")
         axes[0].set_xticks(ns)
     for ax, what in zip(axes, ("cell-level accuracy", "batch-level accuracy"), strict=True):
         ax.set_xlabel("N (cells per puzzle)")

@@ -17,6 +17,7 @@ from cello.baselines import (
     ChanceBaseline,
     MarkerBaseline,
     chance_expected_accuracy,
+    chance_set_accuracy,
     fit_baseline,
     normalize_type,
     predict_baseline,
@@ -70,6 +71,13 @@ def test_chance_expected_accuracy():
     assert chance_expected_accuracy(15).batch == pytest.approx(1 / math.factorial(15))
     with pytest.raises(ValueError):
         chance_expected_accuracy(0)
+
+
+def test_chance_over_a_set_is_defined_as_the_metrics_are():
+    chance = chance_set_accuracy([2, 3])
+    assert chance["cell_accuracy"] == pytest.approx(2 / 5)  # micro: one expected hit per puzzle, over all cells
+    assert chance["cell_accuracy_macro"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert chance["batch_accuracy"] == pytest.approx((1 / 2 + 1 / 6) / 2)
 
 
 def test_chance_baseline_is_valid_reproducible_and_near_one_over_n():

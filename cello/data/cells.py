@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from cello._io import atomic_path
 from cello.config import CellsConfig
 from cello.data import schema as S
-from cello.data.context import clean, context_columns, sentences
+from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
 from cello.data.topgenes import top_genes
@@ -129,11 +129,7 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
             f"(or data.cells.{what.replace(' ', '_')}_key in params.yaml). Candidate columns: {hint or list(obs.columns)[:20]}."
         )
         raise InputError(msg)
-    col = obs[key]
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        mapping = {c: clean(c) for c in col.cat.categories}
-        return col.astype(object).map(mapping).fillna("").astype(str).to_numpy()
-    return col.map(clean).to_numpy().astype(str)
+    return clean_column(obs[key])
 
 
 def check_cell_types(labels: np.ndarray | pd.Series, *, source: str, key: str) -> None:

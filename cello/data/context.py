@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 MISSING = frozenset(
@@ -28,6 +29,14 @@ def clean(value: object) -> str:
         value = int(value)  # an age stored as 30.0 reads "30"
     text = str(value).strip()
     return "" if text.lower() in MISSING else text
+
+
+def clean_column(col: pd.Series) -> np.ndarray:
+    """`clean` over an obs column, as an object array of str (a categorical: once per category)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        mapping = {c: clean(c) for c in col.cat.categories}
+        return col.astype(object).map(mapping).fillna("").astype(str).to_numpy()
+    return col.map(clean).to_numpy()
 
 
 def _stage(stage: str) -> str:
@@ -66,12 +75,7 @@ def context_columns(obs: pd.DataFrame, fields: Sequence[str], extra: Sequence[st
     out = {}
     for name in [*fields, *extra]:
         if name in obs.columns:
-            col = obs[name]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                mapping = {c: clean(c) for c in col.cat.categories}
-                out[name] = col.astype(object).map(mapping).fillna("").astype(str).to_numpy()
-            else:
-                out[name] = col.map(clean).to_numpy()
+            out[name] = clean_column(obs[name])
         else:
             out[name] = [""] * len(obs)
     return pd.DataFrame(out, index=obs.index)

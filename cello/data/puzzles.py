@@ -35,14 +35,25 @@ from cello.errors import InputError
 
 log = logging.getLogger(__name__)
 
-REQUIRED = [S.CELL_ID, S.DATASET, S.DONOR, S.CELL_TYPE, S.TOP_GENES]
-OPTIONAL = [S.BATCH, S.CONTEXT]
+# The columns of a cells table that puzzles read: needed, and used when present.
+CELL_COLUMNS_NEEDED = [S.CELL_ID, S.DATASET, S.DONOR, S.CELL_TYPE, S.TOP_GENES]
+CELL_COLUMNS_OPTIONAL = [S.BATCH, S.CONTEXT]
 MAX_TRIES = 20  # draws per puzzle before an exact repeat of a cell set is accepted
 
 
 def safe_id(text: str) -> str:
     """`text` with every run of characters outside [A-Za-z0-9._-] replaced by '_'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def unique_id(base: str, taken: set[str]) -> str:
+    """`base`, else `base-2`, `base-3`, ...: the first one not in `taken`, which it joins."""
+    pid, dup = base, 1
+    while pid in taken:
+        dup += 1
+        pid = f"{base}-{dup}"
+    taken.add(pid)
+    return pid
 
 
 @dataclass
@@ -134,14 +145,14 @@ def _clean(values: pd.Series, *, default: str = "") -> pd.Series:
 
 def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
     """Normalised copy: string columns, a group column, unlabelled cells dropped, stable order."""
-    missing = [c for c in REQUIRED if c not in cells.columns]
+    missing = [c for c in CELL_COLUMNS_NEEDED if c not in cells.columns]
     if missing:
         msg = (
-            f"{source}: missing column(s) {missing}; a cells table needs {REQUIRED}. "
+            f"{source}: missing column(s) {missing}; a cells table needs {CELL_COLUMNS_NEEDED}. "
             "Rebuild it with `cello data cells`."
         )
         raise InputError(msg)
-    df = pd.DataFrame({c: cells[c] for c in REQUIRED})
+    df = pd.DataFrame({c: cells[c] for c in CELL_COLUMNS_NEEDED})
     df[S.BATCH] = _clean(cells[S.BATCH]) if S.BATCH in cells.columns else ""
     df[S.CONTEXT] = _clean(cells[S.CONTEXT]) if S.CONTEXT in cells.columns else ""
     for col in (S.CELL_ID, S.DATASET, S.CELL_TYPE):
@@ -226,12 +237,7 @@ def build_puzzles(
                 seen.add(key)
                 k = counters[(g.name, n)]
                 counters[(g.name, n)] += 1
-                pid = base = safe_id(f"{ds}-{g.name}-n{n}-{k}")
-                dup = 1
-                while pid in ids:
-                    dup += 1
-                    pid = f"{base}-{dup}"
-                ids.add(pid)
+                pid = unique_id(safe_id(f"{ds}-{g.name}-n{n}-{k}"), ids)
                 used.add((ds, g.name))
                 answer = [g.types[t] for t in picked]
                 rows_out.append({
@@ -297,8 +303,9 @@ def read_cells(path: str | os.PathLike) -> pd.DataFrame:
         raise InputError(msg)
     frames = []
     for part in parts:
-        part, names = _read_table(part, REQUIRED, made_by="cello data cells")
-        frames.append(pd.read_parquet(part, columns=[c for c in REQUIRED + OPTIONAL if c in names]))
+        part, names = _read_table(part, CELL_COLUMNS_NEEDED, made_by="cello data cells")
+        wanted = [c for c in CELL_COLUMNS_NEEDED + CELL_COLUMNS_OPTIONAL if c in names]
+        frames.append(pd.read_parquet(part, columns=wanted))
     if len(frames) == 1:
         return frames[0]
     check_unique_datasets([str(f[S.DATASET].iloc[0]) for f in frames if len(f)], where=str(path))

@@ -35,7 +35,7 @@ import pandas as pd
 from cello._io import atomic_path, read_jsonl, write_jsonl
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
-from cello.data.puzzles import read_puzzles
+from cello.data.puzzles import read_puzzles, unique_id
 from cello.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def export_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fm
 
 
 # ---------------------------------------------------------------- import
-def read_records(path: str | os.PathLike) -> list[dict]:
+def read_cellpuzzles(path: str | os.PathLike) -> list[dict]:
     """Published records from a .json list (or JSON lines), .jsonl or .parquet file."""
     path = Path(path)
     if not path.is_file():
@@ -131,8 +131,10 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return data
 
 
-def parse_answer(text: str) -> list[str]:
-    """Labels of the last <answer>...</answer> block, or of the whole text when it has no tags."""
+def parse_published_answer(text: str) -> list[str]:
+    """Labels of a published assistant message: the last <answer>...</answer> block, or the whole
+    text when it has no tags; strict (an empty label is an error), unlike the paper's extraction
+    (`cello.scoring.parse_answer`), which scores model completions."""
     found = _ANSWER_RE.findall(text)
     if found:
         body = found[-1]
@@ -172,7 +174,7 @@ def _answer_labels(rec: dict) -> list[str]:
     if not isinstance(value, str):
         msg = "no assistant_msg (or answer) text"
         raise ValueError(msg)
-    return parse_answer(value)
+    return parse_published_answer(value)
 
 
 def _puzzle_from_record(rec: Any, *, template: PromptTemplate) -> dict:
@@ -214,12 +216,7 @@ def records_to_puzzles(records: list, *, dataset: str, template: PromptTemplate,
             msg = (f"{source}: record {i}: {exc}. Fix or remove that record (user_msg must follow "
                    "the prompt template; the answer is 'A | B | ...' inside <answer>...</answer>).")
             raise InputError(msg) from exc
-        pid = base = str(_field(rec, "id", f"{dataset}-{i}"))
-        dup = 1
-        while pid in ids:
-            dup += 1
-            pid = f"{base}-{dup}"
-        ids.add(pid)
+        pid = unique_id(str(_field(rec, "id", f"{dataset}-{i}")), ids)
         donor = str(_field(rec, "donor_id", "unknown"))
         rows.append({
             S.PUZZLE_ID: pid, S.DATASET: dataset, S.GROUP: str(_field(rec, "group", donor)),
@@ -235,7 +232,7 @@ def records_to_puzzles(records: list, *, dataset: str, template: PromptTemplate,
 def import_cellpuzzles(source: str | os.PathLike, out_path: str | os.PathLike, *, dataset: str,
                        template: PromptTemplate) -> int:
     """Read published CellPuzzles records into puzzles.parquet (atomically); return the count."""
-    table = records_to_puzzles(read_records(source), dataset=dataset, template=template, source=str(source))
+    table = records_to_puzzles(read_cellpuzzles(source), dataset=dataset, template=template, source=str(source))
     with atomic_path(out_path) as tmp:
         table.to_parquet(tmp, index=False)
     log.info("imported %d puzzles from %s to %s", len(table), source, out_path)

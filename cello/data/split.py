@@ -37,13 +37,14 @@ from cello.config import SplitConfig
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
 from cello.data.puzzles import read_puzzles
-from cello.data.records import read_records, records_to_puzzles
+from cello.data.records import read_cellpuzzles, records_to_puzzles
 from cello.data.seeds import stable_seed
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
 
-REQUIRED = [S.PUZZLE_ID, S.DATASET, S.GROUP, S.DONOR, S.N, S.CELL_IDS, S.CELL_GENES]
+# The columns of a puzzles table that the split reads.
+PUZZLE_COLUMNS_NEEDED = [S.PUZZLE_ID, S.DATASET, S.GROUP, S.DONOR, S.N, S.CELL_IDS, S.CELL_GENES]
 
 
 # ---------------------------------------------------------------- audit
@@ -126,7 +127,7 @@ def _load_side(path: str | os.PathLike, template: PromptTemplate) -> pd.DataFram
     elif suffix not in (".json", ".jsonl", ".parquet"):
         msg = f"{path}: unknown file type {suffix!r}; give puzzles .parquet or CellPuzzles .json/.jsonl/.parquet."
         raise InputError(msg)
-    return records_to_puzzles(read_records(path), dataset=path.stem, template=template, source=str(path))
+    return records_to_puzzles(read_cellpuzzles(path), dataset=path.stem, template=template, source=str(path))
 
 
 def audit_paths(train_path: str | os.PathLike, test_path: str | os.PathLike, *,
@@ -308,7 +309,7 @@ def _by_n(df: pd.DataFrame) -> dict[int, int]:
 def split_puzzles(puzzles: pd.DataFrame, *, cfg: SplitConfig,
                   source: str = "puzzles table") -> tuple[pd.DataFrame, pd.DataFrame, SplitSummary]:
     """Split a puzzles table into (train, test, summary); pure, deterministic for `cfg.seed`."""
-    missing = [c for c in REQUIRED if c not in puzzles.columns]
+    missing = [c for c in PUZZLE_COLUMNS_NEEDED if c not in puzzles.columns]
     if missing:
         msg = f"{source}: missing column(s) {missing}; build it with `cello data puzzles`."
         raise InputError(msg)
@@ -370,7 +371,7 @@ def split_puzzles(puzzles: pd.DataFrame, *, cfg: SplitConfig,
 
 def make_split(puzzles_path: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: SplitConfig) -> SplitSummary:
     """Read puzzles.parquet; write OUT/train.parquet, OUT/test.parquet, OUT/summary.json as one unit."""
-    puzzles = read_puzzles(puzzles_path, required=REQUIRED)
+    puzzles = read_puzzles(puzzles_path, required=PUZZLE_COLUMNS_NEEDED)
     train, test, summary = split_puzzles(puzzles, cfg=cfg, source=str(puzzles_path))
     with atomic_path(out_dir, is_dir=True) as tmp:
         train.to_parquet(tmp / "train.parquet", index=False)

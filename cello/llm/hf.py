@@ -5,7 +5,7 @@
     backend.generate([[{"role": "user", "content": "Cell 1: CD3E"}]], SamplingParams(max_new_tokens=32))
 
 On a GPU the model runs in bfloat16 with flash_attention_2 when the package imports, sdpa
-otherwise; on CPU in float32 with sdpa. Conversations are sorted by length before batching
+otherwise; on CPU in float32 with sdpa (the rule lives in `cello.llm.device`). Conversations are sorted by length before batching
 (less padding) and returned in input order. Only the new tokens are decoded, without special
 tokens; stop strings cut the text as an OpenAI server would.
 """
@@ -18,42 +18,11 @@ import threading
 from pathlib import Path
 
 from cello.config import SamplingParams
-from cello.errors import ConfigError, InputError, is_available
+from cello.errors import ConfigError, InputError
 from cello.llm.base import Backend, Conversation, Generation, Progress, cut_at_stop
+from cello.llm.device import pick_attention, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is checked and passed on."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        msg = f"device={device!r} but no CUDA GPU is visible; use device='cpu' or 'auto'."
-        raise ConfigError(msg)
-    return device
-
-
-def resolve_dtype(dtype: str, device: str):
-    """'auto' -> bfloat16 on a GPU that supports it (float16 on older ones), float32 on CPU."""
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def pick_attention(device: str, requested: str | None = None) -> str:
-    """flash_attention_2 on a GPU when the package imports, else sdpa (an explicit choice wins)."""
-    if requested:
-        return requested
-    if device.startswith("cuda") and is_available("flash_attn"):
-        return "flash_attention_2"
-    return "sdpa"
 
 
 class TransformersBackend(Backend):

@@ -28,6 +28,7 @@ from typing import Any
 from cello._io import write_json
 from cello.config import LoraStageConfig
 from cello.errors import ConfigError, InputError, is_available
+from cello.llm.device import bf16_supported, flash_attention_usable, pick_attention, precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +61,25 @@ def device_settings(precision: str, attn_implementation: str) -> dict[str, Any]:
     """bf16/fp16/use_cpu flags and the attention kernel for this machine.
 
     precision 'auto': bf16 on a CUDA GPU that supports it, fp32 otherwise. attention 'auto':
-    flash_attention_2 on CUDA when `flash_attn` imports, sdpa otherwise.
+    flash_attention_2 on CUDA when `flash_attn` imports, sdpa otherwise (`cello.llm.device`).
     """
     import torch
 
     cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if bf16_supported(device) else "fp32"
     if precision == "fp16" and not cuda:
         msg = "precision=fp16 needs a CUDA GPU; use precision: auto (fp32 on CPU) or bf16."
         raise ConfigError(msg)
     attn = attn_implementation
     if attn == "auto":
-        attn = "flash_attention_2" if cuda and is_available("flash_attn") else "sdpa"
-    elif attn == "flash_attention_2" and not (cuda and is_available("flash_attn")):
+        attn = pick_attention(device)
+    elif attn == "flash_attention_2" and not flash_attention_usable(device):
         msg = "attn_implementation=flash_attention_2 needs CUDA and flash-attn (`pip install 'cello[gpu]'`); use auto or sdpa."
         raise ConfigError(msg)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda,
-            "attn_implementation": attn, "dtype": dtype}
+            "attn_implementation": attn, "dtype": precision_dtype(precision)}
 
 
 def check_report_to(report_to: Sequence[str]) -> list[str]:

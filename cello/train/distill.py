@@ -23,7 +23,6 @@ rate, token totals) are written atomically: `cello train sft OUT` reads them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cello._io import write_json, write_jsonl
+from cello._io import append_journal, read_journal, write_json, write_jsonl
 from cello.config import DistillStageConfig
 from cello.data.prompt import PromptTemplate
 from cello.scoring import score
@@ -92,37 +91,6 @@ def _sft_record(rec: dict, text: str, **extra: Any) -> dict:
             "messages": [*rec["prompt"], {"role": "assistant", "content": text}], **extra}
 
 
-def _read_done(path: Path) -> list[dict]:
-    """Lines of an append-only file; a torn last line (crash mid-write) is dropped."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: ignoring a torn line (an interrupted write)", path)
-    return out
-
-
-def _append(path: Path, rows: Sequence[dict]) -> None:
-    if not rows:
-        return
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _repair_tail(path: Path) -> None:
-    """Cut a partial last line so that appends start on a fresh line."""
-    if path.exists() and path.stat().st_size:
-        raw = path.read_bytes()
-        if not raw.endswith(b"\n"):
-            path.write_bytes(raw[: raw.rfind(b"\n") + 1])
-
-
 def distill(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -152,9 +120,8 @@ def distill(
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
     rec_path, ledger_path = work / "records.jsonl", work / "ledger.jsonl"
-    for p in (rec_path, ledger_path):
-        _repair_tail(p)
-    ledger = {row["id"]: row for row in _read_done(ledger_path)}
+    read_journal(rec_path, repair=True)  # cut a torn last line, so that appends start on a fresh one
+    ledger = {row["id"]: row for row in read_journal(ledger_path, repair=True)}
     todo = [r for r in records if r["id"] not in ledger]
     summary.skipped_done = len(records) - len(todo)
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, n=cfg.samples, seed=cfg.seed)
@@ -175,14 +142,14 @@ def distill(
                     kept_rows += [_sft_record(rec, gen.texts[i], reward=rewards[i], source="teacher") for i in keep]
                     ledger_rows.append({"id": rec["id"], "rewards": rewards, "kept": keep,
                                         "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
-                _append(rec_path, kept_rows)  # records first: a crash between the two redoes the chunk
-                _append(ledger_path, ledger_rows)
+                append_journal(rec_path, kept_rows)  # records first: a crash between the two redoes the chunk
+                append_journal(ledger_path, ledger_rows)
                 ledger.update({row["id"]: row for row in ledger_rows})
                 log.info("distill: %d/%d puzzles", start + len(chunk), len(todo))
 
     wanted = {r["id"] for r in records}
     rows_by_id: dict[str, list[dict]] = {}
-    for row in _read_done(rec_path):
+    for row in read_journal(rec_path):
         if row["id"] in ledger and row["id"] in wanted:
             bucket = rows_by_id.setdefault(row["id"], [])
             if row not in bucket:

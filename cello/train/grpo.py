@@ -4,7 +4,8 @@ Two reward functions, weighted by `reward_weight` and `format_weight`:
 - `batch_reward`: the paper's reward, (cell accuracy + batch exact match) / 2 for a valid
   completion, -1 otherwise;
 - `format_reward`: 1 for a completion in the paper's format (think, answer, '|'-separated
-  labels; the eval's format rate), 0 otherwise (weight 0 by default: logged only).
+  labels; the eval's format rate), 0 otherwise (weight 0 by default: logged only). The whole
+  validity rule as 1/0 (N distinct labels too) is `cello.scoring.valid_reward`.
 Logged per step (TensorBoard and OUT/summary.json): `reward` (weighted mean), `reward_std`,
 `kl`, `format_rate`, `valid_rate`, `batch_accuracy`, `cell_accuracy`, `completions/mean_length`.
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from cello._io import atomic_path
 from cello.errors import InputError
+from cello.llm.device import PRECISIONS, precision_dtype
 from cello.train.common import MODEL_SUBDIR
 
 log = logging.getLogger(__name__)
 
-_DTYPES = ("auto", "bf16", "fp16", "fp32")
+_DTYPES = ("auto", *PRECISIONS)
 
 
 def _adapter_dir(path: Path) -> Path:
@@ -37,14 +38,13 @@ def _adapter_dir(path: Path) -> Path:
 
 def load_adapted(adapter: str | os.PathLike, *, base: str | None = None, dtype: str = "auto"):
     """(model, tokenizer): base + adapter as a PeftModel, or a full model when there is no adapter."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:
         msg = f"dtype={dtype!r}; use one of {_DTYPES}."
         raise InputError(msg)
     path = _adapter_dir(Path(adapter))
-    torch_dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    torch_dtype = "auto" if dtype == "auto" else precision_dtype(dtype)  # auto: the checkpoint's own dtype
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not (path / "adapter_config.json").exists():
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype), tokenizer

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from cello.cli import main
 from cello.config import CellsConfig
 from cello.data.cells import make_cells, strip_ensembl
-from cello.data.context import clean, sentence
+from cello.data.context import clean, clean_column, sentence
 from cello.data.topgenes import top_genes, top_genes_reference
 from cello.errors import InputError
 from tests.conftest import defaults_params, make_adata
@@ -196,6 +196,15 @@ def test_shared_real_files(shared_data, tmp_path):
 
 
 # ------------------------------------------------------------------ review regressions
+def test_clean_column_is_clean_per_value_whatever_the_dtype():
+    values = ["T cell", " B cell ", "unknown", None, float("nan"), "NA", "T cell"]
+    expected = ["T cell", "B cell", "", "", "", "", "T cell"]
+    for col in (pd.Series(values, dtype=object), pd.Series(values, dtype="category")):
+        out = clean_column(col)
+        assert out.tolist() == expected and out.dtype == object
+    assert clean_column(pd.Series([30.0, 2.5, None])).tolist() == ["30", "2.5", ""]
+
+
 def test_context_handles_pandas_missing_markers_and_cellxgene_stage():
     assert clean(pd.NA) == clean(pd.NaT) == clean("<NA>") == ""
     assert clean(30.0) == "30"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cello.config import PuzzlesConfig
-from cello.data.puzzles import build_puzzles, make_puzzles
+from cello.data.puzzles import build_puzzles, make_puzzles, unique_id
 from cello.data.schema import PUZZLE_COLUMNS
 from cello.errors import InputError
 from tests.conftest import defaults_params
@@ -151,6 +151,12 @@ def test_puzzle_ids_are_sanitized_and_unique():
     puzzles, _ = build_puzzles(cells, cfg=cfg(min_n=3, max_n=3, per_n=2))
     assert puzzles["puzzle_id"].tolist() == ["my_data-donor_1_b_2-n3-0", "my_data-donor_1_b_2-n3-1"]
     assert puzzles["group"].tolist() == ["donor #1/b/2"] * 2
+
+
+def test_unique_id_numbers_repeats_from_two():
+    taken: set[str] = set()
+    assert [unique_id(b, taken) for b in ("p", "p", "q", "p", "p-2")] == ["p", "p-2", "q", "p-3", "p-2-2"]
+    assert taken == {"p", "p-2", "q", "p-3", "p-2-2"}
 
 
 def test_missing_column_is_named():

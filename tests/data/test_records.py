@@ -17,7 +17,7 @@ from cello.data.records import (
     cell_id_for,
     export_split,
     import_cellpuzzles,
-    parse_answer,
+    parse_published_answer,
     records_to_puzzles,
 )
 from cello.errors import ConfigError, InputError
@@ -132,13 +132,13 @@ def test_import_published_shapes(tmp_path, suffix):
     assert back["cell_ids"].iloc[0][0] == back["cell_ids"].iloc[1][0] == cell_id_for(["CD3E", "CD2"])
 
 
-def test_parse_answer():
-    assert parse_answer("<think>x</think>\n<answer> A |B | C </answer>") == ["A", "B", "C"]
-    assert parse_answer("A | B") == ["A", "B"]
+def test_parse_published_answer():
+    assert parse_published_answer("<think>x</think>\n<answer> A |B | C </answer>") == ["A", "B", "C"]
+    assert parse_published_answer("A | B") == ["A", "B"]
     with pytest.raises(ValueError, match="no complete"):
-        parse_answer("<think>x</think><answer>A | B")
+        parse_published_answer("<think>x</think><answer>A | B")
     with pytest.raises(ValueError, match="empty label"):
-        parse_answer("<answer>A || B</answer>")
+        parse_published_answer("<answer>A || B</answer>")
 
 
 @pytest.mark.parametrize("bad, problem", [
