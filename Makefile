@@ -1,6 +1,6 @@
 # Cello: the few verbs a developer (and CI) runs.
 #   make demo     set up, then run the whole pipeline locally on the bundled PBMC data
-#   make test     set up, then run the test suite
+#   make test     set up, then lint (ruff, the layer contract) and run the test suite
 #   make pipeline compile pipelines/cello.yaml and draw pipelines/cello-dag.png (both committed)
 #   make bench    set up, then run the benchmarks (prints ratios, writes benchmarks/results/*.json)
 #   make images   build the container images (docker, else podman): scripts/build-images.sh
@@ -36,7 +36,7 @@ pipeline: install
 	$(BIN)/cello pipeline compile -o pipelines/cello.yaml
 	$(BIN)/python scripts/render_dag.py
 
-test: install
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -48,8 +48,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_serve.py
 
+# ruff, and the layer contract of cello/ (.importlinter). `make test` runs it first, so CI does.
 lint: install
-	$(BIN)/ruff check cello components pipelines tests benchmarks scripts
+	$(BIN)/ruff check cello components pipelines tests benchmarks scripts images
+	$(BIN)/lint-imports
 
 # The images of images/<name>/Dockerfile, tagged as cello.k8s.images names them. Settings go on
 # the command line or in the environment: make images IMAGES=cello ENGINE=podman PUSH=1

@@ -119,7 +119,7 @@ def bench_gpu(root: Path, n_records: int) -> dict:
     else sdpa); GRPO s/step with a vLLM server when vllm is installed."""
     import torch
 
-    from cello.errors import is_available
+    from cello.deps import is_available
 
     res: dict = {"device": torch.cuda.get_device_name(0), "flash_attn": is_available("flash_attn"), "modes": {}}
     model = build_half_b_model(root, root / "tiny")

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from cello.config import BaselineConfig
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
 from cello.errors import InputError
+from cello.scoring import ChanceAccuracy, chance_expected_accuracy, chance_set_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +54,6 @@ VERSION = 1
 def normalize_type(name: str) -> str:
     """A cell-type name as compared across datasets: case-folded, whitespace collapsed."""
     return " ".join(str(name).split()).casefold()
-
-
-class ChanceAccuracy(NamedTuple):
-    cell: float
-    batch: float
-
-
-def chance_expected_accuracy(n: int) -> ChanceAccuracy:
-    """Expected accuracy of a uniformly random permutation of N candidates: 1/N per cell
-    (each cell's type is equally likely to be any candidate), 1/N! for the whole batch."""
-    if n < 1:
-        msg = f"chance_expected_accuracy(): n={n}; a puzzle has at least one cell."
-        raise ValueError(msg)
-    return ChanceAccuracy(1.0 / n, 1.0 / math.factorial(n))
-
-
-def chance_set_accuracy(ns: Sequence[int]) -> dict[str, float]:
-    """Expected figures of a uniformly random valid assignment over puzzles of sizes `ns`,
-    defined as the metrics are: cell_accuracy is micro (correct cells / cells: one expected hit
-    per puzzle, so puzzles / cells, not the mean of 1/N), cell_accuracy_macro the mean of 1/N,
-    batch_accuracy the mean of 1/N!."""
-    chance = [chance_expected_accuracy(n) for n in ns]
-    return {
-        "cell_accuracy": sum(c.cell * n for c, n in zip(chance, ns, strict=True)) / sum(ns),
-        "cell_accuracy_macro": sum(c.cell for c in chance) / len(chance),
-        "batch_accuracy": sum(c.batch for c in chance) / len(chance),
-    }
 
 
 def _as_list(value: Any) -> list:
@@ -317,7 +290,10 @@ def predict_baseline(
 ) -> PredictSummary:
     """Predict every puzzle, write prediction records (JSONL, the eval format) and
     optionally the metrics (JSON); return the summary with chance for comparison."""
-    from cello.scoring import compute_metrics
+    from cello.scoring import (
+        chance_set_accuracy,
+        compute_metrics,
+    )
 
     baseline = model if isinstance(model, MarkerBaseline) else MarkerBaseline.load(model)
     records = list(_predict_records(baseline, load_puzzles(puzzles), template=template))

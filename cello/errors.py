@@ -34,24 +34,3 @@ class UpstreamError(CelloError):
 
 class MissingDependencyError(CelloError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
-
-
-def require(module: str, extra: str):
-    """Import an optional dependency, or raise an error that names the extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        msg = f"`{module}` is not installed: run `pip install 'cello[{extra}]'` ({exc})."
-        raise MissingDependencyError(msg) from exc
-
-
-def is_available(module: str) -> bool:
-    """True when `module` can be imported; imports nothing."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False

@@ -297,8 +297,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from cello import report as R
-    from cello.baselines import chance_set_accuracy
-    from cello.scoring import compute_metrics
+    from cello.scoring import chance_set_accuracy, compute_metrics
 
     t0 = time.perf_counter()
     cfg, template = cfg or EvalConfig(), template or PromptTemplate()

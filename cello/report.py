@@ -120,7 +120,7 @@ def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: st
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from cello.baselines import chance_expected_accuracy
+    from cello.scoring import chance_expected_accuracy
 
     if not runs:
         msg = "plot_accuracy_by_n(): no runs to plot; pass at least one metrics.json."

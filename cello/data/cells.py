@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import tempfile
-import unicodedata
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from cello._io import atomic_path
 from cello.config import CellsConfig
 from cello.data import schema as S
+from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
@@ -130,30 +130,6 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
         )
         raise InputError(msg)
     return clean_column(obs[key])
-
-
-def check_cell_types(labels: np.ndarray | pd.Series, *, source: str, key: str) -> None:
-    """Labels must survive the answer format: no '|' or line/control characters, and no two
-    labels that differ only by case (answers are compared case-insensitively)."""
-    unique = pd.unique(np.asarray(labels, dtype=object))
-    bad = [t for t in unique if t and ("|" in t or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in t))]
-    if bad:
-        msg = (
-            f"{source}: cell-type labels in {key!r} contain '|' or control/line characters, which the "
-            f"answer format (<answer>A | B</answer>) cannot carry: {bad[:5]}. Rename those categories."
-        )
-        raise InputError(msg)
-    by_case: dict[str, set[str]] = {}
-    for t in unique:
-        if t:
-            by_case.setdefault(t.lower(), set()).add(t)
-    clashes = [sorted(v) for v in by_case.values() if len(v) > 1]
-    if clashes:
-        msg = (
-            f"{source}: cell-type labels in {key!r} differ only by case: {clashes[:5]}; answers are compared "
-            "case-insensitively, so merge them into one label."
-        )
-        raise InputError(msg)
 
 
 def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> tuple[np.ndarray, dict]:
@@ -389,13 +365,6 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
                             writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
     log.info("wrote %d cells to %s", summary.kept, out)
     return summary
-
-
-def check_unique_datasets(datasets: list[str], *, where: str) -> None:
-    """Cell ids are '<dataset>:<obs name>': two inputs with one dataset name would collide."""
-    if len(set(datasets)) < len(datasets):
-        msg = f"two inputs share a dataset name ({datasets}) in {where}; rename one file so cell ids stay unique."
-        raise InputError(msg)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -28,7 +28,7 @@ import pandas as pd
 from cello._io import atomic_path
 from cello.config import PuzzlesConfig
 from cello.data import schema as S
-from cello.data.cells import check_cell_types
+from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import MISSING
 from cello.data.seeds import stable_seed
 from cello.errors import InputError
@@ -294,8 +294,6 @@ def _read_table(path: str | os.PathLike, required: list[str], *, made_by: str) -
 def read_cells(path: str | os.PathLike) -> pd.DataFrame:
     """Read the columns puzzles need from cells.parquet, or from a directory of parts (one per
     input file, in input order), with clear errors for bad files."""
-    from cello.data.cells import check_unique_datasets
-
     path = Path(path)
     parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
     if not parts:

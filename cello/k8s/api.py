@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cello.errors import UpstreamError, require
+from cello.deps import require
+from cello.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -74,7 +74,7 @@ class DeployOutcome:
 
 def kserve_client():
     """A KServeClient on the step's credentials (in-cluster, else $KUBECONFIG read now)."""
-    from cello.errors import require
+    from cello.deps import require
 
     require("kserve", "serve")
     from kserve import KServeClient

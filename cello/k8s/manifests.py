@@ -29,7 +29,7 @@ def is_core(obj: dict[str, Any]) -> bool:
 
 def core_errors(obj: dict[str, Any], version: str = K8S_VERSION) -> list[str]:
     """Every way a core-kind object breaks the Kubernetes schema of `version` (strict)."""
-    from cello.errors import require
+    from cello.deps import require
 
     kv = require("kubernetes_validate", "dev")
     try:

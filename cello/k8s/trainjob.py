@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from cello.config import ClusterConfig
-from cello.errors import require
+from cello.deps import require
 from cello.k8s import podspec
 from cello.k8s.api import Clients, call
 from cello.k8s.jobspec import TrainingSpec

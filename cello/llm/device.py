@@ -13,7 +13,8 @@ training to fp32 (fp16 mixed precision is asked for by name, never picked).
 
 from __future__ import annotations
 
-from cello.errors import ConfigError, is_available
+from cello.deps import is_available
+from cello.errors import ConfigError
 
 # Training's precision names -> torch dtype names.
 PRECISIONS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from cello.config import SamplingParams
-from cello.errors import ConfigError, require
+from cello.deps import require
+from cello.errors import ConfigError
 from cello.llm.base import Backend, Conversation, Generation, Progress
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,14 @@ job each and say the definitions in full:
   `valid_reward`, TRL's reward-function protocol);
 - `_repair`: `repair`, a valid assignment from any completion by optimal matching (beyond the paper);
 - `_metrics`: the prediction record, `score_records`, `compute_metrics` and the bootstrap
-  intervals (`bootstrap_ci`, `paired_bootstrap_diff`, `align`) the gate decides on.
+  intervals (`bootstrap_ci`, `paired_bootstrap_diff`, `align`) the gate decides on;
+- `_chance`: the expected figures of a random valid assignment, defined as the metrics are.
 
     from cello.scoring import score, reward, compute_metrics
     score("<think>..</think>\\n<answer>B cell | T cell</answer>", ["B cell", "T cell"]).reward  # 1.0
 """
 
+from cello.scoring._chance import ChanceAccuracy, chance_expected_accuracy, chance_set_accuracy
 from cello.scoring._metrics import (
     PairedDiff,
     ScoredSet,
@@ -44,5 +46,5 @@ __all__ = [
     "FormatCheck", "Score", "Repair", "ScoredSet", "PairedDiff", "REASONS",
     "parse_answer", "gold_labels", "check_format", "score", "reward", "valid_reward", "completion_text",
     "repair", "prediction_record", "score_records", "compute_metrics", "bootstrap_ci",
-    "paired_bootstrap_diff", "align",
+    "paired_bootstrap_diff", "align", "ChanceAccuracy", "chance_expected_accuracy", "chance_set_accuracy",
 ]

@@ -27,7 +27,8 @@ from typing import Any
 
 from cello.config import GenerationConfig, ServeConfig, override
 from cello.data.prompt import PromptTemplate
-from cello.errors import CelloError, ConfigError, require
+from cello.deps import require
+from cello.errors import CelloError, ConfigError
 from cello.serve.engine import BackendError, GenerationTimeout, QueueFull
 from cello.serve.middleware import Guard, TokenSource, error_body
 

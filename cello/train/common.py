@@ -27,7 +27,8 @@ from typing import Any
 
 from cello._io import write_json
 from cello.config import LoraStageConfig
-from cello.errors import ConfigError, InputError, is_available
+from cello.deps import is_available
+from cello.errors import ConfigError, InputError
 from cello.llm.device import bf16_supported, flash_attention_usable, pick_attention, precision_dtype
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def accumulation(total: int, per_device: int, world_size: int, *, what: str) -> 
 
 def deepspeed_config(path: str) -> str:
     """A DeepSpeed JSON for TRL's `deepspeed=`; deepspeed itself must be installed (GPU images)."""
-    from cello.errors import require
+    from cello.deps import require
 
     require("deepspeed", "gpu")
     if not Path(path).is_file():

@@ -10,7 +10,8 @@ import pytest
 
 from cello.config import BackendConfig, SamplingParams
 from cello.data.prompt import PromptTemplate
-from cello.errors import CelloError, ConfigError, InputError, MissingDependencyError, is_available
+from cello.deps import is_available
+from cello.errors import CelloError, ConfigError, InputError, MissingDependencyError
 from cello.llm import OpenAIHTTPBackend, TransformersBackend, make_backend, parse_spec
 from tests.llm_server import serve_openai
 

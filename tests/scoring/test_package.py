@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import cello.scoring as scoring
-from cello.scoring import _metrics, _repair, _reward
+from cello.scoring import _chance, _metrics, _repair, _reward
 
 
 def test_the_package_exports_exactly_the_public_names_of_its_modules():
-    modules = (_reward, _repair, _metrics)
+    modules = (_reward, _repair, _metrics, _chance)
     assert sorted(scoring.__all__) == sorted(name for m in modules for name in m.__all__)
     for m in modules:
         for name in m.__all__:

@@ -148,7 +148,7 @@ def test_bf16_and_flash_attention_on_gpu(tmp_path, tiny_model_dir, records):
     """On a GPU, 'auto' picks bf16 and flash-attn when it imports (sdpa otherwise), and SFT runs."""
     import torch
 
-    from cello.errors import is_available
+    from cello.deps import is_available
     from cello.train.common import device_settings
 
     s = device_settings("auto", "auto")
@@ -183,7 +183,8 @@ def test_deepspeed_configs_defer_to_the_trainer(name, stage):
 
 
 def test_deepspeed_needs_the_gpu_extra(tmp_path, tiny_model_dir, records):
-    from cello.errors import MissingDependencyError, is_available
+    from cello.deps import is_available
+    from cello.errors import MissingDependencyError
 
     if is_available("deepspeed"):
         pytest.skip("deepspeed is installed here")
