@@ -86,7 +86,8 @@ def make_completions(kind: str, count: int, *, seed: int = 0) -> tuple[list[str]
             elif mode == 7:  # a blank line between the blocks
                 texts.append(good.replace("</think>\n<answer>", "</think>\n\n<answer>"))
             elif mode == 8:  # the answer over two lines: only the first is read
-                texts.append(f"<think>{think}</think>\n<answer>{' | '.join(labels[:7])} |\n{' | '.join(labels[7:])}</answer>")
+                texts.append(f"<think>{think}</think>\n<answer>{' | '.join(labels[:7])} |\n"
+                             f"{' | '.join(labels[7:])}</answer>")
             else:  # empty output
                 texts.append("")
         golds.append(gold)
@@ -125,7 +126,8 @@ def scoring_throughput(*, count: int, rounds: int) -> dict:
         rep_n = max(count // 4, 50)
         rep_pairs = [(t, sorted(g)) for t, g in pairs[:rep_n]]
         repair(*rep_pairs[0])  # warm-up: the first call imports scipy
-        rep = _best_rate(lambda rep_pairs=rep_pairs: [repair(t, c) for t, c in rep_pairs], len(rep_pairs), max(rounds // 2, 1))
+        rep = _best_rate(lambda rep_pairs=rep_pairs: [repair(t, c) for t, c in rep_pairs], len(rep_pairs),
+                         max(rounds // 2, 1))
         out[kind] = {
             "score_per_s": rate, "us_per_score": 1e6 / rate, "reward_per_s": grpo, "repair_per_s": rep,
             "valid_share": float(np.mean([score(t, g).valid for t, g in pairs])),
@@ -181,7 +183,8 @@ def eval_overhead_share(*, puzzles: int = 30, max_new_tokens: tuple[int, ...] = 
         model = build_tiny_model(root / "tiny", cfg=TinyModelConfig(init_std=0.2))
         for budget in max_new_tokens:
             res = evaluate(root / "eval" / "test.jsonl", root / f"run-{budget}", model=str(model),
-                           sampling=SamplingParams(max_new_tokens=budget), cfg=EvalConfig(limit=puzzles), progress=False)
+                           sampling=SamplingParams(max_new_tokens=budget), cfg=EvalConfig(limit=puzzles),
+                           progress=False)
             t, o = res.metrics["timing"], res.metrics["overall"]
             runs.append({
                 "max_new_tokens": budget, "puzzles": o["count"], "mean_completion_tokens": o["mean_length_tokens"],
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {kind:8s} score: {r['score_per_s']:>9,.0f}/s ({r['us_per_score']:.1f} us each)  "
               f"reward(): {r['reward_per_s']:>9,.0f}/s  repair: {r['repair_per_s']:>8,.0f}/s  "
               f"[valid {r['valid_share']:.0%}, legitimate {r['legitimate_share']:.0%}, {r['mean_chars']:.0f} chars]")
-    print(f"  compute_metrics, 1000 puzzles (score + repair + bootstrap x1000): {thr['compute_metrics_1000_puzzles_s']:.2f} s")
+    print(f"  compute_metrics, 1000 puzzles (score + repair + bootstrap x1000): "
+          f"{thr['compute_metrics_1000_puzzles_s']:.2f} s")
     overhead = None if args.no_eval else eval_overhead_share()
     if overhead is None:
         print("eval wall time outside generation (tiny-model eval): not measured yet")
@@ -221,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in overhead["runs"]:
             print(f"eval wall time outside generation (tiny-model eval, {r['puzzles']} demo puzzles, max_new_tokens "
                   f"{r['max_new_tokens']}): {r['outside_generation_share']:.1%} of {r['wall_s']:.1f} s "
-                  f"(generation {r['generation_s']:.1f} s, load {r['load_s']:.2f} s, scoring/IO {r['scoring_io_s']:.2f} s "
-                  f"= {r['scoring_io_ms_per_puzzle']:.0f} ms/puzzle; {r['outside_generation_share_excluding_load']:.1%} without the load)")
+                  f"(generation {r['generation_s']:.1f} s, load {r['load_s']:.2f} s, "
+                  f"scoring/IO {r['scoring_io_s']:.2f} s = {r['scoring_io_ms_per_puzzle']:.0f} ms/puzzle; "
+                  f"{r['outside_generation_share_excluding_load']:.1%} without the load)")
     result = {
         "benchmark": "bench_scoring", "n": N, "count": args.count, "rounds": args.rounds, "cpu": pinned,
         "python": platform.python_version(), "machine": platform.machine(),

@@ -54,7 +54,8 @@ def real_tokens(model_dir: Path, records: list[dict]) -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return sum(len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in records)
+    return sum(len(tok.apply_chat_template(r["messages"], tokenize=True,
+                                           return_dict=True)["input_ids"]) for r in records)
 
 
 def sft_tokens_per_s(model_dir: Path, data: Path, out: Path, *, mode: str, batch: int, precision: str = "auto",
@@ -88,7 +89,8 @@ def bench_cpu_modes(root: Path, n_records: int, batch: int) -> dict:
     for name, mode, max_length in (("padded", "padded", 4096), ("padding_free", "padding_free", 4096),
                                    ("packing", "packing", 4096), ("packing_1024", "packing", 1024)):
         runtime = sft_tokens_per_s(model, data, root / name, mode=mode, batch=batch, max_length=max_length)
-        out["modes"][name] = {"seconds": round(runtime, 2), "tokens_per_s": round(tokens / runtime, 1), "max_length": max_length}
+        out["modes"][name] = {"seconds": round(runtime, 2), "tokens_per_s": round(tokens / runtime, 1),
+                              "max_length": max_length}
         print(f"  {name:13s} {runtime:7.1f} s  {tokens / runtime:10.0f} tokens/s")
     padded = out["modes"]["padded"]["tokens_per_s"]
     out["ratio_padding_free_vs_padded"] = round(out["modes"]["padding_free"]["tokens_per_s"] / padded, 2)
@@ -157,7 +159,8 @@ def bench_grpo_vllm(root: Path, model: Path, steps: int = 5) -> float:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(["trl", "vllm-serve", "--model", str(model), "--port", str(port), "--gpu-memory-utilization", "0.3"])
+    server = subprocess.Popen(["trl", "vllm-serve", "--model", str(model), "--port", str(port),
+                               "--gpu-memory-utilization", "0.3"])
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_server(url, timeout=600)
@@ -197,12 +200,14 @@ def main() -> None:
             print(f"  padding-free / padded: {cpu['ratio_padding_free_vs_padded']}x, packing (4096) / padded: "
                   f"{cpu['ratio_packing_vs_padded']}x, packing (1024) / padded: {cpu['ratio_packing_1024_vs_padded']}x")
             if not torch.cuda.is_available():
-                print("  (sdpa computes a packed row's attention densely under a block mask: packing pays off with flash-attn varlen on GPU)")
+                print("  (sdpa computes a packed row's attention densely under a block mask: "
+                      "packing pays off with flash-attn varlen on GPU)")
         if torch.cuda.is_available():
             result["gpu"] = bench_gpu(root, args.records)
         else:
             result["gpu"] = "skipped: no CUDA device"
-            print("GPU part (0.5B bf16 SFT tokens/s/GPU padded / padding-free / packed, GRPO s/step with vLLM): skipped, no CUDA device")
+            print("GPU part (0.5B bf16 SFT tokens/s/GPU padded / padding-free / packed, GRPO s/step with vLLM): "
+                  "skipped, no CUDA device")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {args.out}")

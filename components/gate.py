@@ -7,7 +7,8 @@ from cello.k8s.images import image
 
 
 @dsl.component(base_image=image("cello"), install_kfp_package=False)
-def gate(run_dir: str, data_dir: str, candidate: str, incumbent: str, baseline: str, decision: Output[Markdown]) -> bool:
+def gate(run_dir: str, data_dir: str, candidate: str, incumbent: str, baseline: str,
+         decision: Output[Markdown]) -> bool:
     """Floor, no regression against the incumbent, beats the baseline -> passed?"""
     from cello.pipeline.evaluate import gate
     from cello.pipeline.outputs import publish

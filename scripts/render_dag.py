@@ -49,8 +49,8 @@ def render(ir: Path, out: Path) -> Path:
         ax.text(x, y, labels[n], ha="center", va="center", fontsize=8.5,
                 bbox={"boxstyle": "round,pad=0.45", "fc": STAGE_COLORS[KIND[n.removesuffix("-2")]],
                       "ec": "#555555", "ls": "--" if n == "cleanup" else "-"})
-    ax.set_title("Cello pipeline (pipelines/cello.yaml): data -> [distill] -> SFT -> merge -> GRPO -> evaluate -> gate -> deploy;"
-                 " cleanup is the exit handler", fontsize=10)
+    ax.set_title("Cello pipeline (pipelines/cello.yaml): data -> [distill] -> SFT -> merge -> GRPO -> evaluate -> gate "
+                 "-> deploy; cleanup is the exit handler", fontsize=10)
     ax.axis("off")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,9 +86,10 @@ def demo_data(tmp_path_factory) -> Path:
     from cello.cli import main
 
     root = tmp_path_factory.mktemp("demo")
-    assert main(["data", "cells", "builtin:pbmc68k", "-o", str(root / "cells.parquet"), "--params", str(REPO / "params.yaml")]) == 0
-    assert main(["data", "puzzles", str(root / "cells.parquet"), "-o", str(root / "puzzles.parquet"), "--params", str(REPO / "params.yaml")]) == 0
-    assert main(["data", "split", str(root / "puzzles.parquet"), "-o", str(root / "splits"), "--params", str(REPO / "params.yaml")]) == 0
+    params = ["--params", str(REPO / "params.yaml")]
+    assert main(["data", "cells", "builtin:pbmc68k", "-o", str(root / "cells.parquet"), *params]) == 0
+    assert main(["data", "puzzles", str(root / "cells.parquet"), "-o", str(root / "puzzles.parquet"), *params]) == 0
+    assert main(["data", "split", str(root / "puzzles.parquet"), "-o", str(root / "splits"), *params]) == 0
     return root
 
 

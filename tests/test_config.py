@@ -42,7 +42,8 @@ def test_an_invalid_params_file_lists_each_key_the_rule_and_the_value(tmp_path):
 
 
 def test_an_invalid_override_names_the_flag_value():
-    with pytest.raises(ConfigError, match=r"invalid option .*\n  min_n: Input should be greater than or equal to 2 \(got 1\)"):
+    with pytest.raises(ConfigError,
+                       match=r"invalid option .*\n  min_n: Input should be greater than or equal to 2 \(got 1\)"):
         override(PuzzlesConfig(), min_n=1)
     assert override(PuzzlesConfig(), min_n=None, per_n=3) == PuzzlesConfig(per_n=3)  # None: not given
 

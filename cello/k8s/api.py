@@ -60,7 +60,8 @@ def connect() -> Clients:
     load_config()
     client = require("kubernetes.client", "pipeline")
     api = client.ApiClient()
-    return Clients(core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api), networking=client.NetworkingV1Api(api))
+    return Clients(core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api),
+                   networking=client.NetworkingV1Api(api))
 
 
 def http_status(exc: BaseException | None) -> int | None:

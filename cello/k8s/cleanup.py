@@ -28,7 +28,8 @@ def _custom(group: str, version: str, plural: str) -> tuple[Callable, Callable]:
         return [item["metadata"]["name"] for item in found.get("items", [])]
 
     def deleter(api: Clients, ns: str, name: str, **kw: Any) -> None:
-        api.custom.delete_namespaced_custom_object(group, version, ns, plural, name, propagation_policy="Background", **kw)
+        api.custom.delete_namespaced_custom_object(group, version, ns, plural, name, propagation_policy="Background",
+                                                   **kw)
 
     return lister, deleter
 

@@ -262,7 +262,8 @@ def _apply(kserve: Any, obj: dict[str, Any], current: dict[str, Any] | None, *, 
                          "annotations": merge_patch(cur_meta.get("annotations") or {}, meta.get("annotations") or {})},
             "spec": merge_patch(current.get("spec") or {}, obj["spec"]),
         }
-        out = call(kserve.patch, meta["name"], _sdk_object(patch), namespace=meta["namespace"], what=f"patch {what}", retries=retries)
+        out = call(kserve.patch, meta["name"], _sdk_object(patch), namespace=meta["namespace"], what=f"patch {what}",
+                   retries=retries)
     return int(((out or {}).get("metadata") or {}).get("generation") or 1)
 
 
@@ -275,7 +276,8 @@ def _restore(kserve: Any, previous: dict[str, Any] | None, cfg: DeployConfig, *,
         return "nothing (the new InferenceService was deleted)"
     current = call(kserve.get, cfg.name, namespace=cfg.namespace, what=f"get {what}", retries=retries, missing_ok=True)
     restored = {"apiVersion": API_VERSION, "kind": "InferenceService", "spec": previous.get("spec") or {},
-                "metadata": {**{k: v for k, v in (previous.get("metadata") or {}).items() if k in ("labels", "annotations")},
+                "metadata": {**{k: v for k, v in (previous.get("metadata") or {}).items()
+                                if k in ("labels", "annotations")},
                              "name": cfg.name, "namespace": cfg.namespace}}
     generation = _apply(kserve, restored, current, retries=retries)
     uri = predictor_uri(previous)
@@ -340,8 +342,9 @@ def deploy(
                 restored = f"nothing: the rollback failed too ({again})"
             if not isinstance(exc, _NotReady | ClusterError):
                 raise
-            msg = (f"deploying {model_uri} to {what} failed: {reason}. Rolled back to {restored}. Check the predictor's "
-                   f"logs (kubectl logs -n {cfg.namespace} -l serving.kserve.io/inferenceservice={cfg.name}).")
+            msg = (f"deploying {model_uri} to {what} failed: {reason}. Rolled back to {restored}. Check the "
+                   f"predictor's logs (kubectl logs -n {cfg.namespace} "
+                   f"-l serving.kserve.io/inferenceservice={cfg.name}).")
             raise DeployFailed(msg, reason=reason, restored=predictor_uri(previous)) from exc
     return DeployOutcome(cfg.name, cfg.namespace, model_uri, predictor_uri(previous), url, canary=len(steps) > 1,
                          prediction=prediction)

@@ -62,7 +62,8 @@ def _rollout_container(model: str, cfg: ClusterConfig) -> dict[str, Any]:
         "name": SIDECAR,
         "image": image_ref("vllm"),
         "command": rollout_command(model, cfg),
-        "env": [{"name": "VLLM_SERVER_DEV_MODE", "value": "1"}, podspec.pod_ip_env("VLLM_HOST_IP"), *podspec.secret_env(cfg)],
+        "env": [{"name": "VLLM_SERVER_DEV_MODE", "value": "1"}, podspec.pod_ip_env("VLLM_HOST_IP"),
+                *podspec.secret_env(cfg)],
         "ports": [{"name": "http", "containerPort": SERVE_PORT, "protocol": "TCP"}],
         "resources": podspec.resources(cfg, gpus=cfg.rollout_gpus, cpu=cfg.rollout_cpu, memory=cfg.rollout_memory),
         # Until this passes, a native sidecar blocks the main container: the trainer starts once vLLM serves.
@@ -77,16 +78,17 @@ def _trainer_spec(command: Sequence[str], server: str, *, run_id: str, cfg: Clus
     if "--vllm-server" in command:
         msg = "the GRPO command must not set --vllm-server: run_grpo points it at the rollout server it starts."
         raise ConfigError(msg)
-    return training_spec([*command, "--vllm-server", server], stage="grpo", run_id=run_id, cfg=cfg, api=api, image=image,
-                         env=env, role=TRAINER, extra_env=[podspec.pod_ip_env("VLLM_HOST_IP")])
+    return training_spec([*command, "--vllm-server", server], stage="grpo", run_id=run_id, cfg=cfg, api=api,
+                         image=image, env=env, role=TRAINER, extra_env=[podspec.pod_ip_env("VLLM_HOST_IP")])
 
 
 def trainer_gpus(cfg: ClusterConfig) -> int:
     """GPUs left for the trainer on a single node next to the rollout server."""
     gpus = cfg.gpus_per_node - cfg.rollout_gpus
     if gpus < 1:
-        msg = (f"cluster.gpus_per_node={cfg.gpus_per_node} leaves no GPU for the GRPO trainer next to the vLLM server's "
-               f"rollout_gpus={cfg.rollout_gpus} (they need separate GPUs); use a node with more GPUs or num_nodes > 1.")
+        msg = (f"cluster.gpus_per_node={cfg.gpus_per_node} leaves no GPU for the GRPO trainer next to the vLLM "
+               f"server's rollout_gpus={cfg.rollout_gpus} (they need separate GPUs); use a node with more GPUs or "
+               "num_nodes > 1.")
         raise ConfigError(msg)
     return gpus
 
@@ -95,7 +97,8 @@ def render_grpo_pod(command: Sequence[str], *, model: str, run_id: str, cfg: Clu
                     image: str | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Single node: the trainer with vLLM as a native sidecar, in one Pod."""
     gpus = trainer_gpus(cfg)
-    spec = _trainer_spec(command, f"http://localhost:{SERVE_PORT}", run_id=run_id, cfg=cfg, image=image, env=env, api="trainjob")
+    spec = _trainer_spec(command, f"http://localhost:{SERVE_PORT}", run_id=run_id, cfg=cfg, image=image, env=env,
+                         api="trainjob")
     sidecar = {**_rollout_container(model, cfg), "restartPolicy": "Always"}
     trainer = {
         "name": TRAINER,
@@ -160,7 +163,8 @@ def render_rollout_server(*, model: str, run_id: str, cfg: ClusterConfig) -> lis
             "restartPolicy": "Always",
             "serviceAccountName": cfg.service_account,
             "containers": [{**_rollout_container(model, cfg),
-                            "readinessProbe": {"httpGet": {"path": "/health", "port": SERVE_PORT}, "periodSeconds": 10}}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": SERVE_PORT},
+                                               "periodSeconds": 10}}],
             "volumes": podspec.volumes(cfg),
             **podspec.scheduling(cfg),
             "securityContext": podspec.security_context(cfg),
@@ -170,7 +174,8 @@ def render_rollout_server(*, model: str, run_id: str, cfg: ClusterConfig) -> lis
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": cfg.namespace, "labels": labels},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}]},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": SERVE_PORT,
+                                                "protocol": "TCP"}]},
     }
     job = job_name(run_id, "grpo")
     return [
@@ -189,7 +194,8 @@ def server_url(run_id: str, cfg: ClusterConfig) -> str:
 def multinode_trainer_spec(command: Sequence[str], *, run_id: str, cfg: ClusterConfig, image: str | None = None,
                            env: Mapping[str, str] | None = None) -> TrainingSpec:
     """Multi-node: the trainer job, pointed at the rollout server's Service."""
-    return _trainer_spec(command, server_url(run_id, cfg), run_id=run_id, cfg=cfg, image=image, env=env, api=cfg.training_api)
+    return _trainer_spec(command, server_url(run_id, cfg), run_id=run_id, cfg=cfg, image=image, env=env,
+                         api=cfg.training_api)
 
 
 def render_grpo(command: Sequence[str], *, model: str, run_id: str, cfg: ClusterConfig,
@@ -213,11 +219,13 @@ class GRPOPodHandle:
         self.pod_selector = run_selector(run_id, stage="grpo", role=TRAINER)
 
     def create(self) -> None:
-        call(self.api.core.create_namespaced_pod, self.namespace, self.pod, what=f"create pod {self.namespace}/{self.name}",
+        call(self.api.core.create_namespaced_pod, self.namespace, self.pod,
+             what=f"create pod {self.namespace}/{self.name}",
              retries=self.cfg.api_retries)
 
     def read(self) -> dict[str, Any] | None:
-        pod = call(self.api.core.read_namespaced_pod, self.name, self.namespace, what=f"get pod {self.namespace}/{self.name}",
+        pod = call(self.api.core.read_namespaced_pod, self.name, self.namespace,
+                   what=f"get pod {self.namespace}/{self.name}",
                    retries=self.cfg.api_retries, missing_ok=True)
         return None if pod is None else self.api.core.api_client.sanitize_for_serialization(pod)
 
@@ -245,7 +253,8 @@ class GRPOPodHandle:
                                     container=TRAINER, follow=True)
 
     def delete(self) -> None:
-        call(self.api.core.delete_namespaced_pod, self.name, self.namespace, what=f"delete pod {self.namespace}/{self.name}",
+        call(self.api.core.delete_namespaced_pod, self.name, self.namespace,
+             what=f"delete pod {self.namespace}/{self.name}",
              retries=self.cfg.api_retries, missing_ok=True)
 
 

@@ -54,7 +54,8 @@ def render_job(spec: TrainingSpec, cfg: ClusterConfig) -> dict[str, Any]:
 def sigterm_exits() -> Iterator[None]:
     """Turn SIGTERM (what Kubernetes sends a cancelled step's pod) into SystemExit, so the wait
     loop deletes the job on the way out. Only in the main thread, only if nobody else handles it."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
 
@@ -91,7 +92,8 @@ def create_or_attach(job: Any, run_id: str, log: LogFn) -> bool:
     return True
 
 
-def launch(job: Any, api: Clients, *, run_id: str, cfg: ClusterConfig, log: LogFn, companions: Sequence[str] = ()) -> JobOutcome:
+def launch(job: Any, api: Clients, *, run_id: str, cfg: ClusterConfig, log: LogFn,
+           companions: Sequence[str] = ()) -> JobOutcome:
     """Create or re-attach to `job` and wait until it completes."""
     with sigterm_exits():
         reattached = create_or_attach(job, run_id, log)

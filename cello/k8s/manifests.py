@@ -51,7 +51,8 @@ def validate_all(objects: Iterable[dict[str, Any]], crd_dir: str | os.PathLike) 
         problems = core_errors(obj)
         if problems:
             name = (obj.get("metadata") or {}).get("name", "?")
-            msg = f"{obj.get('kind')} {name} does not match the Kubernetes {K8S_VERSION} schema:\n  " + "\n  ".join(problems)
+            msg = (f"{obj.get('kind')} {name} does not match the Kubernetes {K8S_VERSION} schema:\n  "
+                   + "\n  ".join(problems))
             raise ManifestError(msg)
 
 

@@ -1,4 +1,4 @@
-"""Training stages as Training Operator v1 PyTorchJobs (`kubeflow.org/v1`), for clusters not yet
+r"""Training stages as Training Operator v1 PyTorchJobs (`kubeflow.org/v1`), for clusters not yet
 on Kubeflow Trainer v2 (`cluster.training_api: pytorchjob`).
 
 The Kubeflow SDK 0.5 speaks only TrainJob, so this is a plain object written with the
@@ -8,7 +8,8 @@ operator looks for), `nprocPerNode` = GPUs per node, `restartPolicy: Never` with
 the same pod pieces as a TrainJob (PVC, /dev/shm, Secrets, scheduling). It is awaited with the
 same semantics (`cello.k8s.wait`): conditions Succeeded / Failed.
 
-    cello k8s render pytorchjob --run-id r1 --stage sft -- train sft /mnt/cello/data/records/sft -o /mnt/cello/runs/r1/sft
+    cello k8s render pytorchjob --run-id r1 --stage sft -- \
+        train sft /mnt/cello/data/records/sft -o /mnt/cello/runs/r1/sft
 """
 
 from __future__ import annotations

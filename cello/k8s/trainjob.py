@@ -45,7 +45,8 @@ def sdk_inputs(spec: TrainingSpec, cfg: ClusterConfig) -> tuple[Any, list[Any]]:
     resources: dict[str, Any] = {"cpu": cfg.cpu_per_node, "memory": cfg.memory_per_node}
     if spec.gpus_per_node > 0:
         resources[cfg.gpu_resource] = str(spec.gpus_per_node)  # an int would become the float 8.0
-    trainer = CustomTrainerContainer(image=spec.image, num_nodes=spec.num_nodes, resources_per_node=resources, env=spec.env)
+    trainer = CustomTrainerContainer(image=spec.image, num_nodes=spec.num_nodes, resources_per_node=resources,
+                                     env=spec.env)
     sched = podspec.scheduling(cfg)
     pod = o.PodSpecPatch(
         service_account_name=cfg.service_account,
@@ -108,7 +109,8 @@ class TrainJobHandle:
         self.spec, self.cfg, self.api = spec, cfg, api
         self.name, self.namespace = spec.name, spec.namespace
         self.pod_selector = f"{JOBSET_NAME_LABEL}={spec.name}"
-        config = sdk.KubernetesBackendConfig(namespace=spec.namespace, client_configuration=api.core.api_client.configuration)
+        config = sdk.KubernetesBackendConfig(namespace=spec.namespace,
+                                             client_configuration=api.core.api_client.configuration)
         self.client = sdk.TrainerClient(config)
 
     def create(self) -> None:

@@ -30,7 +30,8 @@ CRD_DIR_ENV = "CELLO_CRD_DIR"
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-_QUALIFIED_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_QUALIFIED_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"  # DNS prefix/
+                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 # What the API server itself checks in ObjectMeta (the CRD schemas say only `type: object`).
@@ -100,7 +101,8 @@ def find_crd(api_version: str, kind: str, crd_dir: str | os.PathLike) -> Path:
     """The CRD file in `crd_dir` that defines `kind` in the group of `api_version`."""
     directory = Path(crd_dir)
     if not directory.is_dir():
-        msg = f"CRD directory {directory} does not exist; pass the folder holding the CRD YAML files (or set {CRD_DIR_ENV})."
+        msg = (f"CRD directory {directory} does not exist; pass the folder holding the CRD YAML files "
+               f"(or set {CRD_DIR_ENV}).")
         raise InputError(msg)
     return _find_crd(api_version, kind, str(directory.resolve()))
 

@@ -291,7 +291,8 @@ def wait_for(
             node0 = next((p for p in pods if job.is_node0(p) and p.status and p.status.phase in _STARTED), None)
             if node0 is not None and node0.metadata.name != followed:
                 followed = node0.metadata.name
-                follower = LogFollower(lambda name=followed: job.follow_logs(name), keep=cfg.log_tail_lines, name=followed)
+                follower = LogFollower(lambda name=followed: job.follow_logs(name), keep=cfg.log_tail_lines,
+                                       name=followed)
             if follower is not None:
                 follower.drain(log)
 
@@ -325,8 +326,8 @@ def _check_pending(job: Workload, api: Clients, pods: list[Any], first_seen: dic
         _delete(job, log)
         msg = (f"{what} has no pods {now - start:.0f}s after it was created (cluster.pending_timeout_s="
                f"{cfg.pending_timeout_s}); its controller did not start it: check that the training operator "
-               f"runs and the queue or quota admits it (kubectl describe -n {job.namespace} {job.kind.lower()} {job.name}). "
-               "The job was deleted.")
+               f"runs and the queue or quota admits it "
+               f"(kubectl describe -n {job.namespace} {job.kind.lower()} {job.name}). The job was deleted.")
         raise PodsPending(msg, kind=job.kind, name=job.name, reason="NoPods")
     for pod in pods:
         if not is_stuck_pending(pod):
@@ -357,7 +358,8 @@ def _failure(job: Workload, api: Clients, obj: dict[str, Any], state: State, pod
         lines.extend("  " + t for t in tail)
     if state.reason == "DeadlineExceeded":
         _delete(job, log)
-        lines.append("It ran past its deadline and was deleted; raise cluster.active_deadline_s or train for fewer steps.")
+        lines.append("It ran past its deadline and was deleted; "
+                     "raise cluster.active_deadline_s or train for fewer steps.")
         return JobDeadlineExceeded("\n".join(lines), kind=job.kind, name=job.name, reason=state.reason, log_tail=tail)
     lines.append(f"The job is kept for inspection (kubectl describe -n {job.namespace} {job.kind.lower()} {job.name}); "
                  "the pipeline's exit handler deletes it.")

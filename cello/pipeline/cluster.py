@@ -35,7 +35,8 @@ def run_job(stage: str, args: list[str], *, run: Run, num_nodes: int, gpus_per_n
     """`cello <args>` as a training job on the cluster; returns once it completed."""
     from cello.k8s.launch import run_training
 
-    outcome = run_training(args, stage=stage, run_id=run.id, cfg=_cluster(run, num_nodes=num_nodes, gpus_per_node=gpus_per_node),
+    outcome = run_training(args, stage=stage, run_id=run.id,
+                           cfg=_cluster(run, num_nodes=num_nodes, gpus_per_node=gpus_per_node),
                            log=_echo)
     log.info("%s: %s %s completed in %.0f s%s", stage, outcome.kind, outcome.name, outcome.elapsed_s,
              " (re-attached)" if outcome.reattached else "")
@@ -45,7 +46,8 @@ def run_grpo_job(args: list[str], *, run: Run, model: str, num_nodes: int, gpus_
     """GRPO with its vLLM rollout server (serving `model`, the starting policy) on the cluster."""
     from cello.k8s.grpo import run_grpo
 
-    outcome = run_grpo(args, model=model, run_id=run.id, cfg=_cluster(run, num_nodes=num_nodes, gpus_per_node=gpus_per_node),
+    outcome = run_grpo(args, model=model, run_id=run.id, cfg=_cluster(run, num_nodes=num_nodes,
+                                                                      gpus_per_node=gpus_per_node),
                        log=_echo)
     log.info("grpo: %s %s completed in %.0f s", outcome.kind, outcome.name, outcome.elapsed_s)
 
@@ -55,7 +57,8 @@ def deploy_model(model: str, *, run: Run, smoke: dict[str, Any]) -> dict[str, An
     from cello.k8s.deploy import deploy, storage_uri
 
     p = run.params
-    outcome = deploy(storage_uri(model, p.cluster), cfg=p.deploy, cluster=p.cluster, run_id=run.id, smoke_puzzle=smoke, log=_echo)
+    outcome = deploy(storage_uri(model, p.cluster), cfg=p.deploy, cluster=p.cluster, run_id=run.id, smoke_puzzle=smoke,
+                     log=_echo)
     pred = outcome.prediction or {}
     return {"url": outcome.url, "storage_uri": outcome.model_uri, "previous_uri": outcome.previous_uri,
             "canary": outcome.canary, "valid_format": pred.get("valid"), "repaired": pred.get("repaired"),
@@ -86,5 +89,6 @@ def delete_run_objects(run_id: str, *, run_dir: str | Path | None = None) -> lis
     """Delete what run `run_id` launched (jobs, pods, Services, NetworkPolicies)."""
     from cello.k8s.cleanup import cleanup
 
-    params = load_params(Path(run_dir) / "params.yaml") if run_dir and (Path(run_dir) / "params.yaml").is_file() else load_params(None)
+    resolved = Path(run_dir) / "params.yaml" if run_dir else None
+    params = load_params(resolved if resolved is not None and resolved.is_file() else None)
     return cleanup(run_id, cfg=params.cluster, log=_echo)

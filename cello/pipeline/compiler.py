@@ -30,7 +30,8 @@ def use_images(*, registry: str | None = None, tag: str | None = None) -> None:
     for var, value in (("CELLO_IMAGE_REGISTRY", registry), ("CELLO_IMAGE_TAG", tag)):
         if value:
             os.environ[var] = value
-    for name in sorted(m for m in sys.modules if m == "components" or m.startswith("components.") or m == "pipelines.cello"):
+    for name in sorted(m for m in sys.modules
+                       if m == "components" or m.startswith("components.") or m == "pipelines.cello"):
         importlib.reload(sys.modules[name])
 
 
@@ -54,7 +55,8 @@ def pipeline_function(params_path: str | os.PathLike | None = None) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name not in ("pipelines", "pipelines.cello", "components"):
             raise
-        msg = "the pipeline definition (pipelines/, components/) is not importable: run from a Cello checkout installed with `make install`."
+        msg = ("the pipeline definition (pipelines/, components/) is not importable: "
+               "run from a Cello checkout installed with `make install`.")
         raise ConfigError(msg) from exc
     return make(load_params(params_path))
 

@@ -213,7 +213,8 @@ def describe(data_dir: str | os.PathLike) -> dict[str, Any]:
     for path in sorted((data / RECORDS_DIR).glob("*/*.jsonl")):
         with open(path, "rb") as fh:
             counts[f"{path.parent.name}/{path.stem}"] = sum(1 for line in fh if line.strip())
-    split = json.loads((data / SPLITS_DIR / "summary.json").read_text()) if (data / SPLITS_DIR / "summary.json").is_file() else {}
+    summary = data / SPLITS_DIR / "summary.json"
+    split = json.loads(summary.read_text()) if summary.is_file() else {}
     return {"data_dir": str(data), "version": dvc_data_version(data / "dvc.lock"), "records": counts, "split": split}
 
 

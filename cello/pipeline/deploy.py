@@ -45,7 +45,8 @@ def smoke_puzzle(data_dir: str) -> dict[str, Any]:
     row = pd.read_parquet(paths(data_dir)["test_puzzles"]).iloc[0]
     return {
         "id": str(row[S.PUZZLE_ID]), "context": str(row[S.CONTEXT]),
-        "cells": [{"id": str(c), "genes": [str(g) for g in genes]} for c, genes in zip(row[S.CELL_IDS], row[S.CELL_GENES], strict=True)],
+        "cells": [{"id": str(c), "genes": [str(g) for g in genes]}
+                  for c, genes in zip(row[S.CELL_IDS], row[S.CELL_GENES], strict=True)],
         "candidates": [str(c) for c in row[S.CANDIDATES]],
     }
 
@@ -63,7 +64,8 @@ def check_answer(puzzle: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     if sorted(assignment) != sorted(cells):
         problems.append(f"assigned cells {sorted(assignment)} are not the puzzle's {sorted(cells)}")
     if sorted(assignment.values()) != sorted(puzzle["candidates"]):
-        problems.append(f"assigned types {sorted(assignment.values())} are not each candidate once {sorted(puzzle['candidates'])}")
+        problems.append(f"assigned types {sorted(assignment.values())} are not each candidate once "
+                        f"{sorted(puzzle['candidates'])}")
     return problems
 
 
@@ -113,7 +115,8 @@ def serve_and_smoke(run: Run, model: str, puzzle: dict[str, Any], out: Path) -> 
         request = {"instances": [puzzle]}
         write_json(request, out / "request.json")
         resp = httpx.post(route, json=request, timeout=max(deadline - time.monotonic(), 1.0))
-        answer = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {"body": resp.text}
+        is_json = resp.headers.get("content-type", "").startswith("application/json")
+        answer = resp.json() if is_json else {"body": resp.text}
         write_json({"status": resp.status_code, "body": answer}, out / "answer.json")
         problems = [f"HTTP {resp.status_code}"] if resp.status_code != 200 else check_answer(puzzle, answer)
     finally:

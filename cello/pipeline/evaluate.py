@@ -54,7 +54,8 @@ def plot_html(png: str | Path, *, title: str) -> str:
     """A self-contained HTML page with the plot embedded (KFP's UI renders HTML artifacts)."""
     data = base64.b64encode(Path(png).read_bytes()).decode()
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body><h3>{html.escape(title)}</h3><img alt='accuracy by N' src='data:image/png;base64,{data}'></body></html>")
+            f"<body><h3>{html.escape(title)}</h3>"
+            f"<img alt='accuracy by N' src='data:image/png;base64,{data}'></body></html>")
 
 
 def _lineage_md(lineage: dict[str, Any]) -> str:
@@ -121,7 +122,8 @@ def decision_markdown(decision: Any) -> str:
     rows = [f"| {r.rule} | {'pass' if r.passed else '**FAIL**'} | {num(r.value)} | {num(r.threshold)} | {r.message} |"
             for r in decision.reasons]
     head = "PASS: the candidate may be deployed" if decision.passed else "REJECT: the candidate is not deployed"
-    return "\n".join([f"## Gate: {head}", "", f"Metric: `{decision.metric}`; candidate `{decision.candidate_model}`.", "",
+    return "\n".join([f"## Gate: {head}", "",
+                      f"Metric: `{decision.metric}`; candidate `{decision.candidate_model}`.", "",
                       "| rule | verdict | value | threshold | why |", "|---|---|---|---|---|", *rows])
 
 
@@ -131,7 +133,8 @@ def gate(run_dir: str, *, data_dir: str, candidate: str, baseline: str, incumben
 
     run = Run.open(run_dir)
     out = run.path("gate")
-    for what, path in (("candidate metrics", candidate), ("baseline metrics", baseline), ("incumbent metrics", incumbent)):
+    for what, path in (("candidate metrics", candidate), ("baseline metrics", baseline),
+                       ("incumbent metrics", incumbent)):
         if path:
             require(path, what=what, made_by="an evaluate step")
     decision = decide(candidate, incumbent=incumbent or None, baseline=baseline, cfg=run.params.gate,

@@ -122,7 +122,8 @@ def run_local(*, repo: str, revision: str = "", profile: str = "", overrides: di
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "pipeline.log"
     params = Path(repo) / "params.yaml"
-    pipeline = make(load_params(params if params.is_file() else None))  # the DAG; the run's settings come from `prepare`
+    # the DAG; the run's settings come from `prepare`
+    pipeline = make(load_params(params if params.is_file() else None))
     args = {"repo": repo, "revision": revision, "profile": profile, "overrides": overrides or {}, "workdir": str(work),
             "run_id": run_id, "backend": "local", "num_nodes": 1, "gpus_per_node": _local_gpus(), **(arguments or {})}
     echo.write(f"run {run_id}: {run_dir}\n  log: {log_path}\n")
@@ -156,7 +157,8 @@ def _task_names(pipeline: Any) -> dict[str, str]:
 
     spec = json_format.MessageToDict(pipeline.pipeline_spec, preserving_proto_field_name=False)
     dags = [spec["root"], *spec.get("components", {}).values()]
-    return {key: task.get("taskInfo", {}).get("name", key) for d in dags for key, task in d.get("dag", {}).get("tasks", {}).items()}
+    return {key: task.get("taskInfo", {}).get("name", key)
+            for d in dags for key, task in d.get("dag", {}).get("tasks", {}).items()}
 
 
 @contextlib.contextmanager
@@ -195,7 +197,8 @@ def check_branches(run: LocalRun, unresolved: list[str]) -> None:
     """Fail loudly where KFP's local runner would fail silently: a condition it could not
     evaluate (taken as false), or a deploy that did not follow the gate's decision."""
     if unresolved:
-        msg = f"the local runner could not evaluate a condition ({', '.join(unresolved)}), so it skipped that branch; see {run.log}"
+        msg = (f"the local runner could not evaluate a condition ({', '.join(unresolved)}), so it skipped that branch; "
+               f"see {run.log}")
         raise PipelineRunError(msg)
     if run.passed is None:
         msg = f"pipeline run {run.run_id} finished without a gate decision; see {run.log}"
@@ -248,7 +251,8 @@ def render(run: LocalRun, *, cwd: Path | None = None) -> str:
     gate = s.get("gate")
     if gate:
         lines.append(f"  gate     {'PASS' if gate['passed'] else 'REJECT'}  ({rel(gate['decision'])})")
-        lines += [f"             [{'ok' if r['passed'] else 'FAIL'}] {r['rule']}: {r['message']}" for r in gate["reasons"]]
+        lines += [f"             [{'ok' if r['passed'] else 'FAIL'}] {r['rule']}: {r['message']}"
+                  for r in gate["reasons"]]
     if run.deployed:
         dep = s["deploy"]
         how = "a valid answer" if dep.get("valid_format") else "an answer repaired into a valid assignment"
@@ -256,6 +260,7 @@ def render(run: LocalRun, *, cwd: Path | None = None) -> str:
                      f"request and answer in {rel(run.run_dir / 'deploy')}")
     elif gate and "grpo" in s:
         params = rel(run.run_dir / "params.yaml")
-        lines.append("  deploy   skipped: the gate rejected the candidate, so nothing was deployed. To serve it anyway:")
+        lines.append("  deploy   skipped: the gate rejected the candidate, so nothing was deployed. "
+                     "To serve it anyway:")
         lines.append(f"             cello serve --model {rel(s['grpo']['model'])} --params {params}")
     return "\n".join(lines)

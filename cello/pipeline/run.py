@@ -67,7 +67,8 @@ class Run:
             out["data"] = {"uri": str(data), **dvc_data_version(Path(data) / "dvc.lock")}
         return {**out, **extra}
 
-    def stamp(self, out_dir: str | os.PathLike, *, data: str | os.PathLike | None = None, **extra: Any) -> dict[str, Any]:
+    def stamp(self, out_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
+              **extra: Any) -> dict[str, Any]:
         """Write lineage.json into an output folder (a checkpoint, an eval run); return it."""
         lineage = self.lineage_for(data, **extra)
         write_json(lineage, Path(out_dir) / LINEAGE)

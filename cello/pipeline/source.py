@@ -64,14 +64,16 @@ def snapshot(repo: str, revision: str, dest: str | os.PathLike) -> SourceInfo:
     if not revision:
         root = Path(repo)
         if not root.is_dir():
-            msg = f"{repo}: not a local directory; an empty revision means a local working tree. Give a revision for a remote repository."
+            msg = (f"{repo}: not a local directory; an empty revision means a local working tree. "
+                   "Give a revision for a remote repository.")
             raise InputError(msg)
         listed = _git(["ls-files", "-z", "-co", "--exclude-standard"], cwd=root, what=f"listing the files of {repo}")
         files = [f for f in listed.split("\0") if f and (root / f).is_file()]
         for rel in files:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, dest / rel)
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=False)
         sha = head.stdout.strip() if head.returncode == 0 else None
         dirty = bool(_git(["status", "--porcelain"], cwd=root, what="git status")) if sha else True
         return SourceInfo(str(root.resolve()), "", sha, dirty, _tree_digest(dest, files))

@@ -126,7 +126,8 @@ def sft(run_dir: str, *, data_dir: str, records: str, model: str, backend: str =
     run = Run.open(run_dir)
     out = run.path("models", "sft")
     args = command("sft", records, "-o", str(out), "--model", model, "--resume", run=run)
-    execute("sft", args, run=run, backend=backend, num_nodes=num_nodes, gpus_per_node=gpus_per_node, step_gpus=step_gpus)
+    execute("sft", args, run=run, backend=backend, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+            step_gpus=step_gpus)
     summary = _summary(out)
     run.stamp(out / "model", data=data_dir, stage="sft", base_model=model)
     run.record_step("sft", model=str(out), summary=summary)
@@ -155,7 +156,8 @@ def grpo(run_dir: str, *, data_dir: str, model: str, backend: str = "local", num
 
         run_grpo_job(args, run=run, model=model, num_nodes=num_nodes, gpus_per_node=gpus_per_node)
     else:
-        execute("grpo", args, run=run, backend=backend, num_nodes=num_nodes, gpus_per_node=gpus_per_node, step_gpus=step_gpus)
+        execute("grpo", args, run=run, backend=backend, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+                step_gpus=step_gpus)
     summary = _summary(out)
     run.stamp(out / "model", data=data_dir, stage="grpo", start_model=model)
     run.record_step("grpo", model=str(out / "model"), summary=summary)

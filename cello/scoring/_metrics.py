@@ -213,7 +213,8 @@ def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | 
     sa, sb = _stat(a, totals, "paired_bootstrap_diff()"), _stat(b, totals if totals_b is None else totals_b,
                                                                  "paired_bootstrap_diff()")
     if sa[0].shape != sb[0].shape:
-        msg = f"paired_bootstrap_diff(): {sa[0].shape[0]} vs {sb[0].shape[0]} values; pair them by puzzle id first (cello.scoring.align)."
+        msg = (f"paired_bootstrap_diff(): {sa[0].shape[0]} vs {sb[0].shape[0]} values; "
+               "pair them by puzzle id first (cello.scoring.align).")
         raise ValueError(msg)
     k = int(sa[0].size)
     if k == 0:

@@ -33,7 +33,8 @@ class Engine:
     def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([self.name, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            pytest.fail(f"{self.name} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            pytest.fail(f"{self.name} {' '.join(args)} exited {proc.returncode}:\n"
+                        f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         return proc
 
 
@@ -53,7 +54,8 @@ def engine(tmp_path_factory) -> Engine:
         pytest.skip("neither a Docker daemon nor podman: install one to run the image tests (.ci/run installs podman)")
     if "CONTAINERS_CONF" not in env:  # runc and the ulimits this host allows, as the build uses them
         conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-        conf.write_text(subprocess.run(["bash", str(SCRIPT), "--containers-conf"], capture_output=True, text=True, check=True).stdout)
+        conf.write_text(subprocess.run(["bash", str(SCRIPT), "--containers-conf"], capture_output=True, text=True,
+                                       check=True).stdout)
         env["CONTAINERS_CONF"] = str(conf)
     return Engine("podman", env)
 

@@ -31,7 +31,8 @@ def dry_run(tmp_path: Path, engine: str, *names: str, **env: str) -> tuple[list[
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "CELLO_IMAGE", "CONTAINERS_CONF"))}
     base.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home"), PYTHON=sys.executable,
                 DRY_RUN="1", ENGINE=engine, BASE_IMAGE="localhost/base:test", TORCH_INDEX_URL="", **env)
-    proc = subprocess.run(["bash", str(SCRIPT), *names], cwd=REPO, env=base, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["bash", str(SCRIPT), *names], cwd=REPO, env=base, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     commands = [shlex.split(line[2:]) for line in proc.stderr.splitlines() if line.startswith("+ ")]
     return commands, proc.stderr
@@ -53,7 +54,8 @@ def pip_setup(tmp_path) -> dict[str, Path]:
     index.mkdir(parents=True)
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     conf = tmp_path / "pip.conf"
-    conf.write_text(f"[global]\nfind-links = {wheels}\nextra-index-url = file://{index} https://pypi.example.test/simple\ncert = {ca}\n")
+    conf.write_text(f"[global]\nfind-links = {wheels}\n"
+                    f"extra-index-url = file://{index} https://pypi.example.test/simple\ncert = {ca}\n")
     return {"conf": conf, "wheels": wheels, "index": index, "ca": ca}
 
 
@@ -98,7 +100,8 @@ def test_an_image_without_a_dockerfile_is_named_with_the_fix(tmp_path):
     if not shutil.which("podman") and not shutil.which("docker"):
         pytest.skip("no engine installed")
     env = {k: v for k, v in os.environ.items() if k != "ENGINE"}
-    proc = subprocess.run(["bash", str(SCRIPT), "cello-gui"], cwd=REPO, env={**env, "DRY_RUN": "1", "PYTHON": sys.executable},
+    proc = subprocess.run(["bash", str(SCRIPT), "cello-gui"], cwd=REPO,
+                          env={**env, "DRY_RUN": "1", "PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "no images/cello-gui/Dockerfile" in proc.stderr and "cello-serve" in proc.stderr
@@ -125,4 +128,5 @@ def test_requirements_are_written_by_extra(tmp_path):
 def test_keep_installed_keeps_the_base_images_versions():
     installed = ["torch==2.11.0+cu128", "vllm==0.24.0", "Transformers==5.6.0"]
     pins = ["transformers==5.24.0", "trl==1.16.0", "# a comment", "kfp==2.17.3"]
-    assert keep_installed(installed, pins) == ["torch==2.11.0+cu128", "vllm==0.24.0", "Transformers==5.6.0", "trl==1.16.0", "kfp==2.17.3"]
+    assert keep_installed(installed, pins) == ["torch==2.11.0+cu128", "vllm==0.24.0", "Transformers==5.6.0",
+                                               "trl==1.16.0", "kfp==2.17.3"]

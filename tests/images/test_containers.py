@@ -74,7 +74,8 @@ def server(engine, built_images, model_dir):
             except OSError:
                 state = engine("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
                 if state != "running" or time.monotonic() > deadline:
-                    pytest.fail(f"cello-serve is {state}, not ready after 120 s:\n{engine('logs', name, check=False).stderr[-3000:]}")
+                    logs = engine("logs", name, check=False).stderr[-3000:]
+                    pytest.fail(f"cello-serve is {state}, not ready after 120 s:\n{logs}")
                 time.sleep(1)
         yield name, url
     finally:
@@ -106,8 +107,10 @@ def test_cello_writes_cells_as_non_root_into_a_mounted_folder(engine, built_imag
 
 def test_cello_has_what_the_pipeline_steps_import(engine, built_images):
     check = (
-        "import importlib.metadata as m, kfp, kfp.kubernetes, kubernetes, kubeflow.trainer, kserve, torch, transformers, dvc;"
-        "print(*(f'{d}=={m.version(d)}' for d in ('kfp', 'kfp-kubernetes', 'kubernetes', 'kubeflow', 'kserve', 'torch')))"
+        "import importlib.metadata as m, kfp, kfp.kubernetes, kubernetes, kubeflow.trainer, kserve, torch, "
+        "transformers, dvc;"
+        "print(*(f'{d}=={m.version(d)}' for d in "
+        "('kfp', 'kfp-kubernetes', 'kubernetes', 'kubeflow', 'kserve', 'torch')))"
     )
     proc = engine("run", "--rm", "--network", "none", "--entrypoint", "sh", built_images["cello"], "-c",
                   f'git --version && dvc --version && python3 -c "{check}"')

@@ -59,17 +59,20 @@ def test_dockerfile_is_standard(dockerfile):
     text = dockerfile.read_text()
     steps = _instructions(text)
     assert steps[0].startswith("ARG BASE_IMAGE="), "the base is a build argument, declared first"
-    assert all(s == "FROM ${BASE_IMAGE}" or s.startswith(("FROM ${BASE_IMAGE} AS", "FROM torch")) for s in steps if s.startswith("FROM"))
+    assert all(s == "FROM ${BASE_IMAGE}" or s.startswith(("FROM ${BASE_IMAGE} AS", "FROM torch"))
+               for s in steps if s.startswith("FROM"))
     for label in ("source", "version", "revision"):
         assert f"org.opencontainers.image.{label}=" in text
     # pip settings and credentials never land in the image's environment
     for step in steps:
         if step.startswith("ENV"):
-            assert not re.search(r"PIP_(INDEX_URL|EXTRA_INDEX_URL|FIND_LINKS|TRUSTED_HOST|CERT)|TOKEN|PASSWORD|SECRET", step), step
+            secret = r"PIP_(INDEX_URL|EXTRA_INDEX_URL|FIND_LINKS|TRUSTED_HOST|CERT)|TOKEN|PASSWORD|SECRET"
+            assert not re.search(secret, step), step
     stages = [s for s in steps if s.startswith("FROM")]
     for i, stage in enumerate(text.split("\nFROM ")[1:]):  # every stage that installs reads the pip arguments
         if "pip install" in stage or "pip wheel" in stage:
-            assert "ARG PIP_INDEX_URL= PIP_EXTRA_INDEX_URL= PIP_FIND_LINKS= PIP_TRUSTED_HOST= PIP_CERT=" in stage, stages[i]
+            pip_args = "ARG PIP_INDEX_URL= PIP_EXTRA_INDEX_URL= PIP_FIND_LINKS= PIP_TRUSTED_HOST= PIP_CERT="
+            assert pip_args in stage, stages[i]
 
 
 def test_cpu_images_default_to_python_slim_and_gpu_image_to_vllm():

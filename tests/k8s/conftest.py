@@ -43,7 +43,8 @@ def served(tmp_path_factory):
     def respond(messages, body):
         if model["mode"] == "garbled":
             return "The first cell looks like a B cell, I think."
-        return "<think>MS4A1 marks B cells, CD3E T cells, LYZ monocytes.</think>\n<answer>" + " | ".join(CANDIDATES) + "</answer>"
+        return ("<think>MS4A1 marks B cells, CD3E T cells, LYZ monocytes.</think>\n<answer>"
+                + " | ".join(CANDIDATES) + "</answer>")
 
     logs = tmp_path_factory.mktemp("deploy-serve")
     with serve_openai(responder=respond, model_name="cello") as upstream:

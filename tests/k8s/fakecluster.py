@@ -290,7 +290,8 @@ class Cluster:
             out = []
             for i in range(spec["trainer"].get("numNodes", 1)):
                 labels = {**pod_labels, "jobset.sigs.k8s.io/jobset-name": name,
-                          "jobset.sigs.k8s.io/replicatedjob-name": "node", "batch.kubernetes.io/job-completion-index": str(i)}
+                          "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                          "batch.kubernetes.io/job-completion-index": str(i)}
                 out.append((f"{name}-node-{i}-0-{uuid.uuid4().hex[:5]}", labels, containers))
             return out
         out = []
@@ -298,7 +299,8 @@ class Cluster:
             tmpl = rspec["template"]
             for i in range(rspec.get("replicas", 1)):
                 labels = {**tmpl["metadata"]["labels"], "training.kubeflow.org/job-name": name,
-                          "training.kubeflow.org/replica-type": rtype.lower(), "training.kubeflow.org/replica-index": str(i)}
+                          "training.kubeflow.org/replica-type": rtype.lower(),
+                          "training.kubeflow.org/replica-index": str(i)}
                 out.append((f"{name}-{rtype.lower()}-{i}", labels, tmpl["spec"]["containers"]))
         return out
 
@@ -343,7 +345,8 @@ class Cluster:
         elif plan.outcome == "deadline":
             for pod_name in st["pods"]:
                 self._set_phase(pod_name, "Failed", exit_code=137, reason="DeadlineExceeded")
-            self._condition(resource, name, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+            self._condition(resource, name, "Failed", "DeadlineExceeded",
+                            "Job was active longer than specified deadline")
         elif plan.outcome == "vanish":
             self.delete(resource, name)
         else:  # hang: keep running
@@ -359,7 +362,8 @@ class Cluster:
                   init: list[dict] | None = None) -> None:
         meta: dict[str, Any] = {"name": name, "labels": labels}
         if owner:
-            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": owner[0], "name": owner[1], "uid": "x", "controller": True}]
+            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": owner[0], "name": owner[1], "uid": "x",
+                                        "controller": True}]
         self.put(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
                         "spec": {"containers": containers, **({"initContainers": init} if init else {})},
                         "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}})
@@ -379,13 +383,15 @@ class Cluster:
         if phase == "Running":
             state: dict[str, Any] = {"running": {"startedAt": now_iso()}}
         else:
-            state = {"terminated": {"exitCode": exit_code or 0, "reason": reason or ("Completed" if not exit_code else "Error"),
+            state = {"terminated": {"exitCode": exit_code or 0,
+                                    "reason": reason or ("Completed" if not exit_code else "Error"),
                                     "finishedAt": now_iso()}}
         statuses = [{"name": n, "ready": phase == "Running", "restartCount": 0, "image": "x", "imageID": "",
                      "started": phase == "Running", "state": state} for n in names]
         status: dict[str, Any] = {"phase": phase, "containerStatuses": statuses}
         if phase == "Failed" and reason == "DeadlineExceeded":
-            status.update(reason="DeadlineExceeded", message="Pod was active on the node longer than the specified deadline")
+            status.update(reason="DeadlineExceeded",
+                          message="Pod was active on the node longer than the specified deadline")
         self.patch(PODS, pod, {"status": status})
 
     def _tick_bare_pod(self, name: str, pod: dict[str, Any], loop_now: float) -> None:
@@ -435,7 +441,8 @@ class Cluster:
         if status.get("observedGeneration") == gen:
             return
         spec = obj["spec"]
-        uris = [spec["predictor"]["model"]["storageUri"]] + [c["predictor"]["model"]["storageUri"] for c in spec.get("canary", [])]
+        uris = [spec["predictor"]["model"]["storageUri"]] + [c["predictor"]["model"]["storageUri"]
+                                                             for c in spec.get("canary", [])]
         if any(u in self.stalled for u in uris):
             return
         bad = [u for u in uris if u in self.never_ready]
@@ -481,7 +488,8 @@ async def running_cluster(tmp_path, monkeypatch):
         cluster = Cluster(api=api, url=str(api.url).rstrip("/"))
         api["get", kmock.resource(PODS), kmock.subresource("log")] << cluster.serve_log
         cluster.put("trainer.kubeflow.org/v1alpha1/clustertrainingruntimes", dict(RUNTIME), ns=None)
-        cluster.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeflow-trainer-public"},
+        cluster.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "kubeflow-trainer-public"},
                                  "data": {"kubeflow_trainer_version": "2.3.0"}}, ns="kubeflow-system")
         path = tmp_path / "kubeconfig"
         path.write_text(kubeconfig(cluster.url))

@@ -40,7 +40,8 @@ async def test_cleanup_after_a_failed_run_deletes_only_that_run(cluster):
     with pytest.raises(JobFailed):  # the failed SFT job is kept for inspection
         await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast())
     with pytest.raises(Crash):  # a GRPO pod left running by a step that died
-        await in_thread(run_grpo, GRPO, model="/mnt/cello/runs/r1/merged", run_id="r1", cfg=fast(num_nodes=1), log=crash)
+        await in_thread(run_grpo, GRPO, model="/mnt/cello/runs/r1/merged", run_id="r1", cfg=fast(num_nodes=1),
+                        log=crash)
     await in_thread(run_training, ["train", "merge", "a", "-o", "b"], stage="merge", run_id="r2", cfg=fast())
     served = render_inference_service("pvc://cello-workspace/runs/r1/model", cfg=DeployConfig())
     served["metadata"]["labels"].update(run_labels("r1", "deploy"))

@@ -16,7 +16,8 @@ from cello.k8s.inference import render_inference_service
 from tests.k8s.conftest import CANDIDATES, PUZZLE, fast, in_thread
 from tests.k8s.fakecluster import ISVCS
 
-OLD, NEW, GARBLED = "pvc://cello-workspace/runs/r0/model", "pvc://cello-workspace/runs/r1/model", "pvc://cello-workspace/runs/garbled/model"
+OLD, NEW = "pvc://cello-workspace/runs/r0/model", "pvc://cello-workspace/runs/r1/model"
+GARBLED = "pvc://cello-workspace/runs/garbled/model"
 
 
 def cfg(**over) -> DeployConfig:
@@ -53,7 +54,8 @@ async def test_first_deploy_ready_and_smoke_ok(kserve):
     assert outcome.prediction["valid"] and sorted(outcome.prediction["assignment"].values()) == sorted(CANDIDATES)
     obj = isvc(kserve)
     assert predictor_uri(obj) == NEW
-    assert obj["metadata"]["labels"]["cello.dev/run-id"] == "r1" and obj["metadata"]["labels"]["cello.dev/stage"] == "deploy"
+    labels = obj["metadata"]["labels"]
+    assert labels["cello.dev/run-id"] == "r1" and labels["cello.dev/stage"] == "deploy"
     assert any("answered the smoke puzzle with a valid assignment" in line for line in lines)
 
 
@@ -144,7 +146,8 @@ def _apply_merge_patch(target, patch):  # RFC 7386, as the API server applies it
 
 @pytest.mark.parametrize(("current", "desired"), [
     ({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}, {"a": 1, "b": {"c": 5}, "l": [3]}),
-    ({"predictor": {"model": {"storageUri": OLD}}, "canary": [{"trafficPercent": 10}]}, {"predictor": {"model": {"storageUri": OLD}}}),
+    ({"predictor": {"model": {"storageUri": OLD}}, "canary": [{"trafficPercent": 10}]},
+     {"predictor": {"model": {"storageUri": OLD}}}),
     ({}, {"x": {"y": [1]}}),
 ])
 def test_merge_patch_turns_current_into_desired(current, desired):

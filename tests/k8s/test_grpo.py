@@ -76,8 +76,10 @@ def test_multi_node_network_policies_open_exactly_the_sync_and_serving_ports():
     from_server, from_peers = to_trainer["spec"]["ingress"]
     assert from_server["from"][0]["podSelector"]["matchLabels"].items() >= rollout.items()
     assert {"protocol": "TCP", "port": 51216} in from_server["ports"]
-    assert {"protocol": "TCP", "port": 51217, "endPort": 52216} in from_server["ports"]  # NCCL (pods pin ephemeral ports here)
-    assert pod["spec"]["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_local_port_range", "value": "51217 52216"}]
+    # NCCL (pods pin ephemeral ports here)
+    assert {"protocol": "TCP", "port": 51217, "endPort": 52216} in from_server["ports"]
+    assert pod["spec"]["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_local_port_range",
+                                                          "value": "51217 52216"}]
     assert "ports" not in from_peers and from_peers["from"][0]["podSelector"]["matchLabels"].items() >= trainer.items()
     (from_trainer,) = to_server["spec"]["ingress"]
     assert to_server["spec"]["podSelector"]["matchLabels"].items() >= rollout.items()
@@ -109,7 +111,8 @@ async def test_single_node_pod_completes_when_the_trainer_exits(cluster):
 
 @pytest.mark.asyncio
 async def test_single_node_trainer_failure_fails_the_step(cluster):
-    cluster.plans[NAME] = Plan(outcome="fail", exit_code=3, logs=["rollouts from http://localhost:8000", "RuntimeError: NCCL timeout"])
+    cluster.plans[NAME] = Plan(outcome="fail", exit_code=3, logs=["rollouts from http://localhost:8000",
+                                                                  "RuntimeError: NCCL timeout"])
     with pytest.raises(JobFailed) as err:
         await in_thread(run_grpo, GRPO, model=MODEL, run_id="r1", cfg=fast(num_nodes=1))
     assert f"Pod cello/{NAME} failed: Error: the trainer exited with code 3" in str(err.value)

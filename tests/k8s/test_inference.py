@@ -97,7 +97,8 @@ def test_inconsistent_settings_are_refused(kwargs, canary_uri, error):
         render_inference_service(URI, cfg=DeployConfig(**kwargs), canary_uri=canary_uri)
 
 
-@pytest.mark.parametrize("uri", ["", "models/c7b", "ftp://x/y", "s3://", "s3://bucket with space/x", "file:///etc/passwd"])
+@pytest.mark.parametrize("uri", ["", "models/c7b", "ftp://x/y", "s3://", "s3://bucket with space/x",
+                                 "file:///etc/passwd"])
 def test_bad_model_uris_are_refused(uri):
     with pytest.raises(InputError, match="s3://bucket/path or pvc://claim/path"):
         render_inference_service(uri)
@@ -182,7 +183,8 @@ def test_unknown_fields_are_rejected(path, field):
     ("mutate", "needle"),
     [
         (lambda o: o["spec"]["predictor"].update(minReplicas="one"), "minReplicas"),
-        (lambda o: o["spec"]["predictor"]["model"]["resources"]["limits"].update({"nvidia.com/gpu": "two"}), "nvidia.com/gpu"),
+        (lambda o: o["spec"]["predictor"]["model"]["resources"]["limits"].update({"nvidia.com/gpu": "two"}),
+         "nvidia.com/gpu"),
         (lambda o: o["spec"]["predictor"]["model"]["modelFormat"].pop("name"), "'name' is a required property"),
         (lambda o: o["metadata"].update(name="Bad_Name"), "metadata.name"),
         (lambda o: o["metadata"]["labels"].update(team="not a label value"), "metadata.labels.team"),
@@ -247,7 +249,8 @@ def test_write_to_stdout_returns_yaml():
     assert yaml.safe_load(text)["kind"] == "InferenceService"
 
 
-@pytest.mark.parametrize("argv", [["k8s", "--help"], ["k8s", "render", "isvc", "--help"], ["k8s", "render", "runtime", "--help"]])
+@pytest.mark.parametrize("argv", [["k8s", "--help"], ["k8s", "render", "isvc", "--help"],
+                                  ["k8s", "render", "runtime", "--help"]])
 def test_help(argv, capsys):
     assert main(argv) == 0
     assert "Usage" in capsys.readouterr().out

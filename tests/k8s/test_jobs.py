@@ -46,7 +46,8 @@ def test_labels_and_selectors():
     assert run_labels("r1", "grpo", role="rollout") == {
         "app.kubernetes.io/part-of": "cello", "app.kubernetes.io/managed-by": "cello",
         "cello.dev/run-id": "r1", "cello.dev/stage": "grpo", "cello.dev/role": "rollout"}
-    assert run_selector("r1", stage="sft") == "app.kubernetes.io/managed-by=cello,cello.dev/run-id=r1,cello.dev/stage=sft"
+    assert run_selector("r1", stage="sft") == ("app.kubernetes.io/managed-by=cello,"
+                                               "cello.dev/run-id=r1,cello.dev/stage=sft")
     for bad in ("has space", "-lead", "x" * 64, ""):
         with pytest.raises(ConfigError, match="cannot be a Kubernetes label value"):
             run_labels(bad, "sft")
@@ -62,7 +63,8 @@ def test_sft_runs_under_torchrun_with_deepspeed_once():
     cmd = container_command(SFT, stage="sft", cfg=cfg, api="trainjob")
     assert cmd[:3] == ["torchrun", "-m", "cello.cli"]  # no rendezvous flags: torchrun reads PET_*
     assert cmd[-2:] == ["--deepspeed", "configs/deepspeed/zero3.json"]
-    again = container_command([*SFT, "--deepspeed", "configs/deepspeed/zero2.json"], stage="sft", cfg=cfg, api="trainjob")
+    again = container_command([*SFT, "--deepspeed", "configs/deepspeed/zero2.json"], stage="sft", cfg=cfg,
+                              api="trainjob")
     assert again.count("--deepspeed") == 1 and again[-1].endswith("zero2.json")
     assert "--deepspeed" not in container_command(SFT, stage="sft", cfg=ClusterConfig(gpus_per_node=0), api="trainjob")
     assert "--deepspeed" not in container_command(SFT, stage="sft", cfg=ClusterConfig(deepspeed=None), api="trainjob")
@@ -100,7 +102,8 @@ def test_trainjob_shape():
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "cello-workspace"}} in pod["spec"]["volumes"]
     (container,) = pod["spec"]["containers"]
     assert container["name"] == "node"
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "cello-hub", "key": "token", "optional": True}}} in container["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "cello-hub", "key": "token",
+                                                               "optional": True}}} in container["env"]
 
 
 def test_pytorchjob_shape():
@@ -158,9 +161,11 @@ def test_cli_renders_and_validates_training_jobs(tmp_path):
     assert main(["k8s", "render", "trainjob", *base, "--nodes", "4", "--gpus", "8", "--", *SFT]) == 0
     obj = yaml.safe_load(out.read_text())
     assert obj["kind"] == "TrainJob" and obj["spec"]["trainer"]["numNodes"] == 4
-    assert main(["k8s", "render", "pytorchjob", *base, "--stage", "merge", "--env", "A=1", "--", "train", "merge", "a", "-o", "b"]) == 0
+    assert main(["k8s", "render", "pytorchjob", *base, "--stage", "merge", "--env", "A=1",
+                 "--", "train", "merge", "a", "-o", "b"]) == 0
     obj = yaml.safe_load(out.read_text())
-    assert obj["kind"] == "PyTorchJob" and {"name": "A", "value": "1"} in obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    master_container = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert obj["kind"] == "PyTorchJob" and {"name": "A", "value": "1"} in master_container["env"]
 
 
 @needs_crds
@@ -172,7 +177,8 @@ def test_cli_renders_and_validates_grpo(tmp_path):
     assert main(["k8s", "render", "grpo", *common, *grpo]) == 0
     assert [o["kind"] for o in yaml.safe_load_all(out.read_text())] == ["Pod"]
     assert main(["k8s", "render", "grpo", *common, "--nodes", "2", "--api", "pytorchjob", *grpo]) == 0
-    assert [o["kind"] for o in yaml.safe_load_all(out.read_text())] == ["Pod", "Service", "NetworkPolicy", "NetworkPolicy", "PyTorchJob"]
+    assert [o["kind"] for o in yaml.safe_load_all(out.read_text())] == ["Pod", "Service", "NetworkPolicy",
+                                                                        "NetworkPolicy", "PyTorchJob"]
 
 
 def test_cli_errors_exit_2_and_write_nothing(tmp_path):

@@ -67,7 +67,8 @@ async def test_failed_job_fails_the_step_with_reason_exit_code_and_log_tail(clus
 async def test_deadline_deletes_the_job(cluster):
     cluster.plans[NAME] = Plan(outcome="hang")
     with pytest.raises(JobDeadlineExceeded, match="active_deadline_s=1s"):
-        await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast(active_deadline_s=1, pending_timeout_s=30))
+        await in_thread(run_training, SFT, stage="sft", run_id="r1",
+                        cfg=fast(active_deadline_s=1, pending_timeout_s=30))
     assert cluster.get(TRAINJOBS, NAME) is None
 
 
@@ -152,12 +153,14 @@ async def test_pytorchjob_completes_with_the_same_semantics(cluster):
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
     assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][:3] == [
         "torchrun", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"]
-    assert sorted(p for p in cluster.names(PODS) if p.startswith(NAME)) == [f"{NAME}-master-0", f"{NAME}-worker-0", f"{NAME}-worker-1"]
+    assert sorted(p for p in cluster.names(PODS) if p.startswith(NAME)) == [f"{NAME}-master-0", f"{NAME}-worker-0",
+                                                                            f"{NAME}-worker-1"]
 
 
 @pytest.mark.asyncio
 async def test_pytorchjob_failure_quotes_the_master_log(cluster):
-    cluster.plans[NAME] = Plan(outcome="fail", reason="PyTorchJobFailed", message="PyTorchJob r1 is failed because 1 Master replica(s) failed.",
+    cluster.plans[NAME] = Plan(outcome="fail", reason="PyTorchJobFailed",
+                               message="PyTorchJob r1 is failed because 1 Master replica(s) failed.",
                                logs=["loading", "Traceback (most recent call last):", "ValueError: bad record"])
     with pytest.raises(JobFailed) as err:
         await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast(training_api="pytorchjob"))
@@ -177,8 +180,11 @@ async def test_pytorchjob_pending_too_long_is_deleted(cluster):
 @pytest.mark.asyncio
 async def test_refused_call_names_the_rbac_fix(cluster):
     cluster.api["post", kmock.resource(TRAINJOBS)] << kmock.KubernetesError(
-        status=403, reason="Forbidden", message='trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:cello:cello-pipeline" cannot create resource')
-    with pytest.raises(ClusterError, match=r"create TrainJob cello/.*refused for this step's ServiceAccount \(HTTP 403"):
+        status=403, reason="Forbidden",
+        message='trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:cello:cello-pipeline" '
+                "cannot create resource")
+    refused = r"create TrainJob cello/.*refused for this step's ServiceAccount \(HTTP 403"
+    with pytest.raises(ClusterError, match=refused):
         await in_thread(run_training, SFT, stage="sft", run_id="r1", cfg=fast())
 
 

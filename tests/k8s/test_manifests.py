@@ -271,7 +271,8 @@ def test_manifest_names_equal_the_cluster_config():
     sa = base("ServiceAccount")
     assert (sa["metadata"]["name"], sa["metadata"]["namespace"]) == (cfg.service_account, cfg.namespace)
     for kind in ("RoleBinding", "ClusterRoleBinding"):
-        assert base(kind)["subjects"] == [{"kind": "ServiceAccount", "name": cfg.service_account, "namespace": cfg.namespace}]
+        assert base(kind)["subjects"] == [{"kind": "ServiceAccount", "name": cfg.service_account,
+                                           "namespace": cfg.namespace}]
     pvc = base("PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == cfg.pvc
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -290,7 +291,8 @@ def test_training_runtime_matches_the_cluster_config(monkeypatch):
     node = node_container(runtime)
     assert node["image"] == images.image("train")
     assert "args" not in node  # a TrainJob's command must not get the runtime's args appended
-    assert {m["mountPath"]: m["name"] for m in node["volumeMounts"]} == {cfg.mount_path: "workspace", "/dev/shm": "dshm"}
+    assert {m["mountPath"]: m["name"] for m in node["volumeMounts"]} == {cfg.mount_path: "workspace",
+                                                                         "/dev/shm": "dshm"}
     assert volume(runtime, "workspace")["persistentVolumeClaim"] == {"claimName": cfg.pvc}
     assert volume(runtime, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": cfg.shm_size}
     want = {"cpu": cfg.cpu_per_node, "memory": cfg.memory_per_node, cfg.gpu_resource: str(cfg.gpus_per_node)}
@@ -433,10 +435,12 @@ def test_every_training_pod_keeps_nccl_in_the_opened_range():
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["sysctls"] == want
     cfg = ClusterConfig(num_nodes=2)
-    objects = render_grpo(["train", "grpo", "/mnt/cello/d", "-o", "/mnt/cello/o"], model="/mnt/cello/m", run_id=RUN, cfg=cfg)
+    objects = render_grpo(["train", "grpo", "/mnt/cello/d", "-o", "/mnt/cello/o"], model="/mnt/cello/m", run_id=RUN,
+                          cfg=cfg)
     (server,) = [o for o in objects if o["kind"] == "Pod"]
     assert server["spec"]["securityContext"]["sysctls"] == want
-    comments = " ".join(line.lstrip("# ") for line in (BASE / "networkpolicy.yaml").read_text().splitlines() if line.startswith("#"))
+    comments = " ".join(line.lstrip("# ") for line in (BASE / "networkpolicy.yaml").read_text().splitlines()
+                        if line.startswith("#"))
     assert 'net.ipv4.ip_local_port_range to "{} {}"'.format(*_nccl()) in " ".join(comments.split())
 
 
@@ -498,5 +502,6 @@ def test_runtime_lookups_are_read_only_and_limited_to_the_cello_runtime():
                             "resourceNames": [cfg.training_runtime], "verbs": ["get"]}
     (ns_rule,) = [r for r in _rules("Role") if r["resources"] == ["trainingruntimes"]]
     assert ns_rule["resourceNames"] == [cfg.training_runtime] and ns_rule["verbs"] == ["get"]
-    assert base("RoleBinding")["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cello-pipeline"}
+    assert base("RoleBinding")["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                              "name": "cello-pipeline"}
     assert base("ClusterRoleBinding")["roleRef"]["name"] == base("ClusterRole")["metadata"]["name"]

@@ -42,7 +42,8 @@ def _grants(docs: list[dict], service_account: str) -> tuple[set, set]:
     for doc in docs:
         if doc.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
             continue
-        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account for s in doc.get("subjects") or []):
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account
+                   for s in doc.get("subjects") or []):
             continue
         (namespaced if doc["kind"] == "RoleBinding" else cluster).update(rules(doc["roleRef"]))
     return namespaced, cluster

@@ -118,7 +118,8 @@ def test_bad_override_names_the_setting(tmp_path, capsys):
         load_params(REPO / "params.yaml", overrides={"gat.min_accuracy": 0})
     with pytest.raises(ConfigError, match="gate.min_acc"):
         load_params(REPO / "params.yaml", overrides={"gate.min_acc": 0})
-    p = load_params(REPO / "params.yaml", profile="local", overrides={"gate.min_accuracy": 0, "train.grpo.max_steps": 3})
+    p = load_params(REPO / "params.yaml", profile="local", overrides={"gate.min_accuracy": 0,
+                                                                      "train.grpo.max_steps": 3})
     assert p.gate.min_accuracy == 0 and p.train.grpo.max_steps == 3 and p.pipeline.base_model == "tiny"
 
 

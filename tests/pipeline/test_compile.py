@@ -79,7 +79,8 @@ def test_cluster_settings_on_every_task_and_gpus_on_training(ir):
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(executors) == set(spec["deploymentSpec"]["executors"])
     for name, ex in executors.items():
-        assert ex["pvcMount"][0]["constant"] == cluster.pvc and ex["pvcMount"][0]["mountPath"] == cluster.mount_path, name
+        mount = ex["pvcMount"][0]
+        assert mount["constant"] == cluster.pvc and mount["mountPath"] == cluster.mount_path, name
         assert {s["secretName"] for s in ex["secretAsEnv"]} == set(cluster.secrets), name
         assert all(s["optional"] for s in ex["secretAsEnv"])
     for stage in (*TRAINING, "evaluate-model"):
@@ -146,7 +147,8 @@ def test_component_modules_import_only_kfp_and_call_cello_pipeline(path):
         assert kwargs["install_kfp_package"] == "False" and kwargs["base_image"].startswith("image("), fn.name
         body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
         imports = [s for s in body if isinstance(s, ast.ImportFrom)]
-        assert imports and all(s.module.startswith(("cello.pipeline", "pathlib", "collections")) for s in imports), fn.name
+        assert imports and all(s.module.startswith(("cello.pipeline", "pathlib", "collections"))
+                               for s in imports), fn.name
         logic = [s for s in body if not isinstance(s, ast.ImportFrom)]
         assert len(logic) <= 5, f"{fn.name}: {len(logic)} statements; move logic into cello.pipeline"
         assert not any(isinstance(n, ast.For | ast.While | ast.If | ast.Try) for n in ast.walk(fn)), fn.name

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = ["--set", "train.sft.epochs=2", "--set", "train.grpo.max_steps=3", "--set", "generation.sampling.max_new_tokens=48"]
+QUICK = ["--set", "train.sft.epochs=2", "--set", "train.grpo.max_steps=3",
+         "--set", "generation.sampling.max_new_tokens=48"]
 pytestmark = pytest.mark.slow
 
 
 def cello_pipeline(workdir: Path, run_id: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("CELLO_SERVE_TOKEN", None)
-    cmd = [sys.executable, "-m", "cello.cli", "pipeline", "run", "--local", "--profile", "local", "--workdir", str(workdir),
-           "--run-id", run_id, "--repo", str(REPO), *QUICK, *args]
+    cmd = [sys.executable, "-m", "cello.cli", "pipeline", "run", "--local", "--profile", "local",
+           "--workdir", str(workdir), "--run-id", run_id, "--repo", str(REPO), *QUICK, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
 
 
@@ -67,7 +68,8 @@ def test_rejected_run_has_every_artifact_and_skips_deploy(rejected):
         assert (run / rel).is_file(), rel
     assert not (run / "deploy").exists()
     decision = json.loads((run / "gate" / "decision.json").read_text())
-    assert decision["passed"] is False and {r["rule"] for r in decision["reasons"]} >= {"min_accuracy", "beats_baseline"}
+    rules = {r["rule"] for r in decision["reasons"]}
+    assert decision["passed"] is False and rules >= {"min_accuracy", "beats_baseline"}
     assert json.loads((run / "status.json").read_text())["state"] == "SUCCEEDED"
 
 

@@ -33,7 +33,8 @@ RECORDS = [
     {"id": "p4", "dataset": "d2", "completion": completion(["A", "C", "X"]), "answer": ["A", "B", "C"],
      "candidates": ["A", "B", "C"]},
     # no newline between the blocks: not legitimate, 0/4, uniqueness 0; repair -> 4/4
-    {"id": "p5", "dataset": "d3", "completion": "<think>x</think><answer>A | B | C | D</answer>", "answer": ["A", "B", "C", "D"]},
+    {"id": "p5", "dataset": "d3", "completion": "<think>x</think><answer>A | B | C | D</answer>",
+     "answer": ["A", "B", "C", "D"]},
     # one label missing: reward -1, legitimate, eval 3/4; repair -> A, B, C, D (leftover): 4/4
     {"id": "p6", "dataset": "d3", "completion": completion(["A", "B", "C"]), "answer": ["A", "B", "C", "D"]},
 ]

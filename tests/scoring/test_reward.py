@@ -190,8 +190,10 @@ _fragment = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "\n
 _text = st.lists(_fragment, max_size=16).map("".join)
 _near = st.tuples(st.sampled_from(["<think>", " <think>", "<think>\n"]), st.sampled_from(["x", "", "a|b\n"]),
                   st.sampled_from(["</think>\n", "</think>", "</think>\n\n", "</think>\r\n"]),
-                  st.sampled_from(["<answer>", "<answer>\n"]), st.sampled_from(["A | B", "A|B|", "A |\nB", "A | a", "A"]),
-                  st.sampled_from(["</answer>", "\n</answer>"]), st.sampled_from(["", "\n", "\n\n", " ", "\r"])).map("".join)
+                  st.sampled_from(["<answer>", "<answer>\n"]),
+                  st.sampled_from(["A | B", "A|B|", "A |\nB", "A | a", "A"]),
+                  st.sampled_from(["</answer>", "\n</answer>"]),
+                  st.sampled_from(["", "\n", "\n\n", " ", "\r"])).map("".join)
 
 
 @settings(max_examples=400, deadline=None)
