@@ -138,10 +138,6 @@ def deployed_model_uri(cfg: DeployConfig, *, retries: int = 5) -> str | None:
     return predictor_uri(obj)
 
 
-def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
-
-
 def why_not_ready(status: dict[str, Any]) -> str:
     """The InferenceService's own account of why it is not Ready."""
     parts = [f"{c.get('type')}: {c.get('reason') or ''} {c.get('message') or ''}".strip()

@@ -59,8 +59,3 @@ def image(key: str) -> str:
 def images() -> dict[str, str]:
     """Every image key with its current reference (after env overrides)."""
     return {key: image(key) for key in sorted([*_CELLO, *_THIRD_PARTY])}
-
-
-def env_var(key: str) -> str:
-    """The environment variable that overrides `image(key)`."""
-    return _env_name(key)
