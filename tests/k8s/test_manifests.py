@@ -23,6 +23,7 @@ import yaml
 
 from cello.config import ClusterConfig, DeployConfig, load_params
 from cello.k8s import images
+from cello.k8s.manifests import core_errors
 from cello.k8s.validate import find_crd, schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,6 @@ K8S = ROOT / "k8s"
 BASE = K8S / "base"
 CRDS = ROOT / ".." / "shared" / "schemas" / "crds"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
-KUBERNETES_VERSION = "1.33.0"  # kubernetes-validate's schemas; native sidecars are GA from 1.33
 KUBECTL = shutil.which("kubectl")
 CRD_GROUPS = ("trainer.kubeflow.org", "kubeflow.org", "serving.kserve.io")
 PART_OF = {"app.kubernetes.io/part-of": "cello"}
@@ -94,17 +94,6 @@ def node_container(runtime: dict) -> dict:
 def volume(runtime: dict, name: str) -> dict:
     (vol,) = [v for v in pod_spec(runtime)["volumes"] if v["name"] == name]
     return vol
-
-
-def core_errors(obj: dict) -> list[str]:
-    import kubernetes_validate
-
-    try:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.path) or "(root)"
-        return [f"{where}: {exc.message}"]
-    return []
 
 
 @functools.cache
