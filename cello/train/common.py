@@ -117,6 +117,32 @@ def deepspeed_config(path: str) -> str:
     return path
 
 
+def trainer_args(cfg, out_dir: str | os.PathLike, *, settings: dict[str, Any], grad_acc: int) -> dict[str, Any]:
+    """The TrainingArguments that SFT and GRPO set alike from their stage config (`_TrainerStageConfig`)."""
+    args = {
+        "output_dir": str(out_dir),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": grad_acc,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "bf16": settings["bf16"],
+        "fp16": settings["fp16"],
+        "use_cpu": settings["use_cpu"],
+        "report_to": check_report_to(cfg.report_to),
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+    }
+    if cfg.deepspeed:
+        args["deepspeed"] = deepspeed_config(cfg.deepspeed)
+    return args
+
+
 def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, section: str, reserved: frozenset[str]):
     """Build a TRL config from Cello's fields (`owned`) plus the `trl:` pass-through (`extra`).
 
