@@ -73,9 +73,25 @@ class Decision:
     incumbent: str | None
     baseline: str | None
     config: dict[str, Any]
+    data_version: str | None = None  # the DVC data version of the candidate's eval records
+    data_versions: dict[str, str | None] = field(default_factory=dict)  # every input's, by role
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def markdown(self) -> str:
+        """The decision as Markdown: the verdict, the data version, one row per rule."""
+        def num(x: Any) -> str:
+            return "-" if x is None else f"{x:.4f}"
+
+        head = "PASS: the candidate may be deployed" if self.passed else "REJECT: the candidate is not deployed"
+        rows = [f"| {r.rule} | {'pass' if r.passed else '**FAIL**'} | {num(r.value)} | {num(r.threshold)} "
+                f"| {r.message.replace('|', '/')} |" for r in self.reasons]
+        return "\n".join([
+            f"## Gate: {head}", "",
+            f"Metric `{self.metric}`; candidate `{self.candidate_model}`; data version "
+            f"`{self.data_version or 'not versioned'}`.", "",
+            "| rule | verdict | value | threshold | why |", "|---|---|---|---|---|", *rows])
 
     def render(self) -> str:
         head = f"gate: {'PASS' if self.passed else 'REJECT'} ({self.metric}) for {self.candidate}"
@@ -84,6 +100,11 @@ class Decision:
 
 def _num(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _version(metrics: dict[str, Any]) -> str | None:
+    """The data version a metrics.json names (None for runs on unversioned data, or older files)."""
+    return (metrics.get("data_version") or {}).get("version")
 
 
 def _predictions_path(metrics_path: Path, metrics: dict[str, Any], given: str | os.PathLike | None) -> Path | None:
@@ -202,8 +223,15 @@ def gate(
         passed=all(r.passed for r in reasons), metric=metric, reasons=reasons,
         candidate=str(candidate), candidate_model=model_label(cand, cand_path), incumbent=None if incumbent is None else str(incumbent),
         baseline=None if baseline is None else str(baseline), config=cfg.model_dump(),
+        data_version=_version(cand),
+        data_versions={who: _version(m) for who, m in (("candidate", cand), ("incumbent", inc), ("baseline", base))
+                       if m is not None},
     )
     if out is not None:
         write_json(decision.to_dict(), out)
+    if cand.get("model_dir"):
+        from cello.card import update_section
+
+        update_section(cand["model_dir"], "gate", decision.markdown())
     log.info("gate: %s (%s)", "pass" if decision.passed else "reject", ", ".join(f"{r.rule}={'ok' if r.passed else 'fail'}" for r in reasons))
     return decision

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,10 +288,24 @@ def curves(log_history: Sequence[dict], names: Sequence[str]) -> dict[str, list[
     return {n: v for n, v in out.items() if v}
 
 
-def finish(trainer, result: TrainResult) -> TrainResult:
-    """Write summary.json (main process only) and return the result."""
+def train_and_save(trainer, out_dir: str | os.PathLike, ckpt: str | None) -> tuple[Path, float]:
+    """Train (resuming from `ckpt`), save OUT/model; return the model dir and the training seconds."""
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=ckpt)
+    runtime = time.perf_counter() - start
+    return save_final(trainer, out_dir), runtime
+
+
+def finish(trainer, result: TrainResult, *, cfg=None, records: str | os.PathLike | None = None) -> TrainResult:
+    """Write summary.json and, given the stage config, the model card of OUT/model (main process
+    only: `cello.card`, naming the data version of `records`); return the result."""
     if trainer.is_world_process_zero():
         write_json(dataclasses.asdict(result), Path(result.out_dir) / SUMMARY_FILE)
+        if cfg is not None:
+            from cello.card import changed_settings, write_card
+
+            write_card(result.model_dir, stage=result.stage, base_model=cfg.model, records=records,
+                       changed=changed_settings(cfg), curves=result.curves, adapter=cfg.lora.enabled)
     return result
 
 

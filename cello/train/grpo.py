@@ -169,10 +169,7 @@ def run_grpo(train: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: GRPOS
     """Train `cfg.model` with GRPO on prompt records; write OUT/model and OUT/summary.json."""
     ckpt = common.last_checkpoint(out_dir, resume=resume)
     trainer = build_grpo_trainer(train, out_dir, cfg=cfg, callbacks=callbacks)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=ckpt)
-    runtime = time.perf_counter() - start
-    model_dir = common.save_final(trainer, out_dir)
+    model_dir, runtime = common.train_and_save(trainer, out_dir, ckpt)
     state = trainer.state
     result = common.TrainResult(
         stage="grpo", out_dir=str(out_dir), model_dir=str(model_dir), global_step=state.global_step,
@@ -180,4 +177,4 @@ def run_grpo(train: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: GRPOS
         curves=common.curves(state.log_history, CURVES),
         extra={"rollouts": "vllm-server" if cfg.vllm_server else "transformers", "adapter": cfg.lora.enabled},
     )
-    return common.finish(trainer, result)
+    return common.finish(trainer, result, cfg=cfg, records=train)

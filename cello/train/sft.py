@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from cello.config import SFTStageConfig
 from cello.train import common
@@ -97,10 +96,7 @@ def run_sft(
     """Fine-tune `cfg.model` on SFT records; write OUT/model and OUT/summary.json."""
     ckpt = common.last_checkpoint(out_dir, resume=resume)
     trainer = build_sft_trainer(train, out_dir, cfg=cfg, eval_path=eval_path, callbacks=callbacks)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=ckpt)
-    runtime = time.perf_counter() - start
-    model_dir = common.save_final(trainer, out_dir)
+    model_dir, runtime = common.train_and_save(trainer, out_dir, ckpt)
     state = trainer.state
     result = common.TrainResult(
         stage="sft",
@@ -113,7 +109,7 @@ def run_sft(
         curves=common.curves(state.log_history, ["loss", "eval_loss", "mean_token_accuracy", "learning_rate"]),
         extra={"num_tokens": _last(state.log_history, "num_tokens"), "adapter": cfg.lora.enabled},
     )
-    return common.finish(trainer, result)
+    return common.finish(trainer, result, cfg=cfg, records=train)
 
 
 def _last(log_history: list[dict], key: str) -> float | None:

@@ -73,6 +73,11 @@ def test_run_grpo_writes_model_and_curves(tmp_path, tiny_model_dir, records):
     result = run_grpo(records["grpo"], tmp_path / "grpo", cfg=grpo_cfg(tiny_model_dir, max_steps=2, save_steps=1))
     assert result.global_step == 2 and len(result.curves["reward"]) == 2 and "format_rate" in result.curves
     AutoModelForCausalLM.from_pretrained(tmp_path / "grpo" / "model")  # a standalone model dir
+    from cello.card import read_card
+
+    card = read_card(tmp_path / "grpo" / "model")
+    assert card["library_name"] == "transformers" and card["cello"]["stage"] == "grpo"
+    assert card["cello"]["curves_last"]["reward"] == result.curves["reward"][-1][1]
     resumed = run_grpo(records["grpo"], tmp_path / "grpo", cfg=grpo_cfg(tiny_model_dir, max_steps=3, save_steps=1), resume=True)
     assert resumed.global_step == 3 and resumed.resumed_from.endswith("checkpoint-2")
 
