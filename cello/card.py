@@ -150,7 +150,8 @@ def write_card(
                      f"`{parent_info.get('git_revision')}`")
     lines += ["", "## Settings that differ from Cello's defaults", ""]
     if changed:
-        lines += ["| setting | value |", "|---|---|", *(f"| `{k}` | `{_cell(v)}` |" for k, v in sorted(changed.items()))]
+        lines += ["| setting | value |", "|---|---|",
+                  *(f"| `{k}` | `{_cell(v)}` |" for k, v in sorted(changed.items()))]
     else:
         lines.append("None: the defaults, which follow the released Cell-o1 scripts (docs/paper-fidelity.md).")
     if curves:

@@ -90,11 +90,13 @@ def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) ->
     lines.append(f"- split: `{m.get('split', '?')}`: {o.get('count', 0)} puzzles, {o.get('cells', 0)} cells "
                  f"(ids fingerprint `{m.get('puzzles', '?')}`{', limit ' + str(m['limit']) if m.get('limit') else ''})")
     samp = m.get("sampling") or {}
-    kind = f"{m.get('kind', '?')}" + (f"; max_new_tokens {samp.get('max_new_tokens')}, temperature {samp.get('temperature')}" if samp else "")
+    sampled = f"; max_new_tokens {samp.get('max_new_tokens')}, temperature {samp.get('temperature')}" if samp else ""
+    kind = f"{m.get('kind', '?')}{sampled}"
     lines.append(f"- model: {m.get('model', '?')} ({kind})")
     lines.append(f"- {data_version_line(m.get('data_version'))}")
     if m.get("chance"):
-        lines.append(f"- chance (expected): cell accuracy {_f(m['chance']['cell_accuracy'])}, batch accuracy {_f(m['chance']['batch_accuracy'], 4)}")
+        lines.append(f"- chance (expected): cell accuracy {_f(m['chance']['cell_accuracy'])}, "
+                     f"batch accuracy {_f(m['chance']['batch_accuracy'], 4)}")
     t = m.get("timing")
     if t:
         lines.append(f"- time: {t['wall_s']:.1f} s: load {t['load_s']:.1f} s, generation {t['generation_s']:.1f} s, "
@@ -158,7 +160,8 @@ def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: st
         ns = [n for n, _ in groups]
         all_n.update(ns)
         for ax, key in zip(axes, ("cell_accuracy", "batch_accuracy"), strict=True):
-            line = ax.plot(ns, [g[key] for _, g in groups], marker="o", label=f"{label} (n={metrics['overall'].get('count', '?')})")[0]
+            label_n = f"{label} (n={metrics['overall'].get('count', '?')})"
+            line = ax.plot(ns, [g[key] for _, g in groups], marker="o", label=label_n)[0]
             lo = [g.get(f"{key}_ci", [g[key]] * 2)[0] for _, g in groups]
             hi = [g.get(f"{key}_ci", [g[key]] * 2)[1] for _, g in groups]
             ax.fill_between(ns, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)

@@ -68,7 +68,8 @@ def test_the_card_parses_as_a_hub_model_card(tmp_path):
     hub = pytest.importorskip("huggingface_hub")
     model = tmp_path / "m"
     model.mkdir()
-    write_card(model, stage="grpo", base_model=str(tmp_path / "local-base"), records=None, curves={"reward": [[3, 0.25]]})
+    write_card(model, stage="grpo", base_model=str(tmp_path / "local-base"), records=None,
+               curves={"reward": [[3, 0.25]]})
     update_section(model, "eval", "## Evaluation\n\n| a | b |\n|---|---|\n| 1 | 2 |")
     card = hub.ModelCard.load(model / CARD)
     assert card.data.library_name == "transformers" and card.data.license == "other"

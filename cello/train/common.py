@@ -78,7 +78,8 @@ def device_settings(precision: str, attn_implementation: str) -> dict[str, Any]:
     if attn == "auto":
         attn = pick_attention(device)
     elif attn == "flash_attention_2" and not flash_attention_usable(device):
-        msg = "attn_implementation=flash_attention_2 needs CUDA and flash-attn (`pip install 'cello[gpu]'`); use auto or sdpa."
+        msg = ("attn_implementation=flash_attention_2 needs CUDA and flash-attn (`pip install 'cello[gpu]'`); "
+               "use auto or sdpa.")
         raise ConfigError(msg)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda,
             "attn_implementation": attn, "dtype": precision_dtype(precision)}
@@ -155,7 +156,8 @@ def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, secti
         raise RuntimeError(msg)
     clash = sorted(set(extra) & reserved)
     if clash:
-        msg = f"{section}.trl: {clash} are set by Cello's own fields; remove them from `trl` and set the matching field instead."
+        msg = (f"{section}.trl: {clash} are set by Cello's own fields; remove them from `trl` and set the matching "
+               "field instead.")
         raise ConfigError(msg)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(extra) - known)
@@ -203,7 +205,8 @@ def resolve_model(model: str | None, *, section: str) -> str:
         return str(p / MODEL_SUBDIR)
     looks_local = model.startswith((".", "/", "~")) or p.exists() or model.count("/") > 1
     if looks_local and not (p / "config.json").exists():
-        msg = f"{model}: not a model directory (no config.json); build one (`cello model tiny`, `cello train merge`) or give a hub id."
+        msg = (f"{model}: not a model directory (no config.json); build one (`cello model tiny`, "
+               "`cello train merge`) or give a hub id.")
         raise InputError(msg)
     return str(p) if looks_local else model
 
@@ -271,10 +274,12 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def render(self) -> str:
-        lines = [f"{self.stage}: {self.global_step} steps on {self.world_size} process(es) in {self.runtime_s:.0f}s -> {self.model_dir}"]
+        lines = [f"{self.stage}: {self.global_step} steps on {self.world_size} process(es) in "
+                 f"{self.runtime_s:.0f}s -> {self.model_dir}"]
         for name, points in self.curves.items():
             if points:
-                lines.append(f"  {name}: {points[0][1]:.4g} (step {points[0][0]:g}) -> {points[-1][1]:.4g} (step {points[-1][0]:g})")
+                lines.append(f"  {name}: {points[0][1]:.4g} (step {points[0][0]:g}) -> "
+                             f"{points[-1][1]:.4g} (step {points[-1][0]:g})")
         return "\n".join(lines)
 
 

@@ -145,7 +145,9 @@ def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, 
     if cfg.max_n is not None:
         kept = [r for r in records if r["n"] <= cfg.max_n]
         if not kept:
-            msg = f"train.grpo.max_n={cfg.max_n}: no puzzle in {train} is that small (smallest: {min(r['n'] for r in records)}); raise max_n or set it to null."
+            smallest = min(r["n"] for r in records)
+            msg = (f"train.grpo.max_n={cfg.max_n}: no puzzle in {train} is that small (smallest: {smallest}); "
+                   "raise max_n or set it to null.")
             raise ConfigError(msg)
         log.info("grpo: %d of %d puzzles have n <= max_n=%d", len(kept), len(records), cfg.max_n)
         records = kept
@@ -157,7 +159,8 @@ def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, 
     peft_config = common.lora_config(cfg.lora, tied_embeddings=bool(model.config.tie_word_embeddings))
     if env.is_main:
         log.info("grpo: %s, %d prompts, %d x %d completions per step, %s rollouts", model_path, len(records),
-                 cfg.prompts_per_step, cfg.num_generations, f"vLLM {cfg.vllm_server}" if cfg.vllm_server else "transformers")
+                 cfg.prompts_per_step, cfg.num_generations,
+                 f"vLLM {cfg.vllm_server}" if cfg.vllm_server else "transformers")
     return GRPOTrainer(
         model=model, reward_funcs=[batch_reward, format_reward], args=args, train_dataset=grpo_dataset(records),
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,

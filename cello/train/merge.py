@@ -31,7 +31,8 @@ def _adapter_dir(path: Path) -> Path:
     if (path / MODEL_SUBDIR).is_dir():  # the OUT dir of `cello train sft`
         path = path / MODEL_SUBDIR
     if not (path / "adapter_config.json").exists() and not (path / "config.json").exists():
-        msg = f"{path}: neither an adapter (adapter_config.json) nor a model (config.json); pass the output of `cello train sft`."
+        msg = (f"{path}: neither an adapter (adapter_config.json) nor a model (config.json); "
+               "pass the output of `cello train sft`.")
         raise InputError(msg)
     return path
 

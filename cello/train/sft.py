@@ -45,7 +45,8 @@ def build_sft_trainer(
     model_path = common.resolve_model(cfg.model, section="train.sft")
     if (cfg.packing or cfg.padding_free) and settings["attn_implementation"] != "flash_attention_2":
         log.warning("packing/padding_free with %s: each packed row is attended densely under a block mask "
-                    "(correct, but slower than padding; it pays off with flash_attention_2)", settings["attn_implementation"])
+                    "(correct, but slower than padding; it pays off with flash_attention_2)",
+                    settings["attn_implementation"])
     if cfg.padding_free and not cfg.packing:
         log.warning("padding_free without packing: conversations are not cut at max_length=%d (TRL's rule); "
                     "enable packing to bound the row length", cfg.max_length)
