@@ -297,12 +297,15 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from cello import report as R
+    from cello.card import find_card_dir, update_section
+    from cello.lineage import data_version_of
     from cello.scoring import chance_set_accuracy, compute_metrics
 
     t0 = time.perf_counter()
     cfg, template = cfg or EvalConfig(), template or PromptTemplate()
     out = Path(out)
     items = load_eval_items(split, template=template, limit=cfg.limit)
+    card_dir = find_card_dir(model)
     others = [(R.model_label(m, p), m) for p, m in ((p, R.load_metrics(p)) for p in compare)]  # fail before the model loads
     if predictor is None:
         predictor = make_predictor(model=model, baseline=baseline, name=name, backend=backend, sampling=sampling,
@@ -338,6 +341,8 @@ def evaluate(
         "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
         "chance": chance_set_accuracy([it["n"] for it in items]),  # expected figures of a random assignment
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data_version": data_version_of(split),  # the DVC md5 of the eval records; None: not versioned
+        "model_dir": None if card_dir is None else str(card_dir),  # the checkpoint whose card gets the metrics
     })
     runs = [(predictor.name, metrics), *others]
     R.plot_accuracy_by_n(runs, out / PLOT)
@@ -351,4 +356,6 @@ def evaluate(
     write_json(metrics, out / METRICS)
     with atomic_path(out / REPORT) as tmp:
         tmp.write_text(R.render_report(metrics, compare=others), encoding="utf-8")
+    if card_dir is not None:
+        update_section(card_dir, "eval", R.card_section(metrics))
     return EvalResult(out, metrics, len(todo), len(items) - len(todo))

@@ -73,9 +73,25 @@ class Decision:
     incumbent: str | None
     baseline: str | None
     config: dict[str, Any]
+    data_version: str | None = None  # the DVC data version of the candidate's eval records
+    data_versions: dict[str, str | None] = field(default_factory=dict)  # every input's, by role
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def markdown(self) -> str:
+        """The decision as Markdown: the verdict, the data version, one row per rule."""
+        def num(x: Any) -> str:
+            return "-" if x is None else f"{x:.4f}"
+
+        head = "PASS: the candidate may be deployed" if self.passed else "REJECT: the candidate is not deployed"
+        rows = [f"| {r.rule} | {'pass' if r.passed else '**FAIL**'} | {num(r.value)} | {num(r.threshold)} "
+                f"| {r.message.replace('|', '/')} |" for r in self.reasons]
+        return "\n".join([
+            f"## Gate: {head}", "",
+            f"Metric `{self.metric}`; candidate `{self.candidate_model}`; data version "
+            f"`{self.data_version or 'not versioned'}`.", "",
+            "| rule | verdict | value | threshold | why |", "|---|---|---|---|---|", *rows])
 
     def render(self) -> str:
         head = f"gate: {'PASS' if self.passed else 'REJECT'} ({self.metric}) for {self.candidate}"
@@ -84,6 +100,11 @@ class Decision:
 
 def _num(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _version(metrics: dict[str, Any]) -> str | None:
+    """The data version a metrics.json names (None for runs on unversioned data, or older files)."""
+    return (metrics.get("data_version") or {}).get("version")
 
 
 def _predictions_path(metrics_path: Path, metrics: dict[str, Any], given: str | os.PathLike | None) -> Path | None:
@@ -113,7 +134,8 @@ def _coverage(cand: dict, count: int, cfg: GateConfig, others: dict[str, dict | 
                 if m is not None and m.get("puzzles") and cand.get("puzzles") and m["puzzles"] != cand["puzzles"]]
     ok = count >= cfg.min_puzzles and not mismatch
     if mismatch:
-        msg = f"scored on other puzzles than the {' and the '.join(mismatch)} (id fingerprints differ); evaluate all on the same split"
+        msg = (f"scored on other puzzles than the {' and the '.join(mismatch)} (id fingerprints differ); "
+               "evaluate all on the same split")
     else:
         msg = f"{count} puzzles scored (minimum {cfg.min_puzzles})"
     return Reason("coverage", ok, float(count), float(cfg.min_puzzles), msg, {"fingerprint_mismatch": mismatch})
@@ -136,16 +158,19 @@ def _no_regression(cand_path: Path, cand: dict, inc_path: Path | None, inc: dict
             return Reason("no_regression", False, None, -tol, msg, {"method": "paired_bootstrap", "missing": missing})
         diff = point[0] - point[1]
         return Reason("no_regression", diff >= -tol, diff, -tol,
-                      f"point estimates (no predictions for the {missing}): candidate - incumbent = {diff:+.3f} vs -{tol:g}",
+                      f"point estimates (no predictions for the {missing}): candidate - incumbent = "
+                      f"{diff:+.3f} vs -{tol:g}",
                       {"method": "point_estimate", "candidate": point[0], "incumbent": point[1]})
     sa, sb = per_puzzle(a_path, metric), per_puzzle(b_path, metric)
     field, denominator = PER_PUZZLE[metric]
     ia, ib = align(sa, sb)
     if len(ia) == 0:
-        return Reason("no_regression", False, None, -tol, "candidate and incumbent share no puzzle id; evaluate both on the same split",
+        return Reason("no_regression", False, None, -tol,
+                      "candidate and incumbent share no puzzle id; evaluate both on the same split",
                       {"method": "paired_bootstrap", "paired": 0})
     va, vb = getattr(sa, field)[ia].astype(float), getattr(sb, field)[ib].astype(float)
-    ta, tb = (None, None) if denominator is None else (getattr(sa, denominator)[ia].astype(float), getattr(sb, denominator)[ib].astype(float))
+    ta, tb = (None, None) if denominator is None else (
+        getattr(sa, denominator)[ia].astype(float), getattr(sb, denominator)[ib].astype(float))
     d = paired_bootstrap_diff(va, vb, totals=ta, totals_b=tb, n_boot=cfg.n_boot, seed=cfg.seed, ci=cfg.ci)
     detail = {"method": "paired_bootstrap", "test": cfg.regression_test, "paired": d.n, "candidate_puzzles": len(sa),
               "incumbent_puzzles": len(sb), "diff": d.to_dict(), "ci": cfg.ci,
@@ -155,7 +180,8 @@ def _no_regression(cand_path: Path, cand: dict, inc_path: Path | None, inc: dict
     if cfg.regression_test == "significant":
         ok = d.hi >= -tol
         msg = (f"candidate - incumbent = {d.mean:+.3f}, {pct} CI [{d.lo:+.3f}, {d.hi:+.3f}] over {d.n} paired puzzles; "
-               + ("no drop beyond the tolerance is shown" if ok else f"a drop beyond {tol:g} is shown (upper bound < -{tol:g})"))
+               + ("no drop beyond the tolerance is shown" if ok
+                  else f"a drop beyond {tol:g} is shown (upper bound < -{tol:g})"))
         return Reason("no_regression", ok, d.hi, -tol, msg, detail)
     ok = d.lo >= -tol
     msg = (f"candidate - incumbent = {d.mean:+.3f}, {pct} CI [{d.lo:+.3f}, {d.hi:+.3f}] over {d.n} paired puzzles; "
@@ -164,7 +190,8 @@ def _no_regression(cand_path: Path, cand: dict, inc_path: Path | None, inc: dict
 
 
 def gate(
-    candidate: str | os.PathLike, *, incumbent: str | os.PathLike | None = None, baseline: str | os.PathLike | None = None,
+    candidate: str | os.PathLike, *, incumbent: str | os.PathLike | None = None,
+    baseline: str | os.PathLike | None = None,
     candidate_predictions: str | os.PathLike | None = None, incumbent_predictions: str | os.PathLike | None = None,
     cfg: GateConfig | None = None, out: str | os.PathLike | None = None,
 ) -> Decision:
@@ -187,7 +214,8 @@ def gate(
                                   candidate_predictions, incumbent_predictions))
     if base is None:
         reasons.append(Reason("beats_baseline", False, value, None,
-                              "no baseline metrics given; evaluate the marker baseline (`cello eval --baseline`) and pass --baseline"))
+                              "no baseline metrics given; evaluate the marker baseline (`cello eval --baseline`) "
+                              "and pass --baseline"))
     else:
         floor = _num(base["overall"].get(metric))
         ok = value is not None and floor is not None and value > floor + cfg.baseline_margin
@@ -200,10 +228,19 @@ def gate(
         ))
     decision = Decision(
         passed=all(r.passed for r in reasons), metric=metric, reasons=reasons,
-        candidate=str(candidate), candidate_model=model_label(cand, cand_path), incumbent=None if incumbent is None else str(incumbent),
+        candidate=str(candidate), candidate_model=model_label(cand, cand_path),
+        incumbent=None if incumbent is None else str(incumbent),
         baseline=None if baseline is None else str(baseline), config=cfg.model_dump(),
+        data_version=_version(cand),
+        data_versions={who: _version(m) for who, m in (("candidate", cand), ("incumbent", inc), ("baseline", base))
+                       if m is not None},
     )
     if out is not None:
         write_json(decision.to_dict(), out)
-    log.info("gate: %s (%s)", "pass" if decision.passed else "reject", ", ".join(f"{r.rule}={'ok' if r.passed else 'fail'}" for r in reasons))
+    if cand.get("model_dir"):
+        from cello.card import update_section
+
+        update_section(cand["model_dir"], "gate", decision.markdown())
+    log.info("gate: %s (%s)", "pass" if decision.passed else "reject",
+             ", ".join(f"{r.rule}={'ok' if r.passed else 'fail'}" for r in reasons))
     return decision

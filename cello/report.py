@@ -22,7 +22,7 @@ from typing import Any
 from cello._io import atomic_path
 from cello.errors import InputError
 
-__all__ = ["load_metrics", "model_label", "render_report", "plot_accuracy_by_n"]
+__all__ = ["load_metrics", "model_label", "data_version_line", "render_report", "card_section", "plot_accuracy_by_n"]
 
 Run = tuple[str, Mapping[str, Any]]  # (label, metrics)
 
@@ -47,6 +47,14 @@ def model_label(metrics: Mapping[str, Any], path: str | os.PathLike | None = Non
 
 
 # ---------------------------------------------------------------- Markdown
+def data_version_line(version: Mapping[str, Any] | None) -> str:
+    """What data a figure was computed on: the DVC data version of the eval records."""
+    if not version:
+        return "data version: not versioned (no dvc.lock lists the eval records)"
+    return (f"data version: `{version.get('version')}` (DVC md5 of `{version.get('records')}`: "
+            f"`{version.get('md5')}`)")
+
+
 def _f(value: Any, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -82,10 +90,13 @@ def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) ->
     lines.append(f"- split: `{m.get('split', '?')}`: {o.get('count', 0)} puzzles, {o.get('cells', 0)} cells "
                  f"(ids fingerprint `{m.get('puzzles', '?')}`{', limit ' + str(m['limit']) if m.get('limit') else ''})")
     samp = m.get("sampling") or {}
-    kind = f"{m.get('kind', '?')}" + (f"; max_new_tokens {samp.get('max_new_tokens')}, temperature {samp.get('temperature')}" if samp else "")
+    sampled = f"; max_new_tokens {samp.get('max_new_tokens')}, temperature {samp.get('temperature')}" if samp else ""
+    kind = f"{m.get('kind', '?')}{sampled}"
     lines.append(f"- model: {m.get('model', '?')} ({kind})")
+    lines.append(f"- {data_version_line(m.get('data_version'))}")
     if m.get("chance"):
-        lines.append(f"- chance (expected): cell accuracy {_f(m['chance']['cell_accuracy'])}, batch accuracy {_f(m['chance']['batch_accuracy'], 4)}")
+        lines.append(f"- chance (expected): cell accuracy {_f(m['chance']['cell_accuracy'])}, "
+                     f"batch accuracy {_f(m['chance']['batch_accuracy'], 4)}")
     t = m.get("timing")
     if t:
         lines.append(f"- time: {t['wall_s']:.1f} s: load {t['load_s']:.1f} s, generation {t['generation_s']:.1f} s, "
@@ -114,6 +125,19 @@ def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) ->
     return "\n".join(lines)
 
 
+def card_section(metrics: Mapping[str, Any]) -> str:
+    """The eval section of a model card: the figures with their intervals, overall and by N."""
+    m, o = metrics, metrics["overall"]
+    lines = ["## Evaluation", "",
+             f"- split `{m.get('split', '?')}`: {o.get('count', 0)} puzzles (ids fingerprint `{m.get('puzzles', '?')}`"
+             f"{', limit ' + str(m['limit']) if m.get('limit') else ''}), evaluated {m.get('created', '?')}",
+             f"- {data_version_line(m.get('data_version'))}", "",
+             "Intervals: bootstrap 95% over puzzles; definitions as the paper's released eval code.", "",
+             _HEAD.format(first="set"), _row("**overall**", o)]
+    lines += [_row(f"N = {n}", g) for n, g in sorted(m.get("by_n", {}).items(), key=lambda kv: int(kv[0]))]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- plot
 def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: str | None = None) -> Path:
     """Cell and batch accuracy by N, one line (with its 95% band) per run; written atomically (PNG)."""
@@ -136,7 +160,8 @@ def plot_accuracy_by_n(runs: Sequence[Run], out: str | os.PathLike, *, title: st
         ns = [n for n, _ in groups]
         all_n.update(ns)
         for ax, key in zip(axes, ("cell_accuracy", "batch_accuracy"), strict=True):
-            line = ax.plot(ns, [g[key] for _, g in groups], marker="o", label=f"{label} (n={metrics['overall'].get('count', '?')})")[0]
+            label_n = f"{label} (n={metrics['overall'].get('count', '?')})"
+            line = ax.plot(ns, [g[key] for _, g in groups], marker="o", label=label_n)[0]
             lo = [g.get(f"{key}_ci", [g[key]] * 2)[0] for _, g in groups]
             hi = [g.get(f"{key}_ci", [g[key]] * 2)[1] for _, g in groups]
             ax.fill_between(ns, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)

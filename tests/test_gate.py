@@ -195,3 +195,36 @@ def test_cli_exit_codes_and_decision_file(runs, tmp_path):
     assert main(ok) == 0 and json.loads((runs["cand70"].parent / "decision.json").read_text())["passed"] is True
     assert main(["eval", "gate", "--candidate", str(tmp_path / "nope.json"), "--params", none]) == 2
     assert main(["eval", "gate", "--candidate", str(runs["cand70"]), "--metric", "bogus", "--params", none]) == 2
+
+
+def test_eval_and_gate_write_the_card_and_name_the_data_version(split, tmp_path):
+    """A checkpoint with a card, evaluated on versioned records: metrics, report, decision and the
+    card name the data version; rerunning eval and gate replaces their card sections."""
+    from cello.card import CARD, write_card
+    from cello.lineage import dvc_data_version
+    from tests.test_card import versioned_records
+
+    records = versioned_records(tmp_path / "project", kinds=("eval",))
+    versioned = records / "eval" / "test.jsonl"
+    versioned.write_text(split.read_text())
+    model = tmp_path / "grpo" / "model"
+    model.mkdir(parents=True)
+    write_card(model, stage="grpo", base_model=None, records=None)
+    version = dvc_data_version(tmp_path / "project" / "dvc.lock")["version"]
+    for _ in range(2):
+        evaluate(versioned, tmp_path / "cand", predictor=Oracle("cand", set(range(60))), model=str(model.parent),
+                 cfg=EvalConfig(n_boot=200), progress=False, overwrite=True)
+        evaluate(versioned, tmp_path / "base", predictor=Oracle("base", set(range(20))), cfg=EvalConfig(n_boot=200),
+                 progress=False, overwrite=True)
+        decision = gate(tmp_path / "cand" / METRICS, baseline=tmp_path / "base" / METRICS, cfg=CFG,
+                        out=tmp_path / "decision.json")
+    metrics = json.loads((tmp_path / "cand" / METRICS).read_text())
+    assert metrics["data_version"]["version"] == version and metrics["model_dir"] == str(model)
+    assert f"data version: `{version}`" in (tmp_path / "cand" / "report.md").read_text()
+    saved = json.loads((tmp_path / "decision.json").read_text())
+    assert decision.passed and saved["data_version"] == version
+    assert saved["data_versions"] == {"candidate": version, "baseline": version}
+    card = (model / CARD).read_text()
+    assert card.count("## Evaluation") == 1 and card.count("## Gate: PASS") == 1
+    assert f"`{version}`" in card.split("## Evaluation")[1] and "[" in card.split("**overall**")[1]
+    assert "data version `" + version in card.split("## Gate")[1]

@@ -15,7 +15,7 @@ from cello.config.base import Section
 
 
 class LoraStageConfig(Section):
-    """PEFT adapter (the paper: LoRA r 256, alpha 512, dropout 0.05 on all linear layers)."""
+    """PEFT adapter (the released SFT script: DoRA r 256, alpha 512, dropout 0.05 on all linear layers)."""
 
     enabled: bool = Field(True, description="Train a LoRA adapter; false: full fine-tuning of every weight.")
     r: int = Field(256, ge=1, description="Adapter rank.")
@@ -25,7 +25,9 @@ class LoraStageConfig(Section):
         "all-linear",
         description="Module names to adapt; 'all-linear': every linear layer except the output head.",
     )
-    use_dora: bool = Field(False, description="DoRA (weight-decomposed LoRA) instead of plain LoRA.")
+    use_dora: bool = Field(
+        True, description="DoRA (weight-decomposed LoRA, as the released SFT script) instead of plain LoRA.",
+    )
     modules_to_save: list[str] = Field(
         default_factory=list,
         description=(
@@ -100,7 +102,7 @@ class SFTStageConfig(_TrainerStageConfig):
 
     OWNED_TRL_KEYS: ClassVar[frozenset[str]] = _TrainerStageConfig.OWNED_TRL_KEYS | {
         "max_length", "packing", "padding_free", "assistant_only_loss", "eval_strategy", "eval_steps",
-        "per_device_eval_batch_size", "dataset_num_proc",
+        "per_device_eval_batch_size", "dataset_num_proc", "truncation_mode",
     }
 
     model: str | None = Field(
@@ -108,6 +110,13 @@ class SFTStageConfig(_TrainerStageConfig):
         description="Base model: a local Hugging Face directory or a hub id.",
     )
     max_length: int = Field(4096, ge=16, description="Longest tokenized conversation; longer ones are truncated.")
+    truncation_mode: Literal["keep_end", "keep_start"] = Field(
+        "keep_end",
+        description=(
+            "Which end of an over-long conversation is kept: keep_end cuts the start (the released script's "
+            "left truncation), keep_start cuts the end."
+        ),
+    )
     effective_batch_size: int = Field(
         96, ge=1,
         description=(
@@ -126,22 +135,41 @@ class SFTStageConfig(_TrainerStageConfig):
         True,
         description="Loss on assistant tokens only (needs {% generation %} in the chat template).",
     )
+    logging_steps: int = Field(1, ge=1, description="Log every this many optimizer steps.")
     eval_fraction: float = Field(
-        0.02, ge=0, lt=1,
+        0.1, ge=0, lt=1,
         description="Share of train records held out for eval loss when no eval file is given; 0: none.",
     )
 
 
 class GRPOStageConfig(_TrainerStageConfig):
-    """GRPO on the batch-level reward (the paper: 5 generations, lr 1e-6, KL 0.001, 3000 tokens, batch 64)."""
+    """GRPO on the batch-level reward (the released verl script: 5 generations, lr 1e-6, KL 0.001 as a loss,
+    prompts <= 3072 and completions <= 3000 tokens, 64 prompts per step, 20 epochs; docs/paper-fidelity.md)."""
 
     OWNED_TRL_KEYS: ClassVar[frozenset[str]] = _TrainerStageConfig.OWNED_TRL_KEYS | {
         "num_generations", "max_completion_length", "beta", "temperature", "top_p", "reward_weights",
         "steps_per_generation", "generation_batch_size", "use_vllm", "vllm_mode", "vllm_server_base_url",
+        "loss_type", "lr_scheduler_type", "weight_decay",
     }
 
     lora: LoraStageConfig = Field(default_factory=lambda: LoraStageConfig(enabled=False))
     learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate.")
+    epochs: float = Field(20.0, gt=0, description="Passes over the prompts (the released script: 20).")
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule (verl's actor: constant, no warmup).",
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (verl's actor optimizer: 0.01).")
+    loss_type: Literal["bnpo", "dapo", "grpo", "dr_grpo"] = Field(
+        "bnpo",
+        description=(
+            "How TRL averages the token losses: bnpo = mean over the tokens of each device batch, as verl's "
+            "token-mean; dapo = over the whole generation batch (TRL's default)."
+        ),
+    )
+    max_prompt_length: int | None = Field(
+        3072, ge=1,
+        description="Drop prompts longer than this many tokens (verl's filter_overlong_prompts); null: keep all.",
+    )
     per_device_batch_size: int = Field(8, ge=1, description="Completions per device per forward pass.")
     num_generations: int = Field(5, ge=2, description="Completions sampled per prompt (the group of GRPO).")
     prompts_per_step: int = Field(
@@ -154,7 +182,7 @@ class GRPOStageConfig(_TrainerStageConfig):
         description="Log every this many optimizer steps (a GRPO step is long: log each).",
     )
     save_steps: int = Field(
-        50, ge=1,
+        100, ge=1,
         description="Checkpoint every this many optimizer steps (what --resume restarts from).",
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")

@@ -1,63 +1,7 @@
-"""Lineage: what a pipeline output was made from, so a served model traces back to its exact
-source revision, data version and settings.
+"""Lineage of pipeline outputs: the helpers live in `cello.lineage` (below the stages, so that
+training, evaluation and the gate can name the data version too); re-exported here for the
+pipeline's modules."""
 
-    git      the source revision the run used (sha, dirty flag, digest of the files when dirty)
-    data     the DVC data version: the md5 of every record set in the data's dvc.lock
-    params   the digest of the resolved params.yaml (profile and overrides applied)
+from cello.lineage import RECORD_PREFIX, digest, dvc_data_version, git_revision
 
-    from cello.pipeline.lineage import dvc_data_version
-    dvc_data_version("runs/data/1f2e.../dvc.lock")   # {"version": "9c1d...", "outs": {...}}
-"""
-
-from __future__ import annotations
-
-import hashlib
-import json
-import os
-import subprocess
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-from cello.errors import InputError
-
-# The outputs whose hashes define the data version (what training and evaluation read).
-RECORD_PREFIX = "data/records/"
-
-
-def digest(obj: Any, *, n: int = 12) -> str:
-    """A short stable hash of a JSON-able object (keys sorted)."""
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def dvc_data_version(dvc_lock: str | os.PathLike) -> dict[str, Any]:
-    """The md5 DVC recorded for each record set in `dvc_lock`, and one version over all of them."""
-    path = Path(dvc_lock)
-    if not path.is_file():
-        msg = f"{path}: no dvc.lock; the data step writes it (`dvc repro`); rerun the data step."
-        raise InputError(msg)
-    lock = yaml.safe_load(path.read_text()) or {}
-    outs = {
-        out["path"]: out.get("md5") or out.get("hash")
-        for stage in (lock.get("stages") or {}).values()
-        for out in stage.get("outs") or []
-        if str(out.get("path", "")).startswith(RECORD_PREFIX)
-    }
-    if not outs:
-        msg = f"{path}: records no {RECORD_PREFIX}* output; is the export stage in dvc.yaml?"
-        raise InputError(msg)
-    return {"version": digest(outs), "outs": dict(sorted(outs.items()))}
-
-
-def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
-def git_revision(repo: str | os.PathLike) -> dict[str, Any]:
-    """The commit checked out in `repo` and whether the working tree differs from it."""
-    repo = Path(repo)
-    sha = _git(repo, "rev-parse", "HEAD")
-    return {"revision": sha or None, "dirty": bool(_git(repo, "status", "--porcelain")) if sha else None}
+__all__ = ["RECORD_PREFIX", "digest", "dvc_data_version", "git_revision"]

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ def device_settings(precision: str, attn_implementation: str) -> dict[str, Any]:
     if attn == "auto":
         attn = pick_attention(device)
     elif attn == "flash_attention_2" and not flash_attention_usable(device):
-        msg = "attn_implementation=flash_attention_2 needs CUDA and flash-attn (`pip install 'cello[gpu]'`); use auto or sdpa."
+        msg = ("attn_implementation=flash_attention_2 needs CUDA and flash-attn (`pip install 'cello[gpu]'`); "
+               "use auto or sdpa.")
         raise ConfigError(msg)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda,
             "attn_implementation": attn, "dtype": precision_dtype(precision)}
@@ -117,6 +119,32 @@ def deepspeed_config(path: str) -> str:
     return path
 
 
+def trainer_args(cfg, out_dir: str | os.PathLike, *, settings: dict[str, Any], grad_acc: int) -> dict[str, Any]:
+    """The TrainingArguments that SFT and GRPO set alike from their stage config (`_TrainerStageConfig`)."""
+    args = {
+        "output_dir": str(out_dir),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": grad_acc,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "bf16": settings["bf16"],
+        "fp16": settings["fp16"],
+        "use_cpu": settings["use_cpu"],
+        "report_to": check_report_to(cfg.report_to),
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+    }
+    if cfg.deepspeed:
+        args["deepspeed"] = deepspeed_config(cfg.deepspeed)
+    return args
+
+
 def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, section: str, reserved: frozenset[str]):
     """Build a TRL config from Cello's fields (`owned`) plus the `trl:` pass-through (`extra`).
 
@@ -128,7 +156,8 @@ def trl_config(cls: type, owned: dict[str, Any], extra: dict[str, Any], *, secti
         raise RuntimeError(msg)
     clash = sorted(set(extra) & reserved)
     if clash:
-        msg = f"{section}.trl: {clash} are set by Cello's own fields; remove them from `trl` and set the matching field instead."
+        msg = (f"{section}.trl: {clash} are set by Cello's own fields; remove them from `trl` and set the matching "
+               "field instead.")
         raise ConfigError(msg)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(extra) - known)
@@ -176,7 +205,8 @@ def resolve_model(model: str | None, *, section: str) -> str:
         return str(p / MODEL_SUBDIR)
     looks_local = model.startswith((".", "/", "~")) or p.exists() or model.count("/") > 1
     if looks_local and not (p / "config.json").exists():
-        msg = f"{model}: not a model directory (no config.json); build one (`cello model tiny`, `cello train merge`) or give a hub id."
+        msg = (f"{model}: not a model directory (no config.json); build one (`cello model tiny`, "
+               "`cello train merge`) or give a hub id.")
         raise InputError(msg)
     return str(p) if looks_local else model
 
@@ -244,10 +274,12 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def render(self) -> str:
-        lines = [f"{self.stage}: {self.global_step} steps on {self.world_size} process(es) in {self.runtime_s:.0f}s -> {self.model_dir}"]
+        lines = [f"{self.stage}: {self.global_step} steps on {self.world_size} process(es) in "
+                 f"{self.runtime_s:.0f}s -> {self.model_dir}"]
         for name, points in self.curves.items():
             if points:
-                lines.append(f"  {name}: {points[0][1]:.4g} (step {points[0][0]:g}) -> {points[-1][1]:.4g} (step {points[-1][0]:g})")
+                lines.append(f"  {name}: {points[0][1]:.4g} (step {points[0][0]:g}) -> "
+                             f"{points[-1][1]:.4g} (step {points[-1][0]:g})")
         return "\n".join(lines)
 
 
@@ -261,10 +293,24 @@ def curves(log_history: Sequence[dict], names: Sequence[str]) -> dict[str, list[
     return {n: v for n, v in out.items() if v}
 
 
-def finish(trainer, result: TrainResult) -> TrainResult:
-    """Write summary.json (main process only) and return the result."""
+def train_and_save(trainer, out_dir: str | os.PathLike, ckpt: str | None) -> tuple[Path, float]:
+    """Train (resuming from `ckpt`), save OUT/model; return the model dir and the training seconds."""
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=ckpt)
+    runtime = time.perf_counter() - start
+    return save_final(trainer, out_dir), runtime
+
+
+def finish(trainer, result: TrainResult, *, cfg=None, records: str | os.PathLike | None = None) -> TrainResult:
+    """Write summary.json and, given the stage config, the model card of OUT/model (main process
+    only: `cello.card`, naming the data version of `records`); return the result."""
     if trainer.is_world_process_zero():
         write_json(dataclasses.asdict(result), Path(result.out_dir) / SUMMARY_FILE)
+        if cfg is not None:
+            from cello.card import changed_settings, write_card
+
+            write_card(result.model_dir, stage=result.stage, base_model=cfg.model, records=records,
+                       changed=changed_settings(cfg), curves=result.curves, adapter=cfg.lora.enabled)
     return result
 
 

@@ -98,23 +98,10 @@ def grpo_args(out_dir: str | os.PathLike, *, cfg: GRPOStageConfig, world_size: i
     grad_acc = common.accumulation(completions, cfg.per_device_batch_size, world_size,
                                    what="train.grpo.prompts_per_step x num_generations")
     owned = {
-        "output_dir": str(out_dir),
-        "learning_rate": cfg.learning_rate,
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps,
-        "per_device_train_batch_size": cfg.per_device_batch_size,
-        "gradient_accumulation_steps": grad_acc,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "bf16": settings["bf16"],
-        "fp16": settings["fp16"],
-        "use_cpu": settings["use_cpu"],
-        "report_to": common.check_report_to(cfg.report_to),
-        "logging_steps": cfg.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": cfg.save_steps,
-        "save_total_limit": cfg.save_total_limit,
-        "seed": cfg.seed,
-        "data_seed": cfg.seed,
+        **common.trainer_args(cfg, out_dir, settings=settings, grad_acc=grad_acc),
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "weight_decay": cfg.weight_decay,
+        "loss_type": cfg.loss_type,
         "num_generations": cfg.num_generations,
         "max_completion_length": cfg.max_completion_length,
         "temperature": cfg.temperature,
@@ -125,9 +112,25 @@ def grpo_args(out_dir: str | os.PathLike, *, cfg: GRPOStageConfig, world_size: i
     }
     if cfg.vllm_server:
         owned.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=cfg.vllm_server.rstrip("/"))
-    if cfg.deepspeed:
-        owned["deepspeed"] = common.deepspeed_config(cfg.deepspeed)
     return common.trl_config(GRPOConfig, owned, cfg.trl, section="train.grpo", reserved=cfg.OWNED_TRL_KEYS)
+
+
+def drop_overlong(records: list[dict[str, Any]], tokenizer, max_prompt_length: int | None) -> list[dict[str, Any]]:
+    """The records whose chat prompt (with the generation prompt) fits `max_prompt_length` tokens:
+    verl's `filter_overlong_prompts`, which the released GRPO script turns on."""
+    if max_prompt_length is None:
+        return records
+    kept = [r for r in records
+            if len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]) <= max_prompt_length]
+    if not kept:
+        msg = (f"train.grpo.max_prompt_length={max_prompt_length}: every prompt is longer; raise it, set it to null, "
+               "or use fewer genes per cell (data.cells.top_n).")
+        raise ConfigError(msg)
+    if len(kept) < len(records):
+        log.warning("grpo: dropped %d of %d prompts longer than max_prompt_length=%d tokens",
+                    len(records) - len(kept), len(records), max_prompt_length)
+    return kept
 
 
 def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: GRPOStageConfig,
@@ -142,7 +145,9 @@ def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, 
     if cfg.max_n is not None:
         kept = [r for r in records if r["n"] <= cfg.max_n]
         if not kept:
-            msg = f"train.grpo.max_n={cfg.max_n}: no puzzle in {train} is that small (smallest: {min(r['n'] for r in records)}); raise max_n or set it to null."
+            smallest = min(r["n"] for r in records)
+            msg = (f"train.grpo.max_n={cfg.max_n}: no puzzle in {train} is that small (smallest: {smallest}); "
+                   "raise max_n or set it to null.")
             raise ConfigError(msg)
         log.info("grpo: %d of %d puzzles have n <= max_n=%d", len(kept), len(records), cfg.max_n)
         records = kept
@@ -150,10 +155,12 @@ def build_grpo_trainer(train: str | os.PathLike, out_dir: str | os.PathLike, *, 
     if cfg.vllm_server and env.is_main:
         wait_for_server(cfg.vllm_server, timeout=cfg.vllm_health_timeout)
     model, tokenizer = common.load_model(model_path, settings=settings)
+    records = drop_overlong(records, tokenizer, cfg.max_prompt_length)
     peft_config = common.lora_config(cfg.lora, tied_embeddings=bool(model.config.tie_word_embeddings))
     if env.is_main:
         log.info("grpo: %s, %d prompts, %d x %d completions per step, %s rollouts", model_path, len(records),
-                 cfg.prompts_per_step, cfg.num_generations, f"vLLM {cfg.vllm_server}" if cfg.vllm_server else "transformers")
+                 cfg.prompts_per_step, cfg.num_generations,
+                 f"vLLM {cfg.vllm_server}" if cfg.vllm_server else "transformers")
     return GRPOTrainer(
         model=model, reward_funcs=[batch_reward, format_reward], args=args, train_dataset=grpo_dataset(records),
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
@@ -165,10 +172,7 @@ def run_grpo(train: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: GRPOS
     """Train `cfg.model` with GRPO on prompt records; write OUT/model and OUT/summary.json."""
     ckpt = common.last_checkpoint(out_dir, resume=resume)
     trainer = build_grpo_trainer(train, out_dir, cfg=cfg, callbacks=callbacks)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=ckpt)
-    runtime = time.perf_counter() - start
-    model_dir = common.save_final(trainer, out_dir)
+    model_dir, runtime = common.train_and_save(trainer, out_dir, ckpt)
     state = trainer.state
     result = common.TrainResult(
         stage="grpo", out_dir=str(out_dir), model_dir=str(model_dir), global_step=state.global_step,
@@ -176,4 +180,4 @@ def run_grpo(train: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: GRPOS
         curves=common.curves(state.log_history, CURVES),
         extra={"rollouts": "vllm-server" if cfg.vllm_server else "transformers", "adapter": cfg.lora.enabled},
     )
-    return common.finish(trainer, result)
+    return common.finish(trainer, result, cfg=cfg, records=train)

@@ -31,7 +31,8 @@ def _adapter_dir(path: Path) -> Path:
     if (path / MODEL_SUBDIR).is_dir():  # the OUT dir of `cello train sft`
         path = path / MODEL_SUBDIR
     if not (path / "adapter_config.json").exists() and not (path / "config.json").exists():
-        msg = f"{path}: neither an adapter (adapter_config.json) nor a model (config.json); pass the output of `cello train sft`."
+        msg = (f"{path}: neither an adapter (adapter_config.json) nor a model (config.json); "
+               "pass the output of `cello train sft`.")
         raise InputError(msg)
     return path
 
@@ -73,4 +74,17 @@ def merge_adapter(
         tokenizer.save_pretrained(tmp)
     n = sum(p.numel() for p in merged.parameters())
     log.info("merged %s (%s parameters) -> %s", adapter, f"{n:,}", out_dir)
+    _card(_adapter_dir(Path(adapter)), Path(out_dir), base=base)
     return Path(out_dir)
+
+
+def _card(source: Path, out_dir: Path, *, base: str | None) -> None:
+    """The merged model's card: the source checkpoint's provenance (data version, settings,
+    curves) carried over, with the base model the adapter names."""
+    from cello.card import read_card, write_card
+
+    parent = read_card(source) or {}
+    config = source / "adapter_config.json"
+    base = base or (json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None)
+    write_card(out_dir, stage="merged", base_model=base or (parent.get("cello") or {}).get("base_model_path"),
+               records=None, parent=parent)

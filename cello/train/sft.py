@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from cello.config import SFTStageConfig
 from cello.train import common
@@ -42,11 +41,12 @@ def build_sft_trainer(
 
     env = common.dist_env()
     settings = common.device_settings(cfg.precision, cfg.attn_implementation)
-    report_to = common.check_report_to(cfg.report_to)
+    common.check_report_to(cfg.report_to)  # fail before the records are read
     model_path = common.resolve_model(cfg.model, section="train.sft")
     if (cfg.packing or cfg.padding_free) and settings["attn_implementation"] != "flash_attention_2":
         log.warning("packing/padding_free with %s: each packed row is attended densely under a block mask "
-                    "(correct, but slower than padding; it pays off with flash_attention_2)", settings["attn_implementation"])
+                    "(correct, but slower than padding; it pays off with flash_attention_2)",
+                    settings["attn_implementation"])
     if cfg.padding_free and not cfg.packing:
         log.warning("padding_free without packing: conversations are not cut at max_length=%d (TRL's rule); "
                     "enable packing to bound the row length", cfg.max_length)
@@ -58,26 +58,11 @@ def build_sft_trainer(
     grad_acc = common.accumulation(cfg.effective_batch_size, cfg.per_device_batch_size, env.world_size,
                                    what="train.sft.effective_batch_size")
     owned = {
-        "output_dir": str(out_dir),
-        "learning_rate": cfg.learning_rate,
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps,
-        "per_device_train_batch_size": cfg.per_device_batch_size,
+        **common.trainer_args(cfg, out_dir, settings=settings, grad_acc=grad_acc),
         "per_device_eval_batch_size": cfg.per_device_batch_size,
-        "gradient_accumulation_steps": grad_acc,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "bf16": settings["bf16"],
-        "fp16": settings["fp16"],
-        "use_cpu": settings["use_cpu"],
-        "report_to": report_to,
-        "logging_steps": cfg.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": cfg.save_steps,
-        "save_total_limit": cfg.save_total_limit,
-        "seed": cfg.seed,
-        "data_seed": cfg.seed,
         # TRL does not truncate padding-free batches without packing: it wants max_length=None then
         "max_length": None if cfg.padding_free and not cfg.packing else cfg.max_length,
+        "truncation_mode": cfg.truncation_mode,
         "packing": cfg.packing,
         "padding_free": cfg.padding_free,
         "assistant_only_loss": cfg.assistant_only_loss,
@@ -85,8 +70,6 @@ def build_sft_trainer(
         "eval_steps": cfg.save_steps if eval_ds is not None else None,
         "dataset_num_proc": None,
     }
-    if cfg.deepspeed:
-        owned["deepspeed"] = common.deepspeed_config(cfg.deepspeed)
     args = common.trl_config(SFTConfig, owned, cfg.trl, section="train.sft", reserved=cfg.OWNED_TRL_KEYS)
 
     model, tokenizer = common.load_model(model_path, settings=settings)
@@ -114,10 +97,7 @@ def run_sft(
     """Fine-tune `cfg.model` on SFT records; write OUT/model and OUT/summary.json."""
     ckpt = common.last_checkpoint(out_dir, resume=resume)
     trainer = build_sft_trainer(train, out_dir, cfg=cfg, eval_path=eval_path, callbacks=callbacks)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=ckpt)
-    runtime = time.perf_counter() - start
-    model_dir = common.save_final(trainer, out_dir)
+    model_dir, runtime = common.train_and_save(trainer, out_dir, ckpt)
     state = trainer.state
     result = common.TrainResult(
         stage="sft",
@@ -130,7 +110,7 @@ def run_sft(
         curves=common.curves(state.log_history, ["loss", "eval_loss", "mean_token_accuracy", "learning_rate"]),
         extra={"num_tokens": _last(state.log_history, "num_tokens"), "adapter": cfg.lora.enabled},
     )
-    return common.finish(trainer, result)
+    return common.finish(trainer, result, cfg=cfg, records=train)
 
 
 def _last(log_history: list[dict], key: str) -> float | None:

@@ -66,7 +66,7 @@ def sft_cfg(model: Path, **kw):
     from cello.config import SFTStageConfig
 
     base = dict(
-        model=str(model), lora={"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens"]},
+        model=str(model), lora={"r": 8, "alpha": 16, "dropout": 0.0, "use_dora": False, "modules_to_save": ["embed_tokens"]},
         learning_rate=5e-3, epochs=1, max_length=512, effective_batch_size=4, per_device_batch_size=4,
         gradient_checkpointing=False, report_to=["none"], logging_steps=1, save_steps=1000, eval_fraction=0.0,
     )

@@ -7,10 +7,11 @@ import time
 import pytest
 import torch
 
-from cello.errors import CelloError
+from cello.errors import CelloError, ConfigError
 from cello.train.grpo import (
     batch_reward,
     build_grpo_trainer,
+    drop_overlong,
     format_reward,
     grpo_args,
     run_grpo,
@@ -72,6 +73,11 @@ def test_run_grpo_writes_model_and_curves(tmp_path, tiny_model_dir, records):
     result = run_grpo(records["grpo"], tmp_path / "grpo", cfg=grpo_cfg(tiny_model_dir, max_steps=2, save_steps=1))
     assert result.global_step == 2 and len(result.curves["reward"]) == 2 and "format_rate" in result.curves
     AutoModelForCausalLM.from_pretrained(tmp_path / "grpo" / "model")  # a standalone model dir
+    from cello.card import read_card
+
+    card = read_card(tmp_path / "grpo" / "model")
+    assert card["library_name"] == "transformers" and card["cello"]["stage"] == "grpo"
+    assert card["cello"]["curves_last"]["reward"] == result.curves["reward"][-1][1]
     resumed = run_grpo(records["grpo"], tmp_path / "grpo", cfg=grpo_cfg(tiny_model_dir, max_steps=3, save_steps=1), resume=True)
     assert resumed.global_step == 3 and resumed.resumed_from.endswith("checkpoint-2")
 
@@ -84,6 +90,35 @@ def test_vllm_server_mode_arguments(tmp_path, tiny_model_dir):
     assert (args.use_vllm, args.vllm_mode, args.vllm_server_base_url) == (True, "server", "http://vllm-sidecar:8000")
     assert args.reward_weights == [1.0, 0.5] and args.beta == cfg.beta
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4  # 2 prompts x 2 generations
+
+
+def test_released_optimizer_settings_reach_trl(tmp_path, tiny_model_dir):
+    from cello.config import GRPOStageConfig
+    from cello.train.common import device_settings
+
+    cfg = grpo_cfg(tiny_model_dir)
+    args = grpo_args(tmp_path, cfg=cfg, world_size=1, settings=device_settings("fp32", "sdpa"))
+    default = GRPOStageConfig()
+    assert (args.loss_type, args.weight_decay, str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))) \
+        == (default.loss_type, default.weight_decay, default.lr_scheduler_type) == ("bnpo", 0.01, "constant")
+    assert args.num_train_epochs == 20 and args.epsilon == 0.2 and args.num_iterations == 1
+
+
+def test_overlong_prompts_are_dropped_like_verls_filter(tiny_model_dir, records):
+    from transformers import AutoTokenizer
+
+    from cello.train.data import read_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recs = read_records(records["grpo"], kind="prompt")
+    lengths = sorted(len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]) for r in recs)
+    assert drop_overlong(recs, tok, None) is recs
+    cut = lengths[len(lengths) // 2]
+    kept = drop_overlong(recs, tok, cut)
+    assert len(kept) == sum(n <= cut for n in lengths) and 0 < len(kept) < len(recs)
+    with pytest.raises(ConfigError, match="max_prompt_length=1: every prompt is longer"):
+        drop_overlong(recs, tok, 1)
 
 
 def test_wait_for_server_times_out_with_a_clear_error():

@@ -50,6 +50,10 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, adapter_dir, tiny_model
     merged = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(_logits(merged, AutoTokenizer.from_pretrained(out)), expected, atol=1e-4, rtol=1e-4)
     assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
+    from cello.card import read_card
+
+    card = read_card(out)  # the SFT card's provenance, carried over
+    assert card["cello"]["stage"] == "merged" and card["library_name"] == "transformers"
 
 
 def test_full_model_is_resaved(tmp_path, tiny_model_dir):

@@ -57,6 +57,11 @@ def test_sft_loss_falls_and_saves_adapter(tmp_path, tiny_model_dir, records):
     assert "eval_loss" in result.curves
     assert (out / "model" / "adapter_config.json").exists() and (out / "model" / "tokenizer.json").exists()
     assert read_summary(out)["global_step"] == result.global_step
+    from cello.card import read_card
+
+    card = read_card(out / "model")  # replaces PEFT's blank README
+    assert card["library_name"] == "peft" and card["cello"]["stage"] == "sft"
+    assert card["cello"]["settings_changed"]["epochs"] == 2 and card["cello"]["curves_last"]["loss"] == loss[-1]
 
 
 def test_existing_checkpoints_need_resume(tmp_path, tiny_model_dir, records):
