@@ -50,7 +50,9 @@ class TinyModelConfig(Section):
 class SamplingParams(Section):
     """How to sample completions; the same meaning for every backend (transformers, HTTP, vLLM)."""
 
-    max_new_tokens: int = Field(1024, ge=1, description="Most tokens generated per completion.")
+    max_new_tokens: int = Field(
+        3500, ge=1, description="Most tokens generated per completion (a reasoning model cut short gives no answer)."
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding; above 0 samples.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
     n: int = Field(1, ge=1, description="Completions per conversation.")
