@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import NONE_NOTE, PARAMS, PROFILE, option
+from cello.commands._common import NONE_NOTE, PARAMS, PROFILE, option, prompt_option, template_of
 from cello.config import CellsConfig, PuzzlesConfig, SplitConfig, load_params, override
 
 app = typer.Typer(help="Build CellPuzzles data from .h5ad files.", no_args_is_help=True)
@@ -103,13 +103,14 @@ def audit(
     train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (.json/.jsonl)."),
     test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
+    prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Count test puzzles that share an identical cell (same ranked gene list) with train."""
     from cello.data.split import audit_paths
 
-    report = audit_paths(train, test, template=load_params(params, profile=profile).prompt, out=out)
+    report = audit_paths(train, test, template=template_of(load_params(params, profile=profile), prompt), out=out)
     typer.echo(report.render())
 
 
@@ -118,13 +119,14 @@ def export(
     splits: Path = typer.Argument(..., help="Directory from `cello data split`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (one JSONL file per split)."),
     fmt: str = typer.Option(..., "--format", "-f", help="sft | grpo | eval | cellpuzzles."),
+    prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Render puzzles into SFT, GRPO, eval or published-CellPuzzles records."""
     from cello.data.records import export_split
 
-    counts = export_split(splits, out, fmt=fmt, template=load_params(params, profile=profile).prompt)
+    counts = export_split(splits, out, fmt=fmt, template=template_of(load_params(params, profile=profile), prompt))
     typer.echo(", ".join(f"{name}: {n} records" for name, n in counts.items()) + f" -> {out}")
 
 
@@ -133,11 +135,13 @@ def import_(
     source: Path = typer.Argument(..., help="Published CellPuzzles records (.json list or .jsonl)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
+    prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Read published CellPuzzles records (system_msg/user_msg/assistant_msg) into puzzles.parquet."""
     from cello.data.records import import_cellpuzzles
 
-    n = import_cellpuzzles(source, out, dataset=dataset, template=load_params(params, profile=profile).prompt)
+    template = template_of(load_params(params, profile=profile), prompt)
+    n = import_cellpuzzles(source, out, dataset=dataset, template=template)
     typer.echo(f"imported {n} puzzles -> {out}")

@@ -15,6 +15,7 @@ dataset name, so the output is the same for the same input and seed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -155,6 +156,8 @@ def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
     df = pd.DataFrame({c: cells[c] for c in CELL_COLUMNS_NEEDED})
     df[S.BATCH] = _clean(cells[S.BATCH]) if S.BATCH in cells.columns else ""
     df[S.CONTEXT] = _clean(cells[S.CONTEXT]) if S.CONTEXT in cells.columns else ""
+    for col in _ctx_columns(cells):
+        df[col] = _clean(cells[col])
     for col in (S.CELL_ID, S.DATASET, S.CELL_TYPE):
         df[col] = _clean(df[col])
     df[S.DONOR] = _clean(df[S.DONOR], default="unknown")
@@ -165,6 +168,19 @@ def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
     df[S.GROUP] = df[S.DONOR].where(df[S.BATCH] == "", df[S.DONOR] + "/" + df[S.BATCH])
     df = df.sort_values([S.DATASET, S.GROUP, S.CELL_TYPE, S.CELL_ID], kind="stable")
     return df.reset_index(drop=True), unlabelled
+
+
+def _ctx_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith(S.CTX_PREFIX)]
+
+
+def _fields_json(df: pd.DataFrame, row: int) -> str:
+    """The context fields of one cell as JSON text (missing ones left out); "" if the table has none."""
+    cols = _ctx_columns(df)
+    if not cols:
+        return ""
+    values = {c[len(S.CTX_PREFIX):]: str(df.at[row, c]) for c in cols}
+    return json.dumps({k: v for k, v in values.items() if v}, ensure_ascii=False)
 
 
 def _groups(df: pd.DataFrame) -> dict[str, list[_Group]]:
@@ -186,10 +202,10 @@ def _as_list(genes) -> list[str]:
     return genes.tolist() if isinstance(genes, np.ndarray) else list(genes)
 
 
-def _context(contexts: list[str]) -> str:
-    """The most common context of the chosen cells (ties: the first in cell order)."""
+def _context(contexts: list[str]) -> int:
+    """Which chosen cell's context the puzzle shows: the first one holding the most common context."""
     counts = Counter(contexts)
-    return max(counts, key=lambda c: counts[c])
+    return contexts.index(max(counts, key=lambda c: counts[c]))
 
 
 def build_puzzles(
@@ -240,6 +256,7 @@ def build_puzzles(
                 pid = unique_id(safe_id(f"{ds}-{g.name}-n{n}-{k}"), ids)
                 used.add((ds, g.name))
                 answer = [g.types[t] for t in picked]
+                shown = rows[_context([str(context[r]) for r in rows])]
                 rows_out.append({
                     S.PUZZLE_ID: pid,
                     S.DATASET: ds,
@@ -248,9 +265,11 @@ def build_puzzles(
                     S.N: n,
                     S.CELL_IDS: [str(cell_id[r]) for r in rows],
                     S.CELL_GENES: [_as_list(genes[r]) for r in rows],
-                    S.CONTEXT: _context([str(context[r]) for r in rows]),
+                    S.CONTEXT: str(context[shown]),
                     S.CANDIDATES: sorted(answer),
                     S.ANSWER: answer,
+                    S.CONTEXT_FIELDS: _fields_json(df, shown),
+                    S.TARGET: "",
                 })
                 summary.by_n[n] = summary.by_n.get(n, 0) + 1
                 summary.by_dataset[ds] = summary.by_dataset.get(ds, 0) + 1
@@ -303,16 +322,20 @@ def read_cells(path: str | os.PathLike) -> pd.DataFrame:
     for part in parts:
         part, names = _read_table(part, CELL_COLUMNS_NEEDED, made_by="cello data cells")
         wanted = [c for c in CELL_COLUMNS_NEEDED + CELL_COLUMNS_OPTIONAL if c in names]
+        wanted += [c for c in names if c.startswith(S.CTX_PREFIX)]
         frames.append(pd.read_parquet(part, columns=wanted))
     if len(frames) == 1:
         return frames[0]
     check_unique_datasets([str(f[S.DATASET].iloc[0]) for f in frames if len(f)], where=str(path))
-    return pd.concat(frames, ignore_index=True)
+    cells = pd.concat(frames, ignore_index=True)
+    ctx = _ctx_columns(cells)  # parts may hold different extra fields
+    cells[ctx] = cells[ctx].fillna("")
+    return cells
 
 
 def read_puzzles(path: str | os.PathLike, *, required: list[str] | None = None) -> pd.DataFrame:
     """Read a puzzles.parquet; a missing/unreadable file or column is an `InputError`."""
-    path, _ = _read_table(path, S.PUZZLE_COLUMNS if required is None else required, made_by="cello data puzzles")
+    path, _ = _read_table(path, S.PUZZLE_REQUIRED if required is None else required, made_by="cello data puzzles")
     return pd.read_parquet(path)
 
 

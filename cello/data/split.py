@@ -37,7 +37,7 @@ from cello.config import SplitConfig
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
 from cello.data.puzzles import read_puzzles
-from cello.data.records import read_cellpuzzles, records_to_puzzles
+from cello.data.records import is_parquet, load_records, records_to_puzzles
 from cello.data.seeds import stable_seed
 from cello.errors import InputError
 
@@ -111,23 +111,19 @@ def audit_overlap(train: pd.DataFrame, test: pd.DataFrame) -> AuditReport:
 
 
 def _load_side(path: str | os.PathLike, template: PromptTemplate) -> pd.DataFrame:
-    """A puzzles table from puzzles .parquet, or from published records (.json/.jsonl/.parquet)."""
+    """A puzzles table (Parquet), or published records (JSON list, JSON lines or Parquet) as one."""
     import pyarrow.parquet as pq
 
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet" and path.is_file():
+    if path.is_file() and is_parquet(path):
         try:
-            is_records = "user_msg" in pq.read_schema(path).names
-        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+            names = pq.read_schema(path).names
+        except Exception as exc:  # pyarrow raises several types for a damaged file
             msg = f"{path}: not a readable Parquet file ({exc})."
             raise InputError(msg) from exc
-        if not is_records:
+        if "user_msg" not in names:
             return read_puzzles(path, required=[S.PUZZLE_ID, S.CELL_IDS, S.CELL_GENES])
-    elif suffix not in (".json", ".jsonl", ".parquet"):
-        msg = f"{path}: unknown file type {suffix!r}; give puzzles .parquet or CellPuzzles .json/.jsonl/.parquet."
-        raise InputError(msg)
-    return records_to_puzzles(read_cellpuzzles(path), dataset=path.stem, template=template, source=str(path))
+    return records_to_puzzles(load_records(path), dataset=path.stem, template=template, source=str(path))
 
 
 def audit_paths(train_path: str | os.PathLike, test_path: str | os.PathLike, *,
