@@ -92,7 +92,7 @@ def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None 
     The split is a puzzles table (Parquet) or records read by `cello.data.records.load_records`
     (JSON list, JSON lines or Parquet, by content): eval/GRPO records, or published CellPuzzles
     records, whose system_msg and user_msg are sent as they are."""
-    from cello.data.records import is_parquet, is_published, load_records, published_chat
+    from cello.data.records import is_parquet, is_published, load_records, parquet_columns, published_chat
 
     template = template or PromptTemplate()
     path = Path(path)
@@ -107,7 +107,7 @@ def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None 
         msg = (f"{path}: no such file; pass eval records (`cello data export --format eval`), published "
                "CellPuzzles records or a split (.parquet).")
         raise InputError(msg)
-    if is_parquet(path) and S.CELL_GENES in _parquet_columns(path):
+    if is_parquet(path) and S.CELL_GENES in parquet_columns(path):
         import pandas as pd
 
         df = pd.read_parquet(path)
@@ -139,16 +139,6 @@ def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None 
         msg = f"{path}: no puzzles to evaluate."
         raise InputError(msg)
     return items
-
-
-def _parquet_columns(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_schema(path).names
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        msg = f"{path}: not a readable Parquet file ({exc})."
-        raise InputError(msg) from exc
 
 
 def puzzle_fingerprint(ids: Sequence[str]) -> str:

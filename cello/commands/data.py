@@ -1,8 +1,8 @@
-"""`cello data ...`: h5ad -> cells -> puzzles -> splits -> records.
+"""`cello data ...`: h5ad -> cells -> splits (puzzles per side) -> records; puzzles alone; audit, import.
 
     cello data cells builtin:pbmc68k -o data/cells.parquet
     cello data puzzles data/cells.parquet -o data/puzzles.parquet
-    cello data split data/puzzles.parquet -o data/splits
+    cello data split data/cells.parquet -o data/splits --test-donors D1
     cello data audit data/splits/train.parquet data/splits/test.parquet
     cello data export data/splits -o data/records/sft --format sft
     cello data import cellpuzzles_test.json -o data/imported.parquet
@@ -78,23 +78,35 @@ def puzzles(
     typer.echo(summary.render())
 
 
+def _names(text: str | None) -> list[str] | None:
+    """'A,B' -> ['A', 'B']; None (flag not given) stays None."""
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+
 @app.command("split")
 def split(
-    puzzles_path: Path = typer.Argument(..., help="puzzles.parquet from `cello data puzzles`."),
+    cells_path: Path = typer.Argument(..., help="cells.parquet, or a directory of parts, from `cello data cells`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.parquet, test.parquet, summary.json)."),
     by: str | None = option(SplitConfig, "by"),
+    test_donors: str | None = option(SplitConfig, "test_donors", "--test-donors", note="Comma-separated: A,B."),
+    test_datasets: str | None = option(SplitConfig, "test_datasets", "--test-datasets", note="Comma-separated."),
     test_fraction: float | None = option(SplitConfig, "test_fraction"),
-    max_test: int | None = option(SplitConfig, "max_test"),
+    test_size: int | None = option(SplitConfig, "test_size"),
     seed: int | None = option(SplitConfig, "seed"),
+    min_n: int | None = option(PuzzlesConfig, "min_n"),
+    max_n: int | None = option(PuzzlesConfig, "max_n"),
+    per_n: int | None = option(PuzzlesConfig, "per_n"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
-    """Split puzzles into train/test, stratified by N, without leakage."""
+    """Hold out cells (or donors, or datasets), then make train and test puzzles each from its own cells."""
     from cello.data.split import make_split
 
     p = load_params(params, profile=profile)
-    cfg = override(p.data.split, by=by, test_fraction=test_fraction, max_test=max_test, seed=seed)
-    summary = make_split(puzzles_path, out, cfg=cfg)
+    cfg = override(p.data.split, by=by, test_donors=_names(test_donors), test_datasets=_names(test_datasets),
+                   test_fraction=test_fraction, test_size=test_size, seed=seed)
+    pcfg = override(p.data.puzzles, min_n=min_n, max_n=max_n, per_n=per_n)
+    summary = make_split(cells_path, out, cfg=cfg, puzzles=pcfg)
     typer.echo(summary.render())
 
 

@@ -117,6 +117,17 @@ def is_parquet(path: str | os.PathLike) -> bool:
         return fh.read(4) == b"PAR1"
 
 
+def parquet_columns(path: str | os.PathLike) -> list[str]:
+    """The column names of a Parquet file, or an InputError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        msg = f"{path}: not a readable Parquet file ({exc})."
+        raise InputError(msg) from exc
+
+
 def load_records(path: str | os.PathLike) -> list[dict]:
     """Records from a JSON list, JSON lines or Parquet file, told apart by the content (not the
     name): every command that reads records reads them here. A single JSON object is one record."""

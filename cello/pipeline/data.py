@@ -4,7 +4,7 @@ out over the input files, so a large atlas is ranked across the cluster, not on 
     prepare     the source at the revision -> a data folder keyed by (source, data settings);
                 the run folder with the resolved params; the list of input files
     cells_part  one input file -> data/cells/part-<i>.parquet (one task per file)
-    build       `dvc commit` of the parts, then `dvc repro` (puzzles -> split -> export)
+    build       `dvc commit` of the parts, then `dvc repro` (split -> export)
 
 A data folder is content-addressed: `<workdir>/data/<key>`, the key a digest of the source
 and of the `data:` and `prompt:` settings. Runs with the same data share it (and DVC's cache
@@ -234,13 +234,16 @@ def card(summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """The data step's report (Markdown) and headline numbers (for a KFP Metrics artifact)."""
     split, records, version = summary.get("split") or {}, summary.get("records") or {}, summary["version"]
     numbers = {f"records_{k.replace('/', '_')}": float(v) for k, v in records.items()}
-    numbers.update({k: float(split[k]) for k in ("train_total", "test_total", "dropped_for_leakage") if k in split})
+    heads = ("train_total", "test_total", "train_cells", "test_cells")
+    numbers.update({k: float(split[k]) for k in heads if k in split})
     rows = [f"| {name} | {count} |" for name, count in records.items()]
     outs = [f"| `{path}` | `{md5}` |" for path, md5 in version["outs"].items()]
     text = "\n".join([
         f"## Data version `{version['version']}`", "", f"Data folder: `{summary['data_dir']}`", "",
-        f"Puzzles: {split.get('train_total', '?')} train, {split.get('test_total', '?')} test; "
-        f"{split.get('dropped_for_leakage', 0)} dropped so that no cell is in both splits.", "",
+        f"Puzzles: {split.get('train_total', '?')} train, {split.get('test_total', '?')} test, each made from "
+        f"its own cells ({split.get('train_cells', '?')} and {split.get('test_cells', '?')}, held apart by "
+        f"{split.get('by', '?')}); test puzzles sharing a cell with train: "
+        f"{(split.get('audit') or {}).get('test_sharing_cell_id', '?')}.", "",
         "| record set | records |", "|---|---|", *rows, "", "| DVC output | md5 |", "|---|---|", *outs,
     ])
     return text, numbers
