@@ -112,8 +112,8 @@ def split(
 
 @app.command("audit")
 def audit(
-    train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (.json/.jsonl)."),
-    test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
+    train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (JSON, JSONL, Parquet)."),
+    test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (JSON, JSONL, Parquet)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
     prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
@@ -144,7 +144,9 @@ def export(
 
 @app.command("import")
 def import_(
-    source: Path = typer.Argument(..., help="Published CellPuzzles records (.json list or .jsonl)."),
+    source: Path = typer.Argument(
+        ..., help="Published CellPuzzles records: a JSON list, JSON lines or Parquet (told apart by content).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
     prompt: str | None = prompt_option(),

@@ -49,8 +49,8 @@ app = typer.Typer(
 # Options that set a config field take their help and shown default from it (`option`).
 _SPLIT = typer.Argument(
     ...,
-    help="Eval split: eval records (.jsonl), a puzzles split (.parquet), or a directory with "
-         "test.jsonl/test.parquet.",
+    help="Eval split: eval records or published CellPuzzles records (JSON list, JSON lines or Parquet), "
+         "a puzzles split (.parquet), or a directory with test.jsonl/test.json/test.parquet.",
 )
 _OUT = typer.Option(
     ..., "--out", "-o", help="Run directory: predictions.jsonl, metrics.json, report.md, accuracy_by_n.png.",

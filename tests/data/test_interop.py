@@ -185,3 +185,15 @@ def test_cli_prompt_flag(tmp_path):
     assert table[S.CONTEXT].iloc[1] == "The cell is from, originating from the blood. " \
         "The patient is healthy with no diagnosed disease. "
     assert np.all(table[S.CONTEXT_FIELDS] == "")
+
+
+def test_serve_words_field_contexts_by_the_profile():
+    from cello.serve.schema import parse_puzzles
+
+    fields = {"sex": "unknown", "tissue": "blood", "disease": "normal"}
+    (p,) = parse_puzzles([{"context": fields, "cells": [["CD3E"], ["MS4A1"]], "candidates": ["B cell", "T cell"]}])
+    assert p.context_for("cell-o1") == "The cell is from, originating from the blood. " \
+        "The patient is healthy with no diagnosed disease. "
+    assert p.context_for("cello") == p.context == "The sample was taken from the blood. The donor is healthy."
+    (q,) = parse_puzzles([{"context": "A donor.", "cells": [["CD3E"], ["MS4A1"]], "candidates": ["B cell", "T cell"]}])
+    assert q.context_for("cell-o1") == "A donor."
