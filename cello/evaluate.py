@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from cello._io import append_journal, atomic_path, read_journal, write_json
 from cello.config import BackendConfig, EvalConfig, SamplingParams, override
 from cello.data import schema as S
+from cello.data.context import puzzle_context
 from cello.data.prompt import PromptTemplate
 from cello.errors import ConfigError, InputError
 
@@ -79,42 +80,55 @@ def _item_from_row(row: dict, template: PromptTemplate) -> dict[str, Any]:
     answer = [str(a) for a in _as_list(row[S.ANSWER])]
     return {
         "id": str(row[S.PUZZLE_ID]), "dataset": str(row.get(S.DATASET) or ""), "group": str(row.get(S.GROUP) or ""),
-        "n": len(answer), "messages": template.messages(str(row.get(S.CONTEXT) or ""), genes, candidates),
+        "n": len(answer), "messages": template.messages(puzzle_context(row, template.profile), genes, candidates),
         "answer": answer, "candidates": candidates, S.CELL_GENES: genes,
     }
 
 
 def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """The puzzles of an eval split, each {id, dataset, group, n, messages, answer, candidates}
-    (puzzle rows also keep cell_genes), in file order; the first `limit` only when given."""
-    from cello._io import read_jsonl
+    (puzzle rows also keep cell_genes), in file order; the first `limit` only when given.
 
+    The split is a puzzles table (Parquet) or records read by `cello.data.records.load_records`
+    (JSON list, JSON lines or Parquet, by content): eval/GRPO records, or published CellPuzzles
+    records, whose system_msg and user_msg are sent as they are."""
+    from cello.data.records import is_parquet, is_published, load_records, parquet_columns, published_chat
+
+    template = template or PromptTemplate()
     path = Path(path)
     if path.is_dir():
-        found = [path / f for f in ("test.jsonl", "test.parquet") if (path / f).is_file()]
+        names = ("test.jsonl", "test.json", "test.parquet")
+        found = [path / f for f in names if (path / f).is_file()]
         if not found:
-            msg = f"{path}: a directory without test.jsonl or test.parquet; pass the eval split file itself."
+            msg = f"{path}: a directory without {', '.join(names)}; pass the eval split file itself."
             raise InputError(msg)
         path = found[0]
     if not path.is_file():
-        msg = f"{path}: no such file; pass eval records (.jsonl from `cello data export --format eval`) or a split (.parquet)."
+        msg = (f"{path}: no such file; pass eval records (`cello data export --format eval`), published "
+               "CellPuzzles records or a split (.parquet).")
         raise InputError(msg)
-    if path.suffix == ".parquet":
+    if is_parquet(path) and S.CELL_GENES in parquet_columns(path):
         import pandas as pd
 
         df = pd.read_parquet(path)
-        missing = [c for c in (S.PUZZLE_ID, S.CELL_GENES, S.CANDIDATES, S.ANSWER) if c not in df.columns]
+        missing = [c for c in (S.PUZZLE_ID, S.CANDIDATES, S.ANSWER) if c not in df.columns]
         if missing:
             msg = f"{path}: missing column(s) {missing}; expected a puzzles table from `cello data split`."
             raise InputError(msg)
         rows = df.head(limit) if limit else df
-        items = [_item_from_row(r, template or PromptTemplate()) for r in rows.to_dict("records")]
-    elif path.suffix in {".jsonl", ".json"}:
-        recs = read_jsonl(path)
-        items = [_item_from_record(r, f"{path}:{i + 1}") for i, r in enumerate(recs[:limit] if limit else recs)]
+        items = [_item_from_row(r, template) for r in rows.to_dict("records")]
     else:
-        msg = f"{path}: unknown file type {path.suffix!r}; use .jsonl (eval records) or .parquet (puzzles)."
-        raise InputError(msg)
+        recs = load_records(path)
+        items = []
+        for i, rec in enumerate(recs[:limit] if limit else recs):
+            where = f"{path}: record {i + 1}"
+            if is_published(rec):
+                try:
+                    rec = published_chat(rec, index=i, template=template)
+                except ValueError as exc:
+                    msg = f"{where}: {exc}; fix or remove that record."
+                    raise InputError(msg) from exc
+            items.append(_item_from_record(rec, where))
     seen: set[str] = set()
     for it in items:
         if it["id"] in seen:

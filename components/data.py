@@ -38,7 +38,7 @@ def cells_part(data_dir: str, source: str) -> str:
 
 @dsl.component(base_image=image("cello"), install_kfp_package=False)
 def build_data(data_dir: str, parts: list, report: Output[Markdown], metrics: Output[Metrics]) -> str:
-    """`dvc commit` the parts, `dvc repro` puzzles -> split -> records; the data version."""
+    """`dvc commit` the parts, `dvc repro` split -> records; the data version."""
     from cello.pipeline.data import build, card
     from cello.pipeline.outputs import publish
 

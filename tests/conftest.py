@@ -82,14 +82,13 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    """The demo data (cells, puzzles, splits) built from builtin:pbmc68k through the CLI."""
+    """The demo data (cells, splits) built from builtin:pbmc68k through the CLI."""
     from cello.cli import main
 
     root = tmp_path_factory.mktemp("demo")
     params = ["--params", str(REPO / "params.yaml")]
     assert main(["data", "cells", "builtin:pbmc68k", "-o", str(root / "cells.parquet"), *params]) == 0
-    assert main(["data", "puzzles", str(root / "cells.parquet"), "-o", str(root / "puzzles.parquet"), *params]) == 0
-    assert main(["data", "split", str(root / "puzzles.parquet"), "-o", str(root / "splits"), *params]) == 0
+    assert main(["data", "split", str(root / "cells.parquet"), "-o", str(root / "splits"), *params]) == 0
     return root
 
 

@@ -207,12 +207,11 @@ def test_marker_baseline_beats_chance_on_demo_split(tmp_path, capsys):
     """Real PBMCs (scanpy's pbmc68k_reduced): fit on the demo train split, score the test split."""
     if importlib.util.find_spec("scanpy") is None:
         pytest.skip("scanpy (the `data` extra) is not installed: the demo dataset ships inside it")
-    cells, puzzles, splits = tmp_path / "cells.parquet", tmp_path / "puzzles.parquet", tmp_path / "splits"
+    cells, splits = tmp_path / "cells.parquet", tmp_path / "splits"
     none = defaults_params(tmp_path)  # built-in defaults, whatever params.yaml says
     assert main(["data", "cells", "builtin:pbmc68k", "-o", str(cells), "--params", none]) == 0
-    assert main(["data", "puzzles", str(cells), "-o", str(puzzles), "--min-n", "4", "--max-n", "8",
-                 "--per-n", "40", "--params", none]) == 0
-    assert main(["data", "split", str(puzzles), "-o", str(splits), "--params", none]) == 0
+    assert main(["data", "split", str(cells), "-o", str(splits), "--min-n", "4", "--max-n", "8",
+                 "--per-n", "40", "--test-size", "20", "--params", none]) == 0
     model, preds = tmp_path / "baseline.json", tmp_path / "pred.jsonl"
     assert main(["baseline", "fit", str(splits / "train.parquet"), "-o", str(model), "--params", none]) == 0
     summary = predict_baseline(model, splits / "test.parquet", preds, n_boot=200)

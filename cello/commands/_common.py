@@ -80,3 +80,17 @@ def option(model: type[BaseModel], field: str, *flags: str, note: str = "", **kw
     opt = typer.Option(None, *flags, help=text, show_default=False, **kwargs)
     opt.config_field = (model, field)  # what the CLI tests read back
     return opt
+
+
+def prompt_option() -> Any:
+    """`--prompt cello|cell-o1`: the prompt profile (`prompt.profile`) for one command."""
+    from cello.config import PromptTemplate
+
+    return option(PromptTemplate, "profile", "--prompt")
+
+
+def template_of(params: Any, profile: str | None) -> Any:
+    """The params' prompt template with `--prompt` applied."""
+    from cello.config import override
+
+    return override(params.prompt, profile=profile)

@@ -1,8 +1,8 @@
-"""`cello data ...`: h5ad -> cells -> puzzles -> splits -> records.
+"""`cello data ...`: h5ad -> cells -> splits (puzzles per side) -> records; puzzles alone; audit, import.
 
     cello data cells builtin:pbmc68k -o data/cells.parquet
     cello data puzzles data/cells.parquet -o data/puzzles.parquet
-    cello data split data/puzzles.parquet -o data/splits
+    cello data split data/cells.parquet -o data/splits --test-donors D1
     cello data audit data/splits/train.parquet data/splits/test.parquet
     cello data export data/splits -o data/records/sft --format sft
     cello data import cellpuzzles_test.json -o data/imported.parquet
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cello.commands._common import NONE_NOTE, PARAMS, PROFILE, option
+from cello.commands._common import NONE_NOTE, PARAMS, PROFILE, option, prompt_option, template_of
 from cello.config import CellsConfig, PuzzlesConfig, SplitConfig, load_params, override
 
 app = typer.Typer(help="Build CellPuzzles data from .h5ad files.", no_args_is_help=True)
@@ -78,38 +78,51 @@ def puzzles(
     typer.echo(summary.render())
 
 
+def _names(text: str | None) -> list[str] | None:
+    """'A,B' -> ['A', 'B']; None (flag not given) stays None."""
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+
 @app.command("split")
 def split(
-    puzzles_path: Path = typer.Argument(..., help="puzzles.parquet from `cello data puzzles`."),
+    cells_path: Path = typer.Argument(..., help="cells.parquet, or a directory of parts, from `cello data cells`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (train.parquet, test.parquet, summary.json)."),
     by: str | None = option(SplitConfig, "by"),
+    test_donors: str | None = option(SplitConfig, "test_donors", "--test-donors", note="Comma-separated: A,B."),
+    test_datasets: str | None = option(SplitConfig, "test_datasets", "--test-datasets", note="Comma-separated."),
     test_fraction: float | None = option(SplitConfig, "test_fraction"),
-    max_test: int | None = option(SplitConfig, "max_test"),
+    test_size: int | None = option(SplitConfig, "test_size"),
     seed: int | None = option(SplitConfig, "seed"),
+    min_n: int | None = option(PuzzlesConfig, "min_n"),
+    max_n: int | None = option(PuzzlesConfig, "max_n"),
+    per_n: int | None = option(PuzzlesConfig, "per_n"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
-    """Split puzzles into train/test, stratified by N, without leakage."""
+    """Hold out cells (or donors, or datasets), then make train and test puzzles each from its own cells."""
     from cello.data.split import make_split
 
     p = load_params(params, profile=profile)
-    cfg = override(p.data.split, by=by, test_fraction=test_fraction, max_test=max_test, seed=seed)
-    summary = make_split(puzzles_path, out, cfg=cfg)
+    cfg = override(p.data.split, by=by, test_donors=_names(test_donors), test_datasets=_names(test_datasets),
+                   test_fraction=test_fraction, test_size=test_size, seed=seed)
+    pcfg = override(p.data.puzzles, min_n=min_n, max_n=max_n, per_n=per_n)
+    summary = make_split(cells_path, out, cfg=cfg, puzzles=pcfg)
     typer.echo(summary.render())
 
 
 @app.command("audit")
 def audit(
-    train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (.json/.jsonl)."),
-    test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (.json/.jsonl)."),
+    train: Path = typer.Argument(..., help="Train puzzles (.parquet) or published records (JSON, JSONL, Parquet)."),
+    test: Path = typer.Argument(..., help="Test puzzles (.parquet) or published records (JSON, JSONL, Parquet)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the report as JSON."),
+    prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Count test puzzles that share an identical cell (same ranked gene list) with train."""
     from cello.data.split import audit_paths
 
-    report = audit_paths(train, test, template=load_params(params, profile=profile).prompt, out=out)
+    report = audit_paths(train, test, template=template_of(load_params(params, profile=profile), prompt), out=out)
     typer.echo(report.render())
 
 
@@ -118,26 +131,31 @@ def export(
     splits: Path = typer.Argument(..., help="Directory from `cello data split`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (one JSONL file per split)."),
     fmt: str = typer.Option(..., "--format", "-f", help="sft | grpo | eval | cellpuzzles."),
+    prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Render puzzles into SFT, GRPO, eval or published-CellPuzzles records."""
     from cello.data.records import export_split
 
-    counts = export_split(splits, out, fmt=fmt, template=load_params(params, profile=profile).prompt)
+    counts = export_split(splits, out, fmt=fmt, template=template_of(load_params(params, profile=profile), prompt))
     typer.echo(", ".join(f"{name}: {n} records" for name, n in counts.items()) + f" -> {out}")
 
 
 @app.command("import")
 def import_(
-    source: Path = typer.Argument(..., help="Published CellPuzzles records (.json list or .jsonl)."),
+    source: Path = typer.Argument(
+        ..., help="Published CellPuzzles records: a JSON list, JSON lines or Parquet (told apart by content).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
+    prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
     """Read published CellPuzzles records (system_msg/user_msg/assistant_msg) into puzzles.parquet."""
     from cello.data.records import import_cellpuzzles
 
-    n = import_cellpuzzles(source, out, dataset=dataset, template=load_params(params, profile=profile).prompt)
+    template = template_of(load_params(params, profile=profile), prompt)
+    n = import_cellpuzzles(source, out, dataset=dataset, template=template)
     typer.echo(f"imported {n} puzzles -> {out}")

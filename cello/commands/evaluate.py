@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from cello.commands._common import PARAMS, PROFILE, option
+from cello.commands._common import PARAMS, PROFILE, option, prompt_option, template_of
 from cello.config import (
     BackendConfig,
     EvalConfig,
@@ -49,8 +49,8 @@ app = typer.Typer(
 # Options that set a config field take their help and shown default from it (`option`).
 _SPLIT = typer.Argument(
     ...,
-    help="Eval split: eval records (.jsonl), a puzzles split (.parquet), or a directory with "
-         "test.jsonl/test.parquet.",
+    help="Eval split: eval records or published CellPuzzles records (JSON list, JSON lines or Parquet), "
+         "a puzzles split (.parquet), or a directory with test.jsonl/test.json/test.parquet.",
 )
 _OUT = typer.Option(
     ..., "--out", "-o", help="Run directory: predictions.jsonl, metrics.json, report.md, accuracy_by_n.png.",
@@ -72,6 +72,7 @@ _LIMIT = option(EvalConfig, "limit", "--limit")
 _COMPARE = typer.Option(None, "--compare", help="Another run's metrics.json, added to the plot and report. Repeatable.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Discard predictions.jsonl in OUT instead of resuming from it.")
 _NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
+_PROMPT = prompt_option()
 
 
 @app.command("run")
@@ -90,6 +91,7 @@ def run(
     compare: list[Path] | None = _COMPARE,
     overwrite: bool = _OVERWRITE,
     no_progress: bool = _NO_PROGRESS,
+    prompt: str | None = _PROMPT,
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
@@ -101,7 +103,7 @@ def run(
         split, out, model=model, baseline=baseline, name=name,
         backend=override(p.generation.backend, batch_size=batch_size, concurrency=concurrency),
         sampling=override(p.generation.sampling, max_new_tokens=max_new_tokens, temperature=temperature),
-        cfg=override(p.eval, chunk_size=chunk_size, limit=limit), template=p.prompt,
+        cfg=override(p.eval, chunk_size=chunk_size, limit=limit), template=template_of(p, prompt),
         compare=compare or [], overwrite=overwrite, progress=not no_progress,
     )
     typer.echo(result.render())

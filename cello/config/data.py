@@ -1,4 +1,4 @@
-"""Configs of the data stage (`cello data`, cello.data): h5ad -> cells -> puzzles -> splits -> records."""
+"""Configs of the data stage (`cello data`, cello.data): h5ad -> cells -> splits (puzzles per side) -> records."""
 
 from __future__ import annotations
 
@@ -65,15 +65,47 @@ class PuzzlesConfig(Section):
 
 
 class SplitConfig(Section):
-    """puzzles -> train/test, stratified by N, with no shared cell (or donor)."""
+    """cells -> train/test puzzles: the cells are split first, then each side makes its own puzzles."""
 
-    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of puzzles per N that go to test.")
-    max_test: int | None = Field(1000, ge=1, description="Cap on the test size; null: no cap.")
-    by: Literal["cell", "donor"] = Field(
+    by: Literal["cell", "donor", "dataset"] = Field(
         "cell",
-        description="Leakage unit kept out of train: 'cell' (no cell in both splits) or 'donor' (no donor in both).",
+        description=(
+            "What is held out: 'cell' (a share of each donor's cells of each type), 'donor' (whole donors) "
+            "or 'dataset' (whole datasets); naming test donors or datasets implies it."
+        ),
     )
-    seed: int = Field(0, description="Seed of the split.")
+    test_fraction: float = Field(
+        0.1, gt=0, lt=1,
+        description="Share of cells held out (by donor/dataset: whole ones, picked at random, until it is reached).",
+    )
+    test_donors: list[str] = Field(
+        default_factory=list, description="Donors (donor_id) held out for test; empty: picked at random.",
+    )
+    test_datasets: list[str] = Field(
+        default_factory=list, description="Datasets held out for test; empty: picked at random.",
+    )
+    test_size: int = Field(
+        1000, ge=1, description="Test puzzles, shared evenly over N; an error if the held-out cells cannot make them.",
+    )
+    seed: int = Field(0, description="Seed of the choice of held-out cells, donors or datasets.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_units(cls, data):
+        """Naming test donors (datasets) means splitting by donor (dataset)."""
+        if not isinstance(data, dict):
+            return data
+        donors, datasets = data.get("test_donors"), data.get("test_datasets")
+        if donors and datasets:
+            msg = "split.test_donors and split.test_datasets are both set; name donors or datasets, not both."
+            raise ValueError(msg)
+        for names, unit in ((donors, "donor"), (datasets, "dataset")):
+            if names:
+                if data.get("by", "cell") not in ("cell", unit):
+                    msg = f"split.by={data['by']} cannot hold out the named {unit}s; set split.by: {unit}."
+                    raise ValueError(msg)
+                data = {**data, "by": unit}
+        return data
 
 
 class ExportConfig(Section):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field
 
@@ -35,11 +36,19 @@ DEFAULT_SYSTEM = (
     "listing the assigned cell types in order, separated by ' | '."
 )
 DEFAULT_INSTRUCTION = "Match the cells above to one of the following cell types:"
+PROFILES = ("cello", "cell-o1")
 
 
 class PromptTemplate(Section):
     """How a puzzle becomes chat messages. Every field is plain text with no logic."""
 
+    profile: Literal["cello", "cell-o1"] = Field(
+        "cello",
+        description=(
+            "Wording of the context: 'cello' (clean sentences, no Context line when there is none) or "
+            "'cell-o1' (the original pipeline's wording and spacing, byte for byte, for its models and data)."
+        ),
+    )
     system: str = Field(DEFAULT_SYSTEM, description="System message.")
     cell_line: str = Field("Cell {index}: {genes}", description="One line per cell; {index} is 1-based.")
     gene_separator: str = Field(", ", description="Between genes on a cell line.")
@@ -55,7 +64,7 @@ class PromptTemplate(Section):
             self.cell_line.format(index=i, genes=self.gene_separator.join(genes))
             for i, genes in enumerate(cell_genes, 1)
         )
-        head = f"Context: {context}\n\n" if context else ""
+        head = f"Context: {context}\n\n" if context or self.profile == "cell-o1" else ""
         return f"{head}{cells}\n\n{self.instruction}\n" + "\n".join(candidates)
 
     def messages(self, context: str, cell_genes: Sequence[Sequence[str]], candidates: Sequence[str]) -> list[dict]:
@@ -73,10 +82,12 @@ class PromptTemplate(Section):
     def parse_user(self, text: str) -> tuple[str, list[list[str]], list[str]]:
         """Invert `render_user`: (context, cell_genes, candidates). Raises ValueError if the shape differs."""
         context = ""
-        body = text.strip()
+        body = text.lstrip()
         if body.startswith("Context:"):
             context, _, body = body.partition("\n\n")
-            context = context[len("Context:"):].strip()
+            context = context[len("Context:"):]
+            # cell-o1 keeps the context verbatim (its trailing space), so it renders back identically
+            context = context[1:] if self.profile == "cell-o1" and context.startswith(" ") else context.strip()
         cells_part, sep, cand_part = body.partition(self.instruction)
         if not sep:
             msg = f"the user message has no line {self.instruction!r} before the candidate list"

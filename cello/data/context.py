@@ -1,4 +1,4 @@
-"""The donor-context sentence of a cell, from its obs fields.
+"""The donor-context sentence of a cell, from its obs fields, in Cello's or Cell-o1's wording.
 
 Missing or placeholder values ("unknown", "na", "", NaN, ...) are dropped, never printed:
 a sentence that says "a unknown donor" teaches the model noise. The sentence is built once
@@ -7,10 +7,13 @@ per distinct combination of field values, not once per cell.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from cello.data import schema as S
 
 MISSING = frozenset(
     {"", "na", "n/a", "nan", "nat", "<na>", "none", "null", "unknown", "unspecified",
@@ -90,3 +93,47 @@ def sentences(ctx: pd.DataFrame, *, extra: Sequence[str] = ()) -> pd.Series:
     uniq["_sentence"] = [sentence(dict(zip(cols, row, strict=False)), extra=extra) for row in uniq.itertuples(index=False)]
     merged = ctx.reset_index(drop=True).merge(uniq, on=cols, how="left", sort=False)
     return pd.Series(merged["_sentence"].to_numpy(), index=ctx.index, dtype=object)
+
+
+# ---------------------------------------------------------------- the Cell-o1 wording
+CELL_O1_FIELDS = ("sex", "development_stage", "self_reported_ethnicity", "tissue", "disease")
+
+
+def cell_o1_sentence(fields: Mapping[str, str], *, extra: Sequence[str] = ()) -> str:
+    """The context as the original Cell-o1 pipeline words it, for models trained on its prompts.
+
+    Its quirks are kept on purpose, since a model trained on them expects them: the clauses are
+    glued onto "The cell is from" (no sex, stage and ethnicity gives "The cell is from,
+    originating from the blood."), the stage is printed whole ("at the 45-year-old human stage"),
+    the sentence only ends with a period when a disease follows, and the text ends with the space
+    that separated it from the gene list. Extra fields are appended as in `sentence`.
+    """
+    sex, stage = fields.get("sex", ""), fields.get("development_stage", "")
+    ethnicity, tissue, disease = (fields.get(k, "") for k in ("self_reported_ethnicity", "tissue", "disease"))
+    intro = "The cell is from"
+    intro += f" a {sex}" if sex else ""
+    intro += f" at the {stage}" if stage else ""
+    intro += f" with {ethnicity} background" if ethnicity else ""
+    intro += f", originating from the {tissue}" if tissue else ""
+    if disease:
+        healthy = disease.lower() == "normal"
+        intro += ". The patient is healthy with no diagnosed disease." if healthy else \
+            f". The patient has been diagnosed with {disease}."
+    extras = [f"{name.replace('_', ' ').capitalize()}: {fields[name]}." for name in extra if fields.get(name)]
+    return " ".join([intro, *extras]) + " "
+
+
+def puzzle_context(row: Mapping, profile: str) -> str:
+    """The context text a puzzle row shows under a prompt profile: the stored sentence, or for
+    'cell-o1' the original's wording of the stored fields (when the row has them; imported
+    puzzles keep their text verbatim)."""
+    raw = row.get(S.CONTEXT_FIELDS)
+    if profile == "cell-o1" and isinstance(raw, str) and raw:
+        fields = {str(k): clean(v) for k, v in json.loads(raw).items()}
+        return cell_o1_sentence(fields, extra=[k for k in fields if k not in CELL_O1_FIELDS])
+    return clean_text(row.get(S.CONTEXT))
+
+
+def clean_text(value: object) -> str:
+    """A text cell of a table as str: "" for None or NaN (a Parquet gap)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)

@@ -4,9 +4,10 @@ A puzzle (the Cell-o1 "CellPuzzle") takes N cells from one donor (and batch, whe
 has batches), each of a different cell type; the model sees the cells' ranked top genes plus
 the N types as sorted candidates and must assign every type to exactly one cell.
 
-Sampling, per dataset: for every N in `min_n..max_n`, `per_n` puzzles; each picks a random
-eligible group (one with at least N distinct types), N distinct types in random order, and one
-random cell of each type. An exact repeat of an earlier cell set is re-drawn a bounded number of
+Sampling, per dataset: for every N in `min_n..max_n`, `per_n` puzzles (or, for the split's
+held-out cells, a fixed count per N over all datasets); each picks a random eligible group (one
+with at least N distinct types), N distinct types in random order, and one random cell of each
+type. An exact repeat of an earlier cell set is re-drawn a bounded number of
 times. Randomness comes from a numpy Generator seeded with `seed` and a stable hash of the
 dataset name, so the output is the same for the same input and seed.
 
@@ -15,6 +16,7 @@ dataset name, so the output is the same for the same input and seed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -132,6 +134,7 @@ def _ranges(values: list[int]) -> str:
 
 @dataclass
 class _Group:
+    dataset: str
     name: str
     donor: str
     types: list[str]
@@ -155,6 +158,8 @@ def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
     df = pd.DataFrame({c: cells[c] for c in CELL_COLUMNS_NEEDED})
     df[S.BATCH] = _clean(cells[S.BATCH]) if S.BATCH in cells.columns else ""
     df[S.CONTEXT] = _clean(cells[S.CONTEXT]) if S.CONTEXT in cells.columns else ""
+    for col in _ctx_columns(cells):
+        df[col] = _clean(cells[col])
     for col in (S.CELL_ID, S.DATASET, S.CELL_TYPE):
         df[col] = _clean(df[col])
     df[S.DONOR] = _clean(df[S.DONOR], default="unknown")
@@ -167,6 +172,19 @@ def _prepare(cells: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
     return df.reset_index(drop=True), unlabelled
 
 
+def _ctx_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith(S.CTX_PREFIX)]
+
+
+def _fields_json(df: pd.DataFrame, row: int) -> str:
+    """The context fields of one cell as JSON text (missing ones left out); "" if the table has none."""
+    cols = _ctx_columns(df)
+    if not cols:
+        return ""
+    values = {c[len(S.CTX_PREFIX):]: str(df.at[row, c]) for c in cols}
+    return json.dumps({k: v for k, v in values.items() if v}, ensure_ascii=False)
+
+
 def _groups(df: pd.DataFrame) -> dict[str, list[_Group]]:
     """dataset -> its groups (sorted by name), each with its types and their cells' rows."""
     out: dict[str, list[_Group]] = {}
@@ -175,7 +193,7 @@ def _groups(df: pd.DataFrame) -> dict[str, list[_Group]]:
     for (ds, grp, ctype), rows in sorted(indices.items(), key=lambda kv: kv[0]):
         groups = out.setdefault(ds, [])
         if not groups or groups[-1].name != grp:
-            groups.append(_Group(grp, str(donor[rows[0]]), [], []))
+            groups.append(_Group(ds, grp, str(donor[rows[0]]), [], []))
         groups[-1].types.append(ctype)
         groups[-1].rows.append(np.sort(rows))
     return out
@@ -186,29 +204,108 @@ def _as_list(genes) -> list[str]:
     return genes.tolist() if isinstance(genes, np.ndarray) else list(genes)
 
 
-def _context(contexts: list[str]) -> str:
-    """The most common context of the chosen cells (ties: the first in cell order)."""
+def _context(contexts: list[str]) -> int:
+    """Which chosen cell's context the puzzle shows: the first one holding the most common context."""
     counts = Counter(contexts)
-    return max(counts, key=lambda c: counts[c])
+    return contexts.index(max(counts, key=lambda c: counts[c]))
+
+
+def distinct_sets(counts: list[int], n: int) -> int:
+    """How many different cell sets of n distinct types a group holds: the elementary symmetric
+    polynomial of degree n of its per-type cell counts."""
+    dp = [1] + [0] * n
+    for c in counts:
+        for k in range(n, 0, -1):
+            dp[k] += dp[k - 1] * c
+    return dp[n]
+
+
+class _Drawer:
+    """Draws puzzles from a prepared cells table into rows, counting them in the summary."""
+
+    def __init__(self, df: pd.DataFrame, summary: PuzzleSummary) -> None:
+        self.df, self.summary = df, summary
+        self.cell_id = df[S.CELL_ID].to_numpy()
+        self.genes = df[S.TOP_GENES].to_numpy()
+        self.context = df[S.CONTEXT].to_numpy()
+        self.rows: list[dict] = []
+        self.ids: set[str] = set()
+        self.used: set[tuple[str, str]] = set()
+        self.counters: Counter = Counter()
+
+    def draw(self, eligible: list[_Group], n: int, count: int, rng, seen: set, tries: int = MAX_TRIES) -> None:
+        """`count` puzzles of N=n, each from a random eligible group; an exact repeat of a cell set
+        is re-drawn up to `tries` times."""
+        for _ in range(count):
+            for _try in range(tries):
+                g = eligible[int(rng.integers(len(eligible)))]
+                picked = rng.choice(len(g.types), size=n, replace=False)  # random order
+                rows = [int(g.rows[t][rng.integers(len(g.rows[t]))]) for t in picked]
+                key = frozenset(rows)
+                if key not in seen:
+                    break
+            else:
+                self.summary.repeated_cell_sets += 1
+            seen.add(key)
+            self._add(g, n, picked, rows)
+
+    def _add(self, g: _Group, n: int, picked, rows: list[int]) -> None:
+        k = self.counters[(g.dataset, g.name, n)]
+        self.counters[(g.dataset, g.name, n)] += 1
+        self.used.add((g.dataset, g.name))
+        answer = [g.types[t] for t in picked]
+        shown = rows[_context([str(self.context[r]) for r in rows])]
+        self.rows.append({
+            S.PUZZLE_ID: unique_id(safe_id(f"{g.dataset}-{g.name}-n{n}-{k}"), self.ids),
+            S.DATASET: g.dataset,
+            S.GROUP: g.name,
+            S.DONOR: g.donor,
+            S.N: n,
+            S.CELL_IDS: [str(self.cell_id[r]) for r in rows],
+            S.CELL_GENES: [_as_list(self.genes[r]) for r in rows],
+            S.CONTEXT: str(self.context[shown]),
+            S.CANDIDATES: sorted(answer),
+            S.ANSWER: answer,
+            S.CONTEXT_FIELDS: _fields_json(self.df, shown),
+            S.TARGET: "",
+        })
+        self.summary.by_n[n] = self.summary.by_n.get(n, 0) + 1
+        self.summary.by_dataset[g.dataset] = self.summary.by_dataset.get(g.dataset, 0) + 1
+
+
+def _draw_quota(drawer: _Drawer, groups: list[_Group], quota: dict[int, int], *, seed: int, source: str) -> None:
+    """Puzzles to a fixed count per N over all groups together, or an InputError when the cells
+    cannot make that many different ones."""
+    rng = np.random.default_rng(stable_seed(seed, "quota"))
+    seen: set[frozenset] = set()
+    for n, count in sorted(quota.items()):
+        eligible = [g for g in groups if len(g.types) >= n]
+        most = sum(distinct_sets([len(r) for r in g.rows], n) for g in eligible)
+        if count > most:
+            widest = max((len(g.types) for g in groups), default=0)
+            msg = (f"{source}: {count} puzzles of N={n} were asked for, but these cells make only {most} "
+                   f"different ones (their donor groups have at most {widest} cell types). Lower the test size "
+                   "(--test-size) or --max-n, raise --test-fraction, or hold out other or more donors/datasets.")
+            raise InputError(msg)
+        drawer.draw(eligible, n, count, rng, seen, tries=MAX_TRIES * 10)
 
 
 def build_puzzles(
-    cells: pd.DataFrame, *, cfg: PuzzlesConfig, source: str = "cells table"
+    cells: pd.DataFrame, *, cfg: PuzzlesConfig, source: str = "cells table", quota: dict[int, int] | None = None,
 ) -> tuple[pd.DataFrame, PuzzleSummary]:
     """Sample puzzles from a cells table (schema in `cello.data.schema`); pure, no I/O.
 
+    Without `quota`: `cfg.per_n` puzzles per N per dataset, for every N some group allows. With
+    `quota` ({N: count}, what the split asks of its held-out cells): exactly that many per N over
+    all datasets together, all different, or an `InputError` saying why the cells cannot.
     `source` names the table in error messages. Raises `InputError` when a required column is
     missing or when no group has `cfg.min_n` distinct cell types.
     """
     df, unlabelled = _prepare(cells, source)
-    summary = PuzzleSummary(min_n=cfg.min_n, max_n=cfg.max_n, per_n=cfg.per_n, unlabelled_cells=unlabelled)
+    per_n = cfg.per_n if quota is None else max(quota.values(), default=0)
+    summary = PuzzleSummary(min_n=cfg.min_n, max_n=cfg.max_n, per_n=per_n, unlabelled_cells=unlabelled)
     by_dataset = _groups(df)
-    cell_id = df[S.CELL_ID].to_numpy()
-    genes = df[S.TOP_GENES].to_numpy()
-    context = df[S.CONTEXT].to_numpy()
-    rows_out: list[dict] = []
-    ids: set[str] = set()
-    used: set[tuple[str, str]] = set()
+    drawer = _Drawer(df, summary)
     largest = (0, "", "")
     for ds, groups in by_dataset.items():
         summary.groups_total += len(groups)
@@ -216,48 +313,22 @@ def build_puzzles(
             largest = max(largest, (len(g.types), ds, g.name), key=lambda t: t[0])
             if len(g.types) < cfg.min_n:
                 summary.skipped_groups.append({"dataset": ds, "group": g.name, "n_types": len(g.types)})
-        rng = np.random.default_rng(stable_seed(cfg.seed, ds))
-        seen: set[frozenset] = set()
-        counters: Counter = Counter()
-        for n in range(cfg.min_n, cfg.max_n + 1):
-            eligible = [g for g in groups if len(g.types) >= n]
-            if not eligible:
-                summary.missing_n.setdefault(ds, []).append(n)
-                continue
-            for _ in range(cfg.per_n):
-                for _try in range(MAX_TRIES):
-                    g = eligible[int(rng.integers(len(eligible)))]
-                    picked = rng.choice(len(g.types), size=n, replace=False)  # random order
-                    rows = [int(g.rows[t][rng.integers(len(g.rows[t]))]) for t in picked]
-                    key = frozenset(rows)
-                    if key not in seen:
-                        break
-                else:
-                    summary.repeated_cell_sets += 1
-                seen.add(key)
-                k = counters[(g.name, n)]
-                counters[(g.name, n)] += 1
-                pid = unique_id(safe_id(f"{ds}-{g.name}-n{n}-{k}"), ids)
-                used.add((ds, g.name))
-                answer = [g.types[t] for t in picked]
-                rows_out.append({
-                    S.PUZZLE_ID: pid,
-                    S.DATASET: ds,
-                    S.GROUP: g.name,
-                    S.DONOR: g.donor,
-                    S.N: n,
-                    S.CELL_IDS: [str(cell_id[r]) for r in rows],
-                    S.CELL_GENES: [_as_list(genes[r]) for r in rows],
-                    S.CONTEXT: _context([str(context[r]) for r in rows]),
-                    S.CANDIDATES: sorted(answer),
-                    S.ANSWER: answer,
-                })
-                summary.by_n[n] = summary.by_n.get(n, 0) + 1
-                summary.by_dataset[ds] = summary.by_dataset.get(ds, 0) + 1
-    summary.groups_used = len(used)
+    if quota is not None:
+        _draw_quota(drawer, [g for groups in by_dataset.values() for g in groups], quota, seed=cfg.seed, source=source)
+    else:
+        for ds, groups in by_dataset.items():
+            rng = np.random.default_rng(stable_seed(cfg.seed, ds))
+            seen: set[frozenset] = set()
+            for n in range(cfg.min_n, cfg.max_n + 1):
+                eligible = [g for g in groups if len(g.types) >= n]
+                if not eligible:
+                    summary.missing_n.setdefault(ds, []).append(n)
+                    continue
+                drawer.draw(eligible, n, cfg.per_n, rng, seen)
+    summary.groups_used = len(drawer.used)
     summary.by_n = dict(sorted(summary.by_n.items()))
     summary.max_types = largest[0]
-    if not rows_out:
+    if not drawer.rows:
         where = f" (group {largest[2]!r} of dataset {largest[1]!r})" if largest[0] else ""
         msg = (
             f"{source}: no puzzle can be made: puzzles need at least min_n={cfg.min_n} distinct "
@@ -266,7 +337,7 @@ def build_puzzles(
             "--donor-key/--batch-key of `cello data cells` (a too fine grouping splits the types)."
         )
         raise InputError(msg)
-    out = pd.DataFrame(rows_out, columns=S.PUZZLE_COLUMNS)
+    out = pd.DataFrame(drawer.rows, columns=S.PUZZLE_COLUMNS)
     out[S.N] = out[S.N].astype("int64")
     return out, summary
 
@@ -303,16 +374,20 @@ def read_cells(path: str | os.PathLike) -> pd.DataFrame:
     for part in parts:
         part, names = _read_table(part, CELL_COLUMNS_NEEDED, made_by="cello data cells")
         wanted = [c for c in CELL_COLUMNS_NEEDED + CELL_COLUMNS_OPTIONAL if c in names]
+        wanted += [c for c in names if c.startswith(S.CTX_PREFIX)]
         frames.append(pd.read_parquet(part, columns=wanted))
     if len(frames) == 1:
         return frames[0]
     check_unique_datasets([str(f[S.DATASET].iloc[0]) for f in frames if len(f)], where=str(path))
-    return pd.concat(frames, ignore_index=True)
+    cells = pd.concat(frames, ignore_index=True)
+    ctx = _ctx_columns(cells)  # parts may hold different extra fields
+    cells[ctx] = cells[ctx].fillna("")
+    return cells
 
 
 def read_puzzles(path: str | os.PathLike, *, required: list[str] | None = None) -> pd.DataFrame:
     """Read a puzzles.parquet; a missing/unreadable file or column is an `InputError`."""
-    path, _ = _read_table(path, S.PUZZLE_COLUMNS if required is None else required, made_by="cello data puzzles")
+    path, _ = _read_table(path, S.PUZZLE_REQUIRED if required is None else required, made_by="cello data puzzles")
     return pd.read_parquet(path)
 
 

@@ -7,12 +7,15 @@ object per line, one file per split (OUT/train.jsonl, OUT/test.jsonl):
 - sft:   {"id", "dataset", "n", "messages": [system, user, assistant]}
 - grpo:  {"id", "dataset", "n", "prompt": [system, user], "answer": [...], "candidates": [...]}
 - eval:  {"id", "dataset", "group", "n", "messages": [system, user], "answer", "candidates"}
-- cellpuzzles: the published shape {"system_msg", "user_msg", "assistant_msg"} (+ "id", "answer")
+- cellpuzzles: what the original Cell-o1 pipeline writes, OUT/train.json and OUT/test.json, each
+  a JSON list of {"system_msg", "user_msg", "assistant_msg"} (indent 2), the answer bare
+  ("A | B | ..."), or the imported reasoning trace when the puzzle has one.
 
-`import_cellpuzzles` reads the published shape back (.json list, .jsonl or .parquet); its
-assistant message may hold "<think>..</think><answer>A | B</answer>" or just "A | B" (the
-published test files). Cell ids are derived from each cell's gene list, so identical cells in
-two imported files get the same id.
+`load_records` reads records of any of these shapes from a JSON list, JSON lines or Parquet,
+told apart by content; `import_cellpuzzles` reads the published shape into puzzles. Its
+assistant message may hold "<think>..</think><answer>A | B</answer>" (kept as the puzzle's
+`target`) or just "A | B". Cell ids are derived from each cell's gene list, so identical cells
+in two imported files get the same id.
 
     cello data export data/splits -o data/records/sft --format sft
     cello data import cellpuzzles_train.json -o data/imported.parquet
@@ -34,6 +37,7 @@ import pandas as pd
 
 from cello._io import atomic_path, read_jsonl, write_jsonl
 from cello.data import schema as S
+from cello.data.context import puzzle_context
 from cello.data.prompt import PromptTemplate
 from cello.data.puzzles import read_puzzles, unique_id
 from cello.errors import ConfigError, InputError
@@ -56,10 +60,11 @@ def puzzle_record(row: dict, *, fmt: str, template: PromptTemplate) -> dict:
     genes = [to_list(g) for g in row[S.CELL_GENES]]
     candidates = to_list(row[S.CANDIDATES])
     answer = to_list(row[S.ANSWER])
-    prompt = template.messages(row[S.CONTEXT], genes, candidates)
+    prompt = template.messages(puzzle_context(row, template.profile), genes, candidates)
     base = {"id": str(row[S.PUZZLE_ID]), "dataset": str(row[S.DATASET]), "n": int(row[S.N])}
+    target = str(row.get(S.TARGET) or "")
     if fmt == "sft":
-        assistant = {"role": "assistant", "content": template.render_answer(answer)}
+        assistant = {"role": "assistant", "content": target or template.render_answer(answer)}
         return {**base, "messages": [*prompt, assistant]}
     if fmt == "grpo":
         return {**base, "prompt": prompt, "answer": answer, "candidates": candidates}
@@ -67,15 +72,16 @@ def puzzle_record(row: dict, *, fmt: str, template: PromptTemplate) -> dict:
         return {"id": base["id"], "dataset": base["dataset"], "group": str(row[S.GROUP]), "n": base["n"],
                 "messages": prompt, "answer": answer, "candidates": candidates}
     if fmt == "cellpuzzles":
-        return {"id": base["id"], "system_msg": prompt[0]["content"], "user_msg": prompt[1]["content"],
-                "assistant_msg": template.render_answer(answer), "answer": answer}
+        return {"system_msg": prompt[0]["content"], "user_msg": prompt[1]["content"],
+                "assistant_msg": target or " | ".join(answer)}
     msg = f"unknown record format {fmt!r}; choose one of: {', '.join(FORMATS)}."
     raise ConfigError(msg)
 
 
 def export_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fmt: str,
                  template: PromptTemplate) -> dict[str, int]:
-    """Write OUT/<split>.jsonl in format `fmt` for each train/test.parquet in `split_dir`.
+    """Write OUT/<split>.jsonl (cellpuzzles: OUT/<split>.json) in format `fmt` for each
+    train/test.parquet in `split_dir`.
 
     Returns the number of records per split. The directory is written atomically as a whole,
     so a failure never leaves a new train.jsonl beside a stale test.jsonl.
@@ -94,41 +100,98 @@ def export_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fm
         for name in present:
             table = read_puzzles(split_dir / f"{name}.parquet")
             recs = (puzzle_record(row, fmt=fmt, template=template) for row in table.to_dict("records"))
-            counts[name] = write_jsonl(recs, tmp / f"{name}.jsonl")
-            log.info("wrote %d %s records to %s", counts[name], fmt, out_dir / f"{name}.jsonl")
+            if fmt == "cellpuzzles":  # the original's json.dump(records, f, indent=2, ensure_ascii=False)
+                listed = list(recs)
+                (tmp / f"{name}.json").write_text(json.dumps(listed, indent=2, ensure_ascii=False), encoding="utf-8")
+                counts[name] = len(listed)
+            else:
+                counts[name] = write_jsonl(recs, tmp / f"{name}.jsonl")
+            log.info("wrote %d %s records to %s", counts[name], fmt, out_dir)
     return counts
 
 
-# ---------------------------------------------------------------- import
-def read_cellpuzzles(path: str | os.PathLike) -> list[dict]:
-    """Published records from a .json list (or JSON lines), .jsonl or .parquet file."""
+# ---------------------------------------------------------------- reading records
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether `path` is a Parquet file, by its magic bytes."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def parquet_columns(path: str | os.PathLike) -> list[str]:
+    """The column names of a Parquet file, or an InputError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        msg = f"{path}: not a readable Parquet file ({exc})."
+        raise InputError(msg) from exc
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Records from a JSON list, JSON lines or Parquet file, told apart by the content (not the
+    name): every command that reads records reads them here. A single JSON object is one record."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.is_file():
-        msg = f"{path}: no such file; give a CellPuzzles .json, .jsonl or .parquet file."
+        msg = f"{path}: no such file; give records as a JSON list (.json), JSON lines (.jsonl) or Parquet."
         raise InputError(msg)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if is_parquet(path):
         try:
-            return pd.read_parquet(path).to_dict("records")
-        except Exception as exc:  # pyarrow raises several types for a bad file
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for a damaged file
             msg = f"{path}: not a readable Parquet file ({exc})."
             raise InputError(msg) from exc
-    if suffix == ".jsonl":
-        return read_jsonl(path)
-    if suffix != ".json":
-        msg = f"{path}: unknown file type {suffix!r}; CellPuzzles records come as .json, .jsonl or .parquet."
-        raise InputError(msg)
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return read_jsonl(path)  # many .json dataset files are JSON lines
-    if isinstance(data, dict) and "user_msg" in data:
-        data = [data]
-    if not isinstance(data, list):
-        msg = f"{path}: expected a JSON list of records with keys {list(RECORD_KEYS)}, got a {type(data).__name__}."
-        raise InputError(msg)
-    return data
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: neither JSON nor Parquet (not UTF-8 text); give a JSON list, JSON lines or Parquet."
+        raise InputError(msg) from exc
+    head = text.lstrip()[:1]
+    if not head:
+        return []
+    if head == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            msg = f"{path}: starts like a JSON list but is not valid JSON ({exc.msg}, line {exc.lineno})."
+            raise InputError(msg) from exc
+        bad = next((i for i, rec in enumerate(data) if not isinstance(rec, dict)), None)
+        if bad is not None:
+            kind = type(data[bad]).__name__
+            msg = f"{path}: record {bad} of the JSON list is a {kind}; expected an object (a record)."
+            raise InputError(msg)
+        return data
+    if head == "{":
+        try:
+            return read_jsonl(path)
+        except InputError as lines_error:
+            try:
+                return [json.loads(text)]  # one pretty-printed object
+            except json.JSONDecodeError:
+                raise lines_error from None  # it names the bad line
+    msg = (f"{path}: neither a JSON list, JSON lines nor Parquet (it starts with {text.lstrip()[:20]!r}); "
+           "give records as a JSON list of objects, one JSON object per line, or a Parquet table.")
+    raise InputError(msg)
+
+
+def is_published(rec: dict) -> bool:
+    """A record in the published CellPuzzles shape (system_msg/user_msg/assistant_msg)."""
+    return isinstance(rec, dict) and "user_msg" in rec
+
+
+def published_chat(rec: dict, *, index: int, template: PromptTemplate) -> dict:
+    """A published record as Cello's chat record {id, dataset, n, messages, answer, candidates};
+    `messages` ends with the assistant turn, verbatim, when the record has one. ValueError if malformed."""
+    p = _puzzle_from_record(rec, template=template)
+    messages = [{"role": "system", "content": str(rec.get("system_msg") or template.system)},
+                {"role": "user", "content": rec["user_msg"]}]
+    assistant = _field(rec, "assistant_msg")
+    if isinstance(assistant, str):
+        messages.append({"role": "assistant", "content": assistant})
+    return {"id": str(_field(rec, "id", index)), "dataset": str(_field(rec, "dataset", "")), "n": len(p["genes"]),
+            "messages": messages, "answer": p["answer"], "candidates": p["candidates"]}
 
 
 def parse_published_answer(text: str) -> list[str]:
@@ -199,7 +262,9 @@ def _puzzle_from_record(rec: Any, *, template: PromptTemplate) -> dict:
     if Counter(answer) != Counter(candidates):
         msg = f"the answer {answer} is not a permutation of the candidates {sorted(candidates)}"
         raise ValueError(msg)
-    return {"context": context, "genes": genes, "candidates": sorted(candidates), "answer": answer}
+    assistant = _field(rec, "assistant_msg")
+    target = assistant if isinstance(assistant, str) and "<think>" in assistant else ""
+    return {"context": context, "genes": genes, "candidates": sorted(candidates), "answer": answer, "target": target}
 
 
 def records_to_puzzles(records: list, *, dataset: str, template: PromptTemplate,
@@ -222,7 +287,7 @@ def records_to_puzzles(records: list, *, dataset: str, template: PromptTemplate,
             S.PUZZLE_ID: pid, S.DATASET: dataset, S.GROUP: str(_field(rec, "group", donor)),
             S.DONOR: donor, S.N: len(p["genes"]), S.CELL_IDS: [cell_id_for(g) for g in p["genes"]],
             S.CELL_GENES: p["genes"], S.CONTEXT: p["context"], S.CANDIDATES: p["candidates"],
-            S.ANSWER: p["answer"],
+            S.ANSWER: p["answer"], S.CONTEXT_FIELDS: "", S.TARGET: p["target"],
         })
     out = pd.DataFrame(rows, columns=S.PUZZLE_COLUMNS)
     out[S.N] = out[S.N].astype("int64")
@@ -232,7 +297,7 @@ def records_to_puzzles(records: list, *, dataset: str, template: PromptTemplate,
 def import_cellpuzzles(source: str | os.PathLike, out_path: str | os.PathLike, *, dataset: str,
                        template: PromptTemplate) -> int:
     """Read published CellPuzzles records into puzzles.parquet (atomically); return the count."""
-    table = records_to_puzzles(read_cellpuzzles(source), dataset=dataset, template=template, source=str(source))
+    table = records_to_puzzles(load_records(source), dataset=dataset, template=template, source=str(source))
     with atomic_path(out_path) as tmp:
         table.to_parquet(tmp, index=False)
     log.info("imported %d puzzles from %s to %s", len(table), source, out_path)

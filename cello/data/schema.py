@@ -8,7 +8,10 @@ cells.parquet, one row per cell:
 puzzles.parquet, one row per puzzle:
     puzzle_id, dataset, group ("<donor>" or "<donor>/<batch>"), donor_id, n (int),
     cell_ids (list[str]), cell_genes (list[list[str]], in cell order), context,
-    candidates (list[str], sorted), answer (list[str], the types in cell order).
+    candidates (list[str], sorted), answer (list[str], the types in cell order),
+    context_fields (JSON object text: the context fields the sentence was made from, so another
+    prompt profile can word it at export time; "" when unknown, e.g. imported puzzles),
+    target (an imported assistant message that carries reasoning, verbatim; "" otherwise).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ CELL_GENES = "cell_genes"
 CANDIDATES = "candidates"
 ANSWER = "answer"
 
-PUZZLE_COLUMNS = [
+CONTEXT_FIELDS = "context_fields"
+TARGET = "target"
+
+# What every puzzles table holds; tables written by older versions lack the optional columns.
+PUZZLE_REQUIRED = [
     PUZZLE_ID, DATASET, GROUP, DONOR, N, CELL_IDS, CELL_GENES, CONTEXT, CANDIDATES, ANSWER,
 ]
+PUZZLE_COLUMNS = [*PUZZLE_REQUIRED, CONTEXT_FIELDS, TARGET]

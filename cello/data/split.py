@@ -1,30 +1,31 @@
-"""puzzles.parquet -> splits/{train,test}.parquet: stratified by N, capped, leakage-aware; and the audit.
+"""cells -> splits/{train,test}.parquet, leakage-free by construction; and the audit.
 
-Test puzzles are drawn per N (`test_fraction` of each N, at least one where N has two or more
-puzzles), then the total is capped at `max_test`, shared out across N in proportion. Leakage:
+The split holds out CELLS first, then each side makes its own puzzles, so no cell can be in a
+train and a test puzzle, and no puzzle is dropped to keep the sides apart:
 
-- by="cell" (default): every puzzle that uses a cell of a test puzzle is dropped from train
-  (counted in the summary), so no cell id is in both splits. Test puzzles are picked greedily,
-  cheapest first (the fewest train puzzles lost), ties spread over the groups, then seeded
-  random order. With plenty of cells that is a random draw per N; on scarce data it reuses test
-  cells and keeps far more of train than a random draw (measured: 58 vs 19 train puzzles on the
-  bundled PBMC data, 14,721 vs 0 on 50 one-donor datasets of 150 cells).
-- by="donor": whole (dataset, donor) units go to test, in seeded random order, until the test
-  fraction is reached; then the cap is applied per N (capped-out test puzzles are dropped, since
-  their donors must stay out of train).
+- by="cell" (default): in every (dataset, donor, batch, cell type), `test_fraction` of the cells
+  (at least one where there are two or more) go to test, so each donor keeps its types on both
+  sides.
+- by="donor" / by="dataset": whole donors or datasets go to test, the named ones
+  (`test_donors`, `test_datasets`) or random ones until `test_fraction` of the cells is reached:
+  the test of whether a model generalises to people (or studies) it has not seen.
 
-The audit (`audit_overlap`, `cello data audit`) counts test puzzles holding a cell IDENTICAL to a
-train cell, i.e. the same ranked gene list under any id. Different cells can share a gene
-list, and the published CellPuzzles split has such overlaps; users need to see them.
+Train puzzles: `puzzles.per_n` per N per dataset from the train cells. Test puzzles: `test_size`
+in all, shared evenly over N, from the test cells, all different; when the held-out cells cannot
+make that many, the split stops and says so, rather than returning a smaller test set.
 
-    cello data split data/puzzles.parquet -o data/splits --by cell
+The audit (`audit_overlap`, `cello data audit`) stays the independent check: it counts test
+puzzles holding a cell IDENTICAL to a train cell, i.e. the same ranked gene list under any id.
+Different cells can share a gene list, and the published CellPuzzles split has such overlaps
+(and shares cells outright); users need to see them.
+
+    cello data split data/cells -o data/splits --by donor --test-donors D1,D2 --test-size 200
     cello data audit data/splits/train.parquet data/splits/test.parquet
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,19 +34,15 @@ import numpy as np
 import pandas as pd
 
 from cello._io import atomic_path, write_json
-from cello.config import SplitConfig
+from cello.config import PuzzlesConfig, SplitConfig
 from cello.data import schema as S
 from cello.data.prompt import PromptTemplate
-from cello.data.puzzles import read_puzzles
-from cello.data.records import read_cellpuzzles, records_to_puzzles
+from cello.data.puzzles import CELL_COLUMNS_NEEDED, build_puzzles, read_cells, read_puzzles
+from cello.data.records import is_parquet, load_records, parquet_columns, records_to_puzzles
 from cello.data.seeds import stable_seed
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
-
-# The columns of a puzzles table that the split reads.
-PUZZLE_COLUMNS_NEEDED = [S.PUZZLE_ID, S.DATASET, S.GROUP, S.DONOR, S.N, S.CELL_IDS, S.CELL_GENES]
-
 
 # ---------------------------------------------------------------- audit
 @dataclass
@@ -111,23 +108,12 @@ def audit_overlap(train: pd.DataFrame, test: pd.DataFrame) -> AuditReport:
 
 
 def _load_side(path: str | os.PathLike, template: PromptTemplate) -> pd.DataFrame:
-    """A puzzles table from puzzles .parquet, or from published records (.json/.jsonl/.parquet)."""
-    import pyarrow.parquet as pq
-
+    """A puzzles table (Parquet), or published records (JSON list, JSON lines or Parquet) as one."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet" and path.is_file():
-        try:
-            is_records = "user_msg" in pq.read_schema(path).names
-        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-            msg = f"{path}: not a readable Parquet file ({exc})."
-            raise InputError(msg) from exc
-        if not is_records:
+    if path.is_file() and is_parquet(path):
+        if "user_msg" not in parquet_columns(path):
             return read_puzzles(path, required=[S.PUZZLE_ID, S.CELL_IDS, S.CELL_GENES])
-    elif suffix not in (".json", ".jsonl", ".parquet"):
-        msg = f"{path}: unknown file type {suffix!r}; give puzzles .parquet or CellPuzzles .json/.jsonl/.parquet."
-        raise InputError(msg)
-    return records_to_puzzles(read_cellpuzzles(path), dataset=path.stem, template=template, source=str(path))
+    return records_to_puzzles(load_records(path), dataset=path.stem, template=template, source=str(path))
 
 
 def audit_paths(train_path: str | os.PathLike, test_path: str | os.PathLike, *,
@@ -142,10 +128,13 @@ def audit_paths(train_path: str | os.PathLike, test_path: str | os.PathLike, *,
 # ---------------------------------------------------------------- split
 @dataclass
 class SplitSummary:
-    """What went where, and what was dropped to keep the splits apart."""
+    """Which cells were held out, and the puzzles each side made from its own cells."""
 
     by: str
     seed: int
+    held_out: list[str]  # the held-out donors ("dataset/donor") or datasets; by cell: []
+    train_cells: int
+    test_cells: int
     train_by_n: dict[int, int]
     test_by_n: dict[int, int]
     train_groups: int
@@ -154,9 +143,8 @@ class SplitSummary:
     test_datasets: dict[str, int]
     train_donors: int
     test_donors: int
-    dropped_for_leakage: int  # train puzzles sharing a cell (by=cell) with test
-    dropped_over_cap: int  # by=donor: test-donor puzzles beyond max_test (kept out of train)
-    identical_cell_overlap: int  # test puzzles with a cell whose gene list is also in train
+    repeated_cell_sets: int  # train puzzles repeating a cell set (groups too small to avoid it)
+    identical_cell_overlap: int  # test puzzles with a cell whose gene list is also in train (the audit)
     audit: dict = field(default_factory=dict)
 
     @property
@@ -176,8 +164,12 @@ class SplitSummary:
 
     def render(self) -> str:
         ns = sorted(set(self.train_by_n) | set(self.test_by_n))
+        held = ""
+        if self.held_out:
+            held = f": {', '.join(self.held_out[:10])}" + (" ..." if len(self.held_out) > 10 else "")
         lines = [
-            f"split by {self.by} (seed {self.seed}): train {self.train_total}, test {self.test_total}",
+            f"split by {self.by} (seed {self.seed}): cells train {self.train_cells}, test {self.test_cells}"
+            f"{held}; puzzles train {self.train_total}, test {self.test_total}",
             "  N      " + " ".join(f"{n:>5}" for n in ns),
             "  train  " + " ".join(f"{self.train_by_n.get(n, 0):>5}" for n in ns),
             "  test   " + " ".join(f"{self.test_by_n.get(n, 0):>5}" for n in ns),
@@ -185,197 +177,123 @@ class SplitSummary:
             f"{self.train_donors}, test {self.test_donors}; datasets: train "
             f"{len(self.train_datasets)}, test {len(self.test_datasets)}",
         ]
-        if self.dropped_for_leakage:
-            lines.append(f"  dropped {self.dropped_for_leakage} train puzzle(s) sharing a cell with test")
-        if self.dropped_over_cap:
-            lines.append(f"  dropped {self.dropped_over_cap} test-donor puzzle(s) over max_test")
-        lines.append(f"  test puzzles with a cell identical (same gene list) to a train cell: "
-                     f"{self.identical_cell_overlap}")
+        if self.repeated_cell_sets:
+            lines.append(f"  {self.repeated_cell_sets} train puzzle(s) repeat a cell set (too few cells to avoid it)")
+        shared = self.audit.get("test_sharing_cell_id", 0)
+        lines.append(f"  audit: test puzzles sharing a cell id with train: {shared}; "
+                     f"with a cell identical (same gene list) to a train cell: {self.identical_cell_overlap}")
         return "\n".join(lines)
 
 
-def _round(x: float) -> int:
-    return int(math.floor(x + 0.5))
+def quota_over_n(size: int, min_n: int, max_n: int) -> dict[int, int]:
+    """`size` test puzzles shared evenly over N = min_n..max_n (the remainder to the smallest N)."""
+    ns = list(range(min_n, max_n + 1))
+    base, rest = divmod(size, len(ns))
+    return {n: base + (i < rest) for i, n in enumerate(ns)}
 
 
-def stratified_quota(counts: dict[int, int], fraction: float) -> dict[int, int]:
-    """Test puzzles per N: `fraction` of each N, at least 1 (and at most all but 1) when N has >= 2."""
-    return {n: min(max(_round(fraction * c), 1), c - 1) if c >= 2 else 0 for n, c in counts.items()}
+def _strata(cells: pd.DataFrame) -> pd.Series:
+    """(dataset, donor, batch, cell type) of every cell: the unit a by-cell split samples within."""
+    batch = cells[S.BATCH].astype(str) if S.BATCH in cells.columns else ""
+    return (cells[S.DATASET].astype(str) + "\0" + cells[S.DONOR].astype(str) + "\0" + batch + "\0"
+            + cells[S.CELL_TYPE].astype(str))
 
 
-def cap_quota(quota: dict[int, int], cap: int | None) -> dict[int, int]:
-    """Scale `quota` down to `cap` in total, in proportion (largest remainders; 1 per N if room)."""
-    total = sum(quota.values())
-    if cap is None or total <= cap:
-        return dict(quota)
-    alloc = {n: 0 for n in quota}
-    live = sorted(n for n, q in quota.items() if q > 0)
-    weights = dict(quota)
-    if cap >= len(live):
-        for n in live:
-            alloc[n] = 1
-            weights[n] -= 1
-    left = cap - sum(alloc.values())
-    weight_sum = sum(weights.values())
-    if left and weight_sum:
-        shares = {n: left * weights[n] / weight_sum for n in quota}
-        for n, share in shares.items():
-            alloc[n] += int(share)
-        rest = left - sum(int(s) for s in shares.values())
-        for n in sorted(shares, key=lambda k: (-(shares[k] - int(shares[k])), k))[:rest]:
-            alloc[n] += 1
-    return alloc
+def _hold_out_cells(cells: pd.DataFrame, fraction: float, rng) -> np.ndarray:
+    """Test mask: in every stratum of c >= 2 cells, round(fraction * c) of them (at least 1, at
+    most c - 1) at random, so each donor keeps its types on both sides; single cells stay in train."""
+    strata = _strata(cells)
+    rank = pd.Series(rng.random(len(cells)), index=cells.index).groupby(strata).rank(method="first") - 1
+    size = strata.map(strata.value_counts())
+    k = np.where(size >= 2, np.clip(np.floor(fraction * size + 0.5), 1, size - 1), 0)
+    return (rank < k).to_numpy()
 
 
-def _draw(df: pd.DataFrame, candidates: np.ndarray, quota: dict[int, int], rng) -> np.ndarray:
-    """Positions of `quota[n]` random puzzles of each N among `candidates` (positions)."""
-    n_of = df[S.N].to_numpy()[candidates]
-    picked = [rng.choice(candidates[n_of == n], size=k, replace=False) for n, k in sorted(quota.items()) if k]
-    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=int)
+def _hold_out_units(cells: pd.DataFrame, cfg: SplitConfig, rng, source: str) -> tuple[np.ndarray, list[str]]:
+    """Test mask of whole donors or datasets: the named ones, or random ones until the test
+    fraction of cells is reached (at least one, never all)."""
+    dataset = cells[S.DATASET].astype(str)
+    unit = dataset if cfg.by == "dataset" else dataset + "/" + cells[S.DONOR].astype(str)
+    sizes = unit.value_counts().sort_index()
+    names = cfg.test_datasets if cfg.by == "dataset" else cfg.test_donors
+    if names:
+        plain = cells[S.DONOR].astype(str) if cfg.by == "donor" else dataset
+        unknown = [n for n in names if n not in set(plain) and n not in sizes.index]
+        if unknown:
+            known = ", ".join(sorted(set(plain))[:20])
+            msg = f"{source}: no {cfg.by} named {unknown}; the {cfg.by}s there are: {known}."
+            raise InputError(msg)
+        test = (plain.isin(names) | unit.isin(names)).to_numpy()
+        if test.all():
+            msg = f"{source}: holding out {names} leaves no cells to train on; name fewer {cfg.by}s."
+            raise InputError(msg)
+        return test, sorted(set(unit[test]))
+    if len(sizes) < 2:
+        msg = (f"{source}: --by {cfg.by} needs at least 2 {cfg.by}s, found {len(sizes)} "
+               f"({', '.join(sizes.index)}); use --by cell, or add {cfg.by}s.")
+        raise InputError(msg)
+    chosen, total, target = [], 0, cfg.test_fraction * len(cells)
+    for i in rng.permutation(len(sizes)):
+        if total >= target or len(chosen) == len(sizes) - 1:
+            break
+        chosen.append(str(sizes.index[i]))
+        total += int(sizes.iloc[i])
+    return unit.isin(chosen).to_numpy(), sorted(chosen)
 
 
-def _pick_by_cell(df: pd.DataFrame, quota: dict[int, int], rng) -> tuple[np.ndarray, np.ndarray]:
-    """Choose test puzzles per N so that few train puzzles must be dropped; (test, dropped) masks.
-
-    Greedy, one pick at a time: the puzzle whose cost (the still-free puzzles, itself included,
-    that would leave train if it went to test) is lowest; among equal costs, one from the group
-    (dataset + donor group) with the smallest share of its puzzles in test; then seeded random
-    order. With plenty of cells every cost is 1 and this is a random draw per N spread over the
-    groups. On scarce data it reuses test cells, and may hold out whole groups, which the summary
-    shows (test_groups, test_datasets); a random draw would lose most of train there.
-    """
-    import heapq
-
-    index: dict[str, int] = {}
-    cells = [np.array([index.setdefault(str(c), len(index)) for c in ids], dtype=np.int64)
-             for ids in df[S.CELL_IDS]]
-    holders: list[list[int]] = [[] for _ in index]
-    for p, cs in enumerate(cells):
-        for c in cs:
-            holders[c].append(p)
-    n_of = df[S.N].to_numpy()
-    group_of = pd.factorize(df[S.DATASET].astype(str) + "\0" + df[S.GROUP].astype(str))[0]
-    members: dict[int, list[int]] = {}
-    for p, g in enumerate(group_of):
-        members.setdefault(int(g), []).append(p)
-    in_group_test = np.zeros(len(members), dtype=np.int64)
-    status = np.zeros(len(df), dtype=np.int8)  # 0 free (train), 1 test, 2 dropped
-    in_test_cell = np.zeros(len(index), dtype=bool)
-    order = rng.permutation(len(df))
-
-    def cost(p: int) -> int:
-        return len({q for c in cells[p] if not in_test_cell[c] for q in holders[c] if status[q] == 0})
-
-    def key(p: int, c: int) -> tuple[int, float, int]:
-        g = group_of[p]
-        return (c, in_group_test[g] / len(members[g]), int(order[p]))
-
-    costs = {p: cost(p) for p in range(len(df)) if quota.get(int(n_of[p]), 0) > 0}
-    keys = {p: key(p, c) for p, c in costs.items()}
-    heap = [(k, p) for p, k in keys.items()]
-    heapq.heapify(heap)
-    left = dict(quota)
-    while heap and any(left.values()):
-        k, p = heapq.heappop(heap)
-        if status[p] == 1 or keys[p] != k or left[int(n_of[p])] == 0:
-            continue
-        status[p] = 1
-        left[int(n_of[p])] -= 1
-        in_group_test[group_of[p]] += 1
-        gone = [p]
-        for c in cells[p]:
-            if not in_test_cell[c]:
-                in_test_cell[c] = True
-                for q in holders[c]:
-                    if status[q] == 0:
-                        status[q] = 2
-                        gone.append(q)
-        by_cells = {r for q in gone for c in cells[q] for r in holders[c]}
-        for r in by_cells.union(members[group_of[p]]):
-            if r in keys and status[r] != 1:
-                if r in by_cells:
-                    costs[r] = cost(r)
-                new = key(r, costs[r])
-                if new != keys[r]:
-                    keys[r] = new
-                    heapq.heappush(heap, (new, r))
-    return status == 1, status == 2
+def split_cells(cells: pd.DataFrame, *, cfg: SplitConfig, puzzles: PuzzlesConfig,
+                source: str = "cells table") -> tuple[pd.DataFrame, pd.DataFrame, SplitSummary]:
+    """Split the cells, then make train puzzles from the train cells (`puzzles.per_n` per N per
+    dataset) and test puzzles from the test cells (`cfg.test_size`, evenly over N): no cell can
+    be on both sides. Pure and deterministic for the seeds; (train, test, summary)."""
+    missing = [c for c in CELL_COLUMNS_NEEDED if c not in cells.columns]
+    if missing:
+        msg = (f"{source}: missing column(s) {missing}; `cello data split` takes the cells table of "
+               "`cello data cells` (a puzzles table cannot be split without sharing cells: audit it instead).")
+        raise InputError(msg)
+    cells = cells.sort_values([S.DATASET, S.CELL_ID], kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(stable_seed(cfg.seed, f"split-by-{cfg.by}"))
+    if cfg.by == "cell":
+        in_test, held = _hold_out_cells(cells, cfg.test_fraction, rng), []
+    else:
+        in_test, held = _hold_out_units(cells, cfg, rng, source)
+    quota = quota_over_n(cfg.test_size, puzzles.min_n, puzzles.max_n)
+    test, _ = build_puzzles(cells[in_test], cfg=puzzles, quota=quota, source=f"{source} (held-out cells, by {cfg.by})")
+    train, train_summary = build_puzzles(cells[~in_test], cfg=puzzles, source=f"{source} (train cells)")
+    report = audit_overlap(train, test)
+    donors = [set(zip(t[S.DATASET], t[S.DONOR], strict=True)) for t in (train, test)]
+    summary = SplitSummary(
+        by=cfg.by, seed=cfg.seed, held_out=held, train_cells=int((~in_test).sum()), test_cells=int(in_test.sum()),
+        train_by_n=_by_n(train), test_by_n=_by_n(test),
+        train_groups=int(train[[S.DATASET, S.GROUP]].drop_duplicates().shape[0]),
+        test_groups=int(test[[S.DATASET, S.GROUP]].drop_duplicates().shape[0]),
+        train_datasets={str(k): int(v) for k, v in train[S.DATASET].value_counts().sort_index().items()},
+        test_datasets={str(k): int(v) for k, v in test[S.DATASET].value_counts().sort_index().items()},
+        train_donors=len(donors[0]), test_donors=len(donors[1]),
+        repeated_cell_sets=train_summary.repeated_cell_sets,
+        identical_cell_overlap=report.test_sharing_identical_cell, audit=report.to_dict(),
+    )
+    return train, test, summary
 
 
 def _by_n(df: pd.DataFrame) -> dict[int, int]:
     return {int(n): int(c) for n, c in df[S.N].value_counts().sort_index().items()}
 
 
-def split_puzzles(puzzles: pd.DataFrame, *, cfg: SplitConfig,
-                  source: str = "puzzles table") -> tuple[pd.DataFrame, pd.DataFrame, SplitSummary]:
-    """Split a puzzles table into (train, test, summary); pure, deterministic for `cfg.seed`."""
-    missing = [c for c in PUZZLE_COLUMNS_NEEDED if c not in puzzles.columns]
-    if missing:
-        msg = f"{source}: missing column(s) {missing}; build it with `cello data puzzles`."
+def make_split(cells_path: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: SplitConfig,
+               puzzles: PuzzlesConfig) -> SplitSummary:
+    """Read cells (a file or a directory of parts); write OUT/train.parquet, OUT/test.parquet and
+    OUT/summary.json as one unit."""
+    path = Path(cells_path)
+    if path.is_file() and is_parquet(path) and S.PUZZLE_ID in parquet_columns(path):
+        msg = (f"{path}: a puzzles table; `cello data split` holds out cells first and makes each side's "
+               "puzzles itself, so it takes the cells table of `cello data cells` (check an existing "
+               "split with `cello data audit`).")
         raise InputError(msg)
-    df = puzzles.sort_values(S.PUZZLE_ID, kind="stable").reset_index(drop=True)
-    rng = np.random.default_rng(stable_seed(cfg.seed, f"split-by-{cfg.by}"))
-    all_pos = np.arange(len(df))
-    in_test = np.zeros(len(df), dtype=bool)
-    in_train = np.zeros(len(df), dtype=bool)
-    dropped_leak = dropped_cap = 0
-    donor_keys = list(zip(df[S.DATASET].astype(str), df[S.DONOR].astype(str), strict=True))
-    if cfg.by == "cell":
-        quota = cap_quota(stratified_quota(_by_n(df), cfg.test_fraction), cfg.max_test)
-        in_test, leaks = _pick_by_cell(df, quota, rng)
-        in_train = ~in_test & ~leaks
-        dropped_leak = int(leaks.sum())
-    else:
-        donors = sorted(set(donor_keys))
-        if len(donors) < 2:
-            msg = (f"{source}: --by donor needs at least 2 donors, found {len(donors)} "
-                   f"({', '.join('/'.join(d) for d in donors)}); use --by cell, or add donors.")
-            raise InputError(msg)
-        sizes = pd.Series(donor_keys).value_counts()
-        target, chosen, total = cfg.test_fraction * len(df), set(), 0
-        for i in rng.permutation(len(donors)):
-            if total >= target or len(chosen) == len(donors) - 1:
-                break
-            chosen.add(donors[i])
-            total += int(sizes[donors[i]])
-        donor_test = np.array([k in chosen for k in donor_keys], dtype=bool)
-        cand = all_pos[donor_test]
-        quota = cap_quota(_by_n(df.iloc[cand]), cfg.max_test)
-        in_test[_draw(df, cand, quota, rng)] = True
-        in_train = ~donor_test
-        dropped_cap = int(donor_test.sum() - in_test.sum())
-    train, test = df[in_train].reset_index(drop=True), df[in_test].reset_index(drop=True)
-    if test.empty:
-        msg = (f"{source}: the test split would be empty ({len(df)} puzzles; every N needs at least "
-               "2 puzzles to give one to test); make more puzzles (--per-n) or raise --test-fraction.")
-        raise InputError(msg)
-    if train.empty:
-        msg = (f"{source}: the train split would be empty (all {len(df) - len(test)} other puzzles "
-               f"share a {cfg.by} with test); lower --test-fraction/--max-test, or make puzzles "
-               "from more cells or donors.")
-        raise InputError(msg)
-    report = audit_overlap(train, test)
-    summary = SplitSummary(
-        by=cfg.by, seed=cfg.seed, train_by_n=_by_n(train), test_by_n=_by_n(test),
-        train_groups=int(train[[S.DATASET, S.GROUP]].drop_duplicates().shape[0]),
-        test_groups=int(test[[S.DATASET, S.GROUP]].drop_duplicates().shape[0]),
-        train_datasets={str(k): int(v) for k, v in train[S.DATASET].value_counts().sort_index().items()},
-        test_datasets={str(k): int(v) for k, v in test[S.DATASET].value_counts().sort_index().items()},
-        train_donors=len({k for k, t in zip(donor_keys, in_train, strict=True) if t}),
-        test_donors=len({k for k, t in zip(donor_keys, in_test, strict=True) if t}),
-        dropped_for_leakage=dropped_leak, dropped_over_cap=dropped_cap,
-        identical_cell_overlap=report.test_sharing_identical_cell, audit=report.to_dict(),
-    )
-    return train, test, summary
-
-
-def make_split(puzzles_path: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: SplitConfig) -> SplitSummary:
-    """Read puzzles.parquet; write OUT/train.parquet, OUT/test.parquet, OUT/summary.json as one unit."""
-    puzzles = read_puzzles(puzzles_path, required=PUZZLE_COLUMNS_NEEDED)
-    train, test, summary = split_puzzles(puzzles, cfg=cfg, source=str(puzzles_path))
+    train, test, summary = split_cells(read_cells(cells_path), cfg=cfg, puzzles=puzzles, source=str(cells_path))
     with atomic_path(out_dir, is_dir=True) as tmp:
         train.to_parquet(tmp / "train.parquet", index=False)
         test.to_parquet(tmp / "test.parquet", index=False)
         write_json(summary.to_dict(), tmp / "summary.json")
-    log.info("split %s: train %d, test %d", puzzles_path, len(train), len(test))
+    log.info("split %s: train %d, test %d", cells_path, len(train), len(test))
     return summary

@@ -4,7 +4,7 @@ out over the input files, so a large atlas is ranked across the cluster, not on 
     prepare     the source at the revision -> a data folder keyed by (source, data settings);
                 the run folder with the resolved params; the list of input files
     cells_part  one input file -> data/cells/part-<i>.parquet (one task per file)
-    build       `dvc commit` of the parts, then `dvc repro` (puzzles -> split -> export)
+    build       `dvc commit` of the parts, then `dvc repro` (split -> export)
 
 A data folder is content-addressed: `<workdir>/data/<key>`, the key a digest of the source
 and of the `data:` and `prompt:` settings. Runs with the same data share it (and DVC's cache
@@ -210,7 +210,10 @@ def describe(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The data version and the sizes of the splits and record sets in a built data folder."""
     data = Path(data_dir)
     counts: dict[str, int] = {}
-    for path in sorted((data / RECORDS_DIR).glob("*/*.jsonl")):
+    for path in sorted((data / RECORDS_DIR).glob("*/*.json*")):
+        if path.suffix == ".json":  # cellpuzzles: a JSON list
+            counts[f"{path.parent.name}/{path.stem}"] = len(json.loads(path.read_text(encoding="utf-8")))
+            continue
         with open(path, "rb") as fh:
             counts[f"{path.parent.name}/{path.stem}"] = sum(1 for line in fh if line.strip())
     summary = data / SPLITS_DIR / "summary.json"
@@ -233,13 +236,16 @@ def card(summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """The data step's report (Markdown) and headline numbers (for a KFP Metrics artifact)."""
     split, records, version = summary.get("split") or {}, summary.get("records") or {}, summary["version"]
     numbers = {f"records_{k.replace('/', '_')}": float(v) for k, v in records.items()}
-    numbers.update({k: float(split[k]) for k in ("train_total", "test_total", "dropped_for_leakage") if k in split})
+    heads = ("train_total", "test_total", "train_cells", "test_cells")
+    numbers.update({k: float(split[k]) for k in heads if k in split})
     rows = [f"| {name} | {count} |" for name, count in records.items()]
     outs = [f"| `{path}` | `{md5}` |" for path, md5 in version["outs"].items()]
     text = "\n".join([
         f"## Data version `{version['version']}`", "", f"Data folder: `{summary['data_dir']}`", "",
-        f"Puzzles: {split.get('train_total', '?')} train, {split.get('test_total', '?')} test; "
-        f"{split.get('dropped_for_leakage', 0)} dropped so that no cell is in both splits.", "",
+        f"Puzzles: {split.get('train_total', '?')} train, {split.get('test_total', '?')} test, each made from "
+        f"its own cells ({split.get('train_cells', '?')} and {split.get('test_cells', '?')}, held apart by "
+        f"{split.get('by', '?')}); test puzzles sharing a cell with train: "
+        f"{(split.get('audit') or {}).get('test_sharing_cell_id', '?')}.", "",
         "| record set | records |", "|---|---|", *rows, "", "| DVC output | md5 |", "|---|---|", *outs,
     ])
     return text, numbers

@@ -192,7 +192,8 @@ def _make_model_class():
                 raise _invalid(str(exc)) from None
 
         async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
-            conversations = [self.prompt.messages(p.context, p.cell_genes, p.candidates) for p in job.puzzles]
+            conversations = [self.prompt.messages(p.context_for(self.prompt.profile), p.cell_genes, p.candidates)
+                             for p in job.puzzles]
             params = self.params_for(job.options)
             try:
                 await self.budget.acheck(conversations, params.max_new_tokens)

@@ -34,6 +34,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -212,6 +213,7 @@ class Puzzle(BaseModel):
     context: str | dict[str, str] | None = Field(None, description="Donor context: a sentence, or fields (sex, tissue, ...).")
     cells: list[Cell] = Field(..., max_length=_HARD_CAP)
     candidates: list[str] = Field(..., max_length=_HARD_CAP)
+    _fields: dict[str, str] | None = PrivateAttr(None)  # the cleaned context fields, when given as fields
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Puzzle:
@@ -229,8 +231,17 @@ class Puzzle(BaseModel):
         _unique(self.candidates, what="candidates")
         ids = [c.id or f"cell_{i}" for i, c in enumerate(self.cells, 1)]
         _unique(ids, what="cell ids")
-        self.context = _context(self.context, limits)
+        self.context, self._fields = _context(self.context, limits)
         return self
+
+    def context_for(self, profile: str) -> str:
+        """The context under a prompt profile: given as fields, 'cell-o1' words them as the
+        original pipeline does; a sentence is used as given (whitespace collapsed)."""
+        if profile == "cell-o1" and self._fields is not None:
+            from cello.data.context import CELL_O1_FIELDS, cell_o1_sentence
+
+            return cell_o1_sentence(self._fields, extra=[k for k in self._fields if k not in CELL_O1_FIELDS])
+        return self.context
 
     @property
     def cell_ids(self) -> list[str]:
@@ -241,12 +252,14 @@ class Puzzle(BaseModel):
         return [list(c.genes or []) for c in self.cells]
 
 
-def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> str:
-    """The context sentence: free text (whitespace collapsed) or built from fields."""
+def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> tuple[str, dict[str, str] | None]:
+    """The context sentence: free text (whitespace collapsed) or built from fields; and the
+    cleaned fields when they were given."""
     from cello.data.context import clean, sentence
 
     if value is None:
-        return ""
+        return "", None
+    fields = None
     if isinstance(value, dict):
         if len(value) > 32:
             msg = f"context has {len(value)} fields; the limit is 32"
@@ -264,7 +277,7 @@ def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> str:
     if len(text) > limits.max_context_length:
         msg = f"context is {len(text)} characters long; the limit is {limits.max_context_length} (serve.max_context_length)"
         raise ValueError(msg)
-    return text
+    return text, fields
 
 
 class Options(BaseModel):

@@ -1,12 +1,16 @@
-"""Training records (JSONL from `cello data export` or `cello train distill`) -> datasets.
+"""Training records (from `cello data export` or `cello train distill`, or published CellPuzzles
+records) -> datasets.
 
-Every trainer reads its records through here, so a malformed file fails in one place with a
-message naming the file, the line and the missing field:
+Every trainer reads its records through here (files through `cello.data.records.load_records`:
+a JSON list, JSON lines or Parquet, told apart by content), so a malformed file fails in one
+place with a message naming the file, the record and the missing field:
 
 - SFT:  {"id", "dataset", "n", "messages": [system, user, assistant]}  -> column `messages`
 - GRPO: {"id", "dataset", "n", "prompt": [system, user], "answer": [...], "candidates": [...]}
         (eval records, whose `messages` are [system, user], are accepted too) -> columns
         `prompt`, `answer`, `id` (TRL hands `answer` and `id` to the reward functions).
+- published CellPuzzles {"system_msg", "user_msg", "assistant_msg"}: read as either kind; SFT
+  needs the reasoning split (an assistant message with <think>), not a bare answer.
 
     from cello.train.data import read_records, sft_datasets
     train, held_out = sft_datasets(read_records("data/records/sft", kind="sft"), eval_fraction=0.02)
@@ -20,19 +24,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from cello._io import read_jsonl
+from cello.data.prompt import PromptTemplate
+from cello.data.records import is_published, load_records, published_chat
 from cello.errors import InputError
 
 Kind = Literal["sft", "prompt"]
 
 
 def resolve_split(path: str | os.PathLike, split: str = "train") -> Path:
-    """A JSONL file as given, or `<dir>/<split>.jsonl` for an export directory."""
+    """A records file as given, or `<dir>/<split>.jsonl` (or .json, .parquet) for an export directory."""
     path = Path(path)
     if path.is_dir():
-        path = path / f"{split}.jsonl"
+        found = [path / f"{split}{ext}" for ext in (".json", ".parquet") if (path / f"{split}{ext}").is_file()]
+        path = path / f"{split}.jsonl" if (path / f"{split}.jsonl").is_file() or not found else found[0]
     if not path.is_file():
-        msg = f"{path}: records not found; pass a JSONL file or a directory from `cello data export` holding {split}.jsonl."
+        msg = (f"{path}: records not found; pass a records file (JSON list, JSON lines or Parquet) or a "
+               f"directory from `cello data export` holding {split}.jsonl or {split}.json.")
         raise InputError(msg)
     return path
 
@@ -50,22 +57,25 @@ def _prompt_of(rec: dict[str, Any]) -> list[dict] | None:
     return msgs if msgs and msgs[-1].get("role") == "user" else None
 
 
-def read_records(path: str | os.PathLike, *, kind: Kind, split: str = "train") -> list[dict[str, Any]]:
+def read_records(path: str | os.PathLike, *, kind: Kind, split: str = "train",
+                 template: PromptTemplate | None = None) -> list[dict[str, Any]]:
     """Read and check records for a trainer.
 
     kind="sft": each record needs `messages` ending with an assistant turn.
     kind="prompt": each record needs a [system, user] prompt (`prompt`, or eval `messages`)
     and the gold `answer`; returned records are normalised to id, dataset, n, prompt,
-    answer, candidates.
+    answer, candidates. Published records are read with `template` (it parses user_msg).
     """
     file = resolve_split(path, split)
-    records = read_jsonl(file)
+    records = load_records(file)
     if not records:
         msg = f"{file}: no records; export some with `cello data export`."
         raise InputError(msg)
     out = []
     for lineno, rec in enumerate(records, 1):
         where = f"{file}: record {lineno} (id {rec.get('id', '?')!r})"
+        if is_published(rec):
+            rec = _from_published(rec, lineno, where, kind=kind, template=template or PromptTemplate())
         if kind == "sft":
             msgs = rec.get("messages")
             if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
@@ -87,6 +97,22 @@ def read_records(path: str | os.PathLike, *, kind: Kind, split: str = "train") -
             "candidates": [str(c) for c in rec.get("candidates") or sorted(answer)],
         })
     return out
+
+
+def _from_published(rec: dict, index: int, where: str, *, kind: Kind, template: PromptTemplate) -> dict:
+    """A published CellPuzzles record as a Cello chat record, or an InputError saying why not."""
+    try:
+        chat = published_chat(rec, index=index, template=template)
+    except ValueError as exc:
+        msg = f"{where}: {exc}; fix or remove that record."
+        raise InputError(msg) from exc
+    last = chat["messages"][-1]
+    if kind == "sft" and (last["role"] != "assistant" or "<think>" not in last["content"]):
+        msg = (f"{where}: the assistant_msg is a bare answer, not a <think>...</think><answer>...</answer> "
+               "completion; SFT needs reasoning traces (the published `reasoning` split, `cello train distill`, "
+               "or `cello data export --format sft`).")
+        raise InputError(msg)
+    return chat
 
 
 def split_eval(records: Sequence[dict], *, fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:

@@ -1,4 +1,4 @@
-"""The shared real .h5ad files through cells -> puzzles -> split (skipped when absent)."""
+"""The shared real .h5ad files through cells -> puzzles, and cells -> split (skipped when absent)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,19 @@ def test_real_file_to_split(shared_data, tmp_path, name, flags, n_range, donors,
     pz = pd.read_parquet(puzzles)
     assert set(pz.n) == set(range(n_range[0], n_range[1] + 1))
     assert all(len(set(a)) == n for a, n in zip(pz.answer, pz.n, strict=True))
-    assert main(["data", "split", str(puzzles), "-o", str(splits), "--test-fraction", "0.2",
-                 "--params", defaults_params(tmp_path)]) == 0
+    n_flags = ["--min-n", str(n_range[0]), "--max-n", str(n_range[1]), "--per-n", "20"]
+    assert main(["data", "split", str(cells), "-o", str(splits), "--test-fraction", "0.2", "--test-size", "10",
+                 *n_flags, "--params", defaults_params(tmp_path)]) == 0
     train, test = pd.read_parquet(splits / "train.parquet"), pd.read_parquet(splits / "test.parquet")
-    assert len(train) and len(test)
+    assert len(train) and len(test) == 10
     assert not set(c for ids in train.cell_ids for c in ids) & set(c for ids in test.cell_ids for c in ids)
+    # Holding out one whole donor is one flag; its puzzles use its cells only.
+    donor = str(df.donor_id.iloc[0])
+    held = tmp_path / "held"
+    assert main(["data", "split", str(cells), "-o", str(held), "--test-donors", donor, "--test-size", "10",
+                 *n_flags, "--params", defaults_params(tmp_path)]) == 0
+    train, test = pd.read_parquet(held / "train.parquet"), pd.read_parquet(held / "test.parquet")
+    assert set(test.donor_id) == {donor} and donor not in set(train.donor_id) and len(test) == 10
 
 
 def test_too_few_types_is_a_clear_error(shared_data, tmp_path, capsys):

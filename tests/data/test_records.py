@@ -91,14 +91,19 @@ def test_grpo_and_eval_records(split_dir, tmp_path, puzzles):
 
 def test_cellpuzzles_round_trip(split_dir, tmp_path):
     export_split(split_dir, tmp_path / "cp", fmt="cellpuzzles", template=TEMPLATE)
-    rec = read_jsonl(tmp_path / "cp" / "train.jsonl")[0]
-    assert {"system_msg", "user_msg", "assistant_msg"} <= set(rec)
-    n = import_cellpuzzles(tmp_path / "cp" / "train.jsonl", tmp_path / "back.parquet",
+    assert sorted(p.name for p in (tmp_path / "cp").iterdir()) == ["test.json", "train.json"]
+    text = (tmp_path / "cp" / "train.json").read_text()
+    recs = json.loads(text)
+    assert text == json.dumps(recs, indent=2, ensure_ascii=False)  # the original's json.dump layout
+    assert all(list(rec) == ["system_msg", "user_msg", "assistant_msg"] for rec in recs)
+    orig = pd.read_parquet(split_dir / "train.parquet")
+    assert recs[0]["assistant_msg"] == " | ".join(orig["answer"].iloc[0])  # bare, as published
+    n = import_cellpuzzles(tmp_path / "cp" / "train.json", tmp_path / "back.parquet",
                            dataset="imported", template=TEMPLATE)
     assert n == 6
     back = pd.read_parquet(tmp_path / "back.parquet")
-    orig = pd.read_parquet(split_dir / "train.parquet")
-    for col in ("puzzle_id", "n", "cell_genes", "candidates", "answer", "context"):
+    assert back["puzzle_id"].tolist() == [f"imported-{i}" for i in range(6)]  # the shape has no ids
+    for col in ("n", "cell_genes", "candidates", "answer", "context"):
         assert plain(back[col].tolist()) == plain(orig[col].tolist()), col
     assert set(back["dataset"]) == {"imported"} and set(back["donor_id"]) == {"unknown"}
     assert plain(back["cell_ids"].iloc[0]) == [cell_id_for(plain(g)) for g in orig["cell_genes"].iloc[0]]
@@ -164,13 +169,13 @@ def test_bad_files(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         import_cellpuzzles(tmp_path / "absent.json", tmp_path / "o.parquet", dataset="x", template=TEMPLATE)
     (tmp_path / "r.csv").write_text("a,b\n")
-    with pytest.raises(InputError, match="unknown file type"):
+    with pytest.raises(InputError, match="neither a JSON list, JSON lines nor Parquet"):
         import_cellpuzzles(tmp_path / "r.csv", tmp_path / "o.parquet", dataset="x", template=TEMPLATE)
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(InputError, match="no records"):
         import_cellpuzzles(tmp_path / "empty.json", tmp_path / "o.parquet", dataset="x", template=TEMPLATE)
     (tmp_path / "obj.json").write_text('{"a": 1}')
-    with pytest.raises(InputError, match="JSON list"):
+    with pytest.raises(InputError, match="record 0: no user_msg"):
         import_cellpuzzles(tmp_path / "obj.json", tmp_path / "o.parquet", dataset="x", template=TEMPLATE)
     assert not (tmp_path / "o.parquet").exists()
 
@@ -206,7 +211,7 @@ def test_cli_export_and_import(tmp_path, split_dir, capsys):
     out = tmp_path / "cp"
     assert main(["data", "export", str(split_dir), "-o", str(out), "--format", "cellpuzzles", "--params", none]) == 0
     assert "train: 6 records, test: 3 records" in capsys.readouterr().out
-    assert main(["data", "import", str(out / "test.jsonl"), "-o", str(tmp_path / "p.parquet"), "--params", none]) == 0
+    assert main(["data", "import", str(out / "test.json"), "-o", str(tmp_path / "p.parquet"), "--params", none]) == 0
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 3
     assert main(["data", "export", str(split_dir), "-o", str(out), "--format", "chat", "--params", none]) == 2
     assert "sft, grpo, eval, cellpuzzles" in capsys.readouterr().err
