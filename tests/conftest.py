@@ -99,3 +99,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.llm_server import build_test_model
 
     return build_test_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def hub_model(tiny_model_dir, tmp_path, monkeypatch) -> str:
+    """The tiny model as the Hub repository cello-test/tiny-cell, served from a Hub cache in tmp
+    with the Hub offline: `hf://cello-test/tiny-cell` resolves the way a downloaded model does."""
+    import shutil
+
+    cache = tmp_path / "hub-cache"
+    repo = cache / "models--cello-test--tiny-cell"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    return "hf://cello-test/tiny-cell"

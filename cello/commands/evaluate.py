@@ -108,7 +108,11 @@ def run(
 
 
 _CAND = typer.Option(..., "--candidate", help="The candidate's metrics.json.")
-_INC = typer.Option(None, "--incumbent", help="The deployed model's metrics.json; omit for a first deployment.")
+_INC = typer.Option(
+    None, "--incumbent",
+    help="The deployed model's metrics.json, or a model (hf://ncbi/Cell-o1, a checkpoint dir, a URL) evaluated "
+         "first on the candidate's split into OUT's folder/incumbent/; omit for a first deployment.",
+)
 _BASE = typer.Option(
     None, "--baseline", help="The marker baseline's metrics.json (`cello eval --baseline baseline.json`).",
 )
@@ -133,7 +137,7 @@ _FAIL = typer.Option(
 @app.command("gate")
 def gate(
     candidate: Path = _CAND,
-    incumbent: Path | None = _INC,
+    incumbent: str | None = _INC,
     baseline: Path | None = _BASE,
     candidate_predictions: Path | None = _CAND_PRED,
     incumbent_predictions: Path | None = _INC_PRED,
@@ -148,11 +152,16 @@ def gate(
 ) -> None:
     """Decide whether the candidate may replace the incumbent; write decision.json with every reason."""
     from cello.gate import gate as decide
+    from cello.gate import incumbent_metrics
 
     p = load_params(params, profile=profile)
     cfg = override(p.gate, metric=metric, min_accuracy=min_accuracy, regression_tolerance=tolerance,
                    baseline_margin=baseline_margin)
     out = out or candidate.parent / "decision.json"
+    if incumbent is not None:
+        incumbent = incumbent_metrics(
+            incumbent, candidate=candidate, out=out.parent / "incumbent", backend=p.generation.backend,
+            sampling=p.generation.sampling, cfg=p.eval, template=p.prompt)
     decision = decide(candidate, incumbent=incumbent, baseline=baseline, candidate_predictions=candidate_predictions,
                       incumbent_predictions=incumbent_predictions, cfg=cfg, out=out)
     typer.echo(f"{decision.render()}\n-> {out}")

@@ -94,6 +94,7 @@ def is_hub_source(text: str) -> bool:
 
 def _hub_error(exc: BaseException, repo: str, *, kind: str) -> InputError | None:
     """A Hub failure as an error that says which case it is and what to do; None: not a Hub failure."""
+    from huggingface_hub import constants
     from huggingface_hub import errors as E
 
     page = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo}"
@@ -110,7 +111,7 @@ def _hub_error(exc: BaseException, repo: str, *, kind: str) -> InputError | None
             "connect" in name.lower() or "timeout" in name.lower()):
         fix = _OFFLINE_FIX.format(repo=repo) if kind == "dataset" else (
             f"download it where the network reaches the Hub (`hf download {repo} --local-dir DIR`) and pass DIR")
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true"} else ""
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         msg = f"{SCHEME}{repo}: cannot reach the Hugging Face Hub{offline}: {exc}. No network? {fix}."
     else:
         return None

@@ -147,7 +147,7 @@ def test_a_bad_record_names_split_and_record(tmp_path, cache):
 
 
 def test_no_network_gives_a_clear_error(tmp_path, cache, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import: the constant says it for this process
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(InputError, match=r"cannot reach the Hugging Face Hub \(HF_HUB_OFFLINE is set\).*hf download"):
         import_hub("hf://cello-nonexistent-org/no-such-dataset@main", tmp_path / "o", dataset="x",
