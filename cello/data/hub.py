@@ -303,9 +303,8 @@ def import_hub(source: str | os.PathLike, out_dir: str | os.PathLike, *, dataset
         counts = {split: len(t) for split, t in tables.items()}
         write_json({"hub": loaded.origin, "dataset": dataset, "counts": counts, "traces": traces or None},
                    tmp / HUB_LINEAGE)
-    result = HubImport(Path(out_dir), counts, loaded.origin, audit, traces)
-    log.info("%s", result.render())
-    return result
+    log.info("imported %s (%s): %s -> %s", source, loaded.origin["version"], counts, out_dir)
+    return HubImport(Path(out_dir), counts, loaded.origin, audit, traces)
 
 
 def fetch_hub_model(uri: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
