@@ -79,10 +79,10 @@ def data_version_of(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-def _hub_version(folder: Path, target: Path) -> dict[str, Any] | None:
-    """The data version of a published-dataset import (`cello data import hf://...`): its
-    lineage.json names the Hub commit (or the local copy's content hash); None elsewhere."""
-    path = folder / HUB_LINEAGE
+def hub_data_version(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The data version of a published-dataset import (`cello data import hf://... -o folder`):
+    its lineage.json names the Hub commit (or the local copy's content hash); None elsewhere."""
+    path = Path(folder) / HUB_LINEAGE
     if not path.is_file():
         return None
     try:
@@ -92,8 +92,19 @@ def _hub_version(folder: Path, target: Path) -> dict[str, Any] | None:
     origin = lineage.get("hub") if isinstance(lineage, dict) else None
     if not isinstance(origin, dict) or not origin.get("version"):
         return None
-    return {"version": origin["version"], "source": origin.get("source"), "lock": str(path),
-            "records": target.relative_to(folder).as_posix(), "md5": None}
+    pinned = origin.get("commit") or origin.get("content_sha256")
+    return {"version": origin["version"], "source": origin.get("source"), "lock": str(path), "outs": {"hub": pinned}}
+
+
+def _hub_version(folder: Path, target: Path) -> dict[str, Any] | None:
+    found = hub_data_version(folder)
+    return None if found is None else {**found, "records": target.relative_to(folder).as_posix(), "md5": None}
+
+
+def data_folder_version(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The data version of a pipeline data folder: the published dataset it imported (data/), or
+    the md5s of the record sets in its dvc.lock."""
+    return hub_data_version(Path(data_dir) / "data") or dvc_data_version(Path(data_dir) / "dvc.lock")
 
 
 def _git(repo: Path, *args: str) -> str:
