@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cello.data.prompt import PromptTemplate
 from cello.errors import CelloError, ConfigError, InputError
 from cello.lineage import HUB_LINEAGE
 
@@ -265,7 +266,7 @@ class HubImport:
         return "\n".join(lines)
 
 
-def import_hub(source: str | os.PathLike, out_dir: str | os.PathLike, *, dataset: str, template: Any,
+def import_hub(source: str | os.PathLike, out_dir: str | os.PathLike, *, dataset: str, template: PromptTemplate,
                cache_dir: str | os.PathLike | None = None) -> HubImport:
     """Import a published dataset into OUT (layout in the module doc), atomically as a whole.
 
