@@ -8,6 +8,9 @@ the incumbent, and beats the non-LLM baseline. Thresholds: `gate:` in params.yam
     decision = gate("cand/metrics.json", incumbent="prod/metrics.json", baseline="base/metrics.json")
     decision.passed, decision.reasons
 
+    cello eval gate --candidate outputs/eval/cand/metrics.json --incumbent hf://ncbi/Cell-o1 ...
+        # a model as the incumbent: evaluated first on the candidate's split, into OUT's folder/incumbent/
+
 Every rule compares `gate.metric` (default batch_accuracy, the paper's headline figure):
 - coverage: the candidate was scored on at least `min_puzzles` puzzles, and on the same puzzles
   as the incumbent and the baseline (the metrics' id fingerprints match).
@@ -37,11 +40,12 @@ from typing import Any
 
 from cello._io import write_json
 from cello.config import GateConfig
+from cello.errors import InputError
 from cello.report import load_metrics, model_label
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Reason", "Decision", "gate", "per_puzzle"]
+__all__ = ["Reason", "Decision", "gate", "incumbent_metrics", "per_puzzle"]
 
 # gate.metric -> (ScoredSet field of per-puzzle values, field of their denominators): the metric
 # is sum(values) / sum(denominators) over puzzles, or the mean of the values when None.
@@ -187,6 +191,31 @@ def _no_regression(cand_path: Path, cand: dict, inc_path: Path | None, inc: dict
     msg = (f"candidate - incumbent = {d.mean:+.3f}, {pct} CI [{d.lo:+.3f}, {d.hi:+.3f}] over {d.n} paired puzzles; "
            + ("non-inferior within the tolerance" if ok else f"non-inferiority not shown (lower bound < -{tol:g})"))
     return Reason("no_regression", ok, d.lo, -tol, msg, detail)
+
+
+def incumbent_metrics(incumbent: str | os.PathLike, *, candidate: str | os.PathLike, out: str | os.PathLike,
+                      **evaluate_kwargs: Any) -> Path:
+    """The incumbent's metrics.json: `incumbent` itself when it is one (a .json file); else
+    `incumbent` is a model (a Hub model such as the published hf://ncbi/Cell-o1, a checkpoint,
+    a served URL), evaluated into `out` on the candidate's split and puzzles (its `limit`), with
+    the split's prompts (eval records carry them: the published ones for a Hub import).
+    `evaluate_kwargs` go to `cello.evaluate.evaluate` (backend, sampling, cfg, template, ...)."""
+    from cello.config import EvalConfig, override
+    from cello.evaluate import METRICS, evaluate
+
+    if str(incumbent).endswith(".json"):
+        return Path(incumbent)
+    cand = load_metrics(candidate)
+    split = cand.get("split")
+    if not split or not Path(split).exists():
+        msg = (f"{candidate} names the split {split!r}, which is not here, so the incumbent {incumbent} cannot be "
+               f"evaluated on it; run `cello eval SPLIT --model {incumbent} -o DIR` on the candidate's split and "
+               "pass --incumbent DIR/metrics.json.")
+        raise InputError(msg)
+    cfg = override(evaluate_kwargs.pop("cfg", None) or EvalConfig(), limit=cand.get("limit"))
+    log.info("gate: evaluating the incumbent %s on %s -> %s", incumbent, split, out)
+    evaluate(split, out, model=str(incumbent), cfg=cfg, **evaluate_kwargs)
+    return Path(out) / METRICS
 
 
 def gate(

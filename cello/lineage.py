@@ -8,6 +8,7 @@ revision, data version and settings (the pipeline's lineage.json, model cards, e
     from cello.lineage import data_version_of, dvc_data_version
     dvc_data_version("runs/data/1f2e.../dvc.lock")   # {"version": "9c1d...", "outs": {...}}
     data_version_of("data/records/eval/test.jsonl")  # the same, found from a file under the records
+    data_version_of("data/hub/records/eval/test.jsonl")  # a Hub import: {"version": "ncbi/CellPuzzles@<commit>"}
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from cello.errors import InputError
 
 # The outputs whose hashes define the data version (what training and evaluation read).
 RECORD_PREFIX = "data/records/"
+# Written by `cello data import hf://...` into its folder: the Hub revision (or the local copy's hash).
+HUB_LINEAGE = "lineage.json"
 
 
 def digest(obj: Any, *, n: int = 12) -> str:
@@ -60,6 +63,9 @@ def data_version_of(path: str | os.PathLike) -> dict[str, Any] | None:
     for folder in target.parents:
         lock = folder / "dvc.lock"
         if not lock.is_file():
+            hub = _hub_version(folder, target)
+            if hub is not None:
+                return hub
             continue
         try:
             found = dvc_data_version(lock)
@@ -71,6 +77,34 @@ def data_version_of(path: str | os.PathLike) -> dict[str, Any] | None:
                 return {**found, "lock": str(lock), "records": out, "md5": md5}
         return None
     return None
+
+
+def hub_data_version(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The data version of a published-dataset import (`cello data import hf://... -o folder`):
+    its lineage.json names the Hub commit (or the local copy's content hash); None elsewhere."""
+    path = Path(folder) / HUB_LINEAGE
+    if not path.is_file():
+        return None
+    try:
+        lineage = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    origin = lineage.get("hub") if isinstance(lineage, dict) else None
+    if not isinstance(origin, dict) or not origin.get("version"):
+        return None
+    pinned = origin.get("commit") or origin.get("content_sha256")
+    return {"version": origin["version"], "source": origin.get("source"), "lock": str(path), "outs": {"hub": pinned}}
+
+
+def _hub_version(folder: Path, target: Path) -> dict[str, Any] | None:
+    found = hub_data_version(folder)
+    return None if found is None else {**found, "records": target.relative_to(folder).as_posix(), "md5": None}
+
+
+def data_folder_version(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The data version of a pipeline data folder: the published dataset it imported (data/), or
+    the md5s of the record sets in its dvc.lock."""
+    return hub_data_version(Path(data_dir) / "data") or dvc_data_version(Path(data_dir) / "dvc.lock")
 
 
 def _git(repo: Path, *args: str) -> str:

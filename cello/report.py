@@ -22,7 +22,8 @@ from typing import Any
 from cello._io import atomic_path
 from cello.errors import InputError
 
-__all__ = ["load_metrics", "model_label", "data_version_line", "render_report", "card_section", "plot_accuracy_by_n"]
+__all__ = ["load_metrics", "model_label", "data_version_line", "render_report", "card_section", "plot_accuracy_by_n",
+           "PAPER", "paper_table"]
 
 Run = tuple[str, Mapping[str, Any]]  # (label, metrics)
 
@@ -51,6 +52,8 @@ def data_version_line(version: Mapping[str, Any] | None) -> str:
     """What data a figure was computed on: the DVC data version of the eval records."""
     if not version:
         return "data version: not versioned (no dvc.lock lists the eval records)"
+    if version.get("source"):  # a published dataset imported from the Hub (cello.data.hub)
+        return f"data version: `{version.get('version')}` ({version.get('source')}, `{version.get('records')}`)"
     return (f"data version: `{version.get('version')}` (DVC md5 of `{version.get('records')}`: "
             f"`{version.get('md5')}`)")
 
@@ -123,6 +126,49 @@ def render_report(metrics: Mapping[str, Any], *, compare: Sequence[Run] = ()) ->
         lines += [_row(label, other["overall"]) for label, other in compare]
     lines.append("")
     return "\n".join(lines)
+
+
+# The paper's figures on the published test split (Cell-o1, arXiv 2506.02911): o1's batch
+# accuracy, and Cell-o1's, reported as outperforming o1 by over 73% (so above 19.0% x 1.73).
+PAPER = {"o1": (0.190, "19.0%"), "Cell-o1": (0.190 * 1.73, "> 32.9% (o1 + over 73%)")}
+
+
+def _paper_figure(label: str) -> str:
+    key = next((k for k in PAPER if label.strip().lower().startswith(k.lower())), None)
+    return PAPER[key][1] if key else "-"
+
+
+def paper_table(runs: Sequence[Run], *, data: Mapping[str, Any] | None = None,
+                audit: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
+    """The reproduction table: each measured run beside the paper's figure for that model, the
+    paper's own rows, then the leakage audit of the published split (`audit.json` of a Hub
+    import: {"train": AuditReport, "reasoning": ...}) and `notes` (e.g. what was skipped)."""
+    lines = ["# Cell-o1 reproduction on the published CellPuzzles test split", ""]
+    if data:
+        lines += [f"Data: {data.get('source')} (version `{data.get('version')}`); splits {data.get('splits')}.", ""]
+    lines += ["| model | from | puzzles | batch accuracy [95% CI] | cell accuracy [95% CI] | format | paper |",
+              "|---|---|--:|--:|--:|--:|--:|"]
+    def pct_ci(o: Mapping[str, Any], key: str) -> str:
+        lo, hi = o.get(f"{key}_ci") or (None, None)
+        return f"{_pct(o.get(key))} [{_pct(lo)}, {_pct(hi)}]"
+
+    for label, m in runs:
+        o = m["overall"]
+        lines.append(f"| {label} | measured here | {o.get('count', 0)} | {pct_ci(o, 'batch_accuracy')} "
+                     f"| {pct_ci(o, 'cell_accuracy')} | {_pct(o.get('format_rate'))} | {_paper_figure(label)} |")
+    lines += [f"| {name} | the paper | - | {text} | - | - | {text} |" for name, (_, text) in PAPER.items()]
+    if audit:
+        lines += ["", "Leakage audit of the published split (test puzzles with a cell whose ranked gene list is "
+                  "also in the other split):", "", "| against | test puzzles affected | test cells affected "
+                  "| gene lists in both |", "|---|--:|--:|--:|"]
+        for side, r in audit.items():
+            share = r["test_sharing_identical_cell"] / max(r["test_puzzles"], 1)
+            lines.append(f"| {side} ({r['train_puzzles']} puzzles) | {r['test_sharing_identical_cell']} of "
+                         f"{r['test_puzzles']} ({share:.1%}) | {r['test_cells_identical']} of {r['test_cells']} "
+                         f"| {r['shared_gene_lists']} |")
+    if notes:
+        lines += ["", *(f"- {n}" for n in notes)]
+    return "\n".join(lines) + "\n"
 
 
 def card_section(metrics: Mapping[str, Any]) -> str:

@@ -53,7 +53,8 @@ def make(params: Params):
         backend: where training runs: kubernetes (Trainer jobs on GPU nodes) or local (in the step's own pod).
         base_model: SFT's starting model ("": pipeline.base_model / train.sft.model; "tiny": built offline).
         distill_traces / teacher: distill reasoning traces from a teacher endpoint first ("template": format-only).
-        incumbent: checkpoint the candidate must not regress against ("": the deployed one on a cluster).
+        incumbent: checkpoint the candidate must not regress against, a path or a Hub model such as
+        hf://ncbi/Cell-o1 ("": the deployed one on a cluster).
         num_nodes / gpus_per_node: training jobs' shape. step_gpus: GPUs of a training step's own pod
         (backend local on a cluster). eval_gpus: GPUs of a model evaluation step.
         """

@@ -98,3 +98,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.llm_server import build_test_model
 
     return build_test_model(tmp_path_factory.getbasetemp())
+
+
+def hub_cache(model_dir: Path, root: Path, repos: tuple[str, ...] = ("cello-test/tiny-cell",)) -> Path:
+    """A Hugging Face Hub cache under `root` holding `model_dir` as each of `repos`: with the Hub
+    offline (HF_HUB_OFFLINE, HF_HUB_CACHE=the returned folder), hf://REPO resolves the way a
+    downloaded model does."""
+    import shutil
+
+    cache = root / "hub-cache"
+    for repo_id in repos:
+        repo = cache / ("models--" + repo_id.replace("/", "--"))
+        sha = "0123456789abcdef0123456789abcdef01234567"
+        shutil.copytree(model_dir, repo / "snapshots" / sha)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(sha)
+    return cache
+
+
+@pytest.fixture
+def hub_model(tiny_model_dir, tmp_path, monkeypatch) -> str:
+    """The tiny model as the Hub model hf://cello-test/tiny-cell, from a Hub cache in tmp, offline."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub_cache(tiny_model_dir, tmp_path)))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    return "hf://cello-test/tiny-cell"

@@ -228,3 +228,22 @@ def test_eval_and_gate_write_the_card_and_name_the_data_version(split, tmp_path)
     assert card.count("## Evaluation") == 1 and card.count("## Gate: PASS") == 1
     assert f"`{version}`" in card.split("## Evaluation")[1] and "[" in card.split("**overall**")[1]
     assert "data version `" + version in card.split("## Gate")[1]
+
+
+def test_a_hub_model_as_incumbent_is_evaluated_on_the_candidates_puzzles(split, hub_model, tmp_path):
+    """`--incumbent hf://ORG/NAME`: the model (here the tiny model in a Hub cache, offline) is
+    evaluated first on the candidate's split and puzzles, then compared puzzle by puzzle."""
+    evaluate(split, tmp_path / "cand", predictor=Oracle("cand", set(range(6))), cfg=EvalConfig(n_boot=200, limit=6),
+             progress=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("generation:\n  sampling:\n    max_new_tokens: 4\neval:\n  n_boot: 200\n")
+    out = tmp_path / "gate" / "decision.json"
+    assert main(["eval", "gate", "--candidate", str(tmp_path / "cand" / METRICS), "--incumbent", hub_model,
+                 "-o", str(out), "--params", str(params)]) == 0
+    inc = json.loads((tmp_path / "gate" / "incumbent" / METRICS).read_text())
+    cand = json.loads((tmp_path / "cand" / METRICS).read_text())
+    assert inc["model"] == "tiny-cell" and inc["overall"]["count"] == 6 and inc["puzzles"] == cand["puzzles"]
+    saved = json.loads(out.read_text())
+    assert saved["incumbent"] == str(tmp_path / "gate" / "incumbent" / METRICS)
+    regression = {r["rule"]: r for r in saved["reasons"]}["no_regression"]
+    assert regression["detail"]["method"] == "paired_bootstrap" and regression["detail"]["paired"] == 6

@@ -6,6 +6,7 @@
     cello data audit data/splits/train.parquet data/splits/test.parquet
     cello data export data/splits -o data/records/sft --format sft
     cello data import cellpuzzles_test.json -o data/imported.parquet
+    cello data import hf://ncbi/CellPuzzles -o data/hub
 """
 
 from __future__ import annotations
@@ -144,18 +145,26 @@ def export(
 
 @app.command("import")
 def import_(
-    source: Path = typer.Argument(
-        ..., help="Published CellPuzzles records: a JSON list, JSON lines or Parquet (told apart by content).",
+    source: str = typer.Argument(
+        ..., help="Published CellPuzzles: a JSON list, JSON lines or Parquet file (told apart by content), hf://ORG/NAME[@REVISION][:SPLIT] "
+                  "(e.g. hf://ncbi/CellPuzzles), or a local directory in the Hub's dataset layout.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output puzzles.parquet."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output puzzles.parquet (a file source), or a directory (a Hub source).",
+    ),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
     prompt: str | None = prompt_option(),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
-    """Read published CellPuzzles records (system_msg/user_msg/assistant_msg) into puzzles.parquet."""
+    """Read published CellPuzzles (system_msg/user_msg/assistant_msg): a file into puzzles.parquet,
+    or the Hub dataset (all splits, revision recorded) into splits, records, audit and lineage."""
+    from cello.data.hub import import_hub, is_hub_source
     from cello.data.records import import_cellpuzzles
 
     template = template_of(load_params(params, profile=profile), prompt)
+    if is_hub_source(source):
+        typer.echo(import_hub(source, out, dataset=dataset, template=template).render())
+        return
     n = import_cellpuzzles(source, out, dataset=dataset, template=template)
     typer.echo(f"imported {n} puzzles -> {out}")

@@ -5,6 +5,7 @@
     cello eval gate --candidate outputs/eval/tiny/metrics.json --baseline outputs/eval/baseline/metrics.json \\
         -o outputs/gate/decision.json
     cello eval plot outputs/eval/*/metrics.json -o outputs/eval/by_n.png
+    cello eval table runs/paper/eval/*/metrics.json --data runs/paper/data -o runs/paper/table.md
 
 `cello eval SPLIT ...` is short for `cello eval run SPLIT ...` (the group runs `run` when the
 first word is not a sub-command).
@@ -110,7 +111,11 @@ def run(
 
 
 _CAND = typer.Option(..., "--candidate", help="The candidate's metrics.json.")
-_INC = typer.Option(None, "--incumbent", help="The deployed model's metrics.json; omit for a first deployment.")
+_INC = typer.Option(
+    None, "--incumbent",
+    help="The deployed model's metrics.json, or a model (hf://ncbi/Cell-o1, a checkpoint dir, a URL) evaluated "
+         "first on the candidate's split into OUT's folder/incumbent/; omit for a first deployment.",
+)
 _BASE = typer.Option(
     None, "--baseline", help="The marker baseline's metrics.json (`cello eval --baseline baseline.json`).",
 )
@@ -135,7 +140,7 @@ _FAIL = typer.Option(
 @app.command("gate")
 def gate(
     candidate: Path = _CAND,
-    incumbent: Path | None = _INC,
+    incumbent: str | None = _INC,
     baseline: Path | None = _BASE,
     candidate_predictions: Path | None = _CAND_PRED,
     incumbent_predictions: Path | None = _INC_PRED,
@@ -150,11 +155,16 @@ def gate(
 ) -> None:
     """Decide whether the candidate may replace the incumbent; write decision.json with every reason."""
     from cello.gate import gate as decide
+    from cello.gate import incumbent_metrics
 
     p = load_params(params, profile=profile)
     cfg = override(p.gate, metric=metric, min_accuracy=min_accuracy, regression_tolerance=tolerance,
                    baseline_margin=baseline_margin)
     out = out or candidate.parent / "decision.json"
+    if incumbent is not None:
+        incumbent = incumbent_metrics(
+            incumbent, candidate=candidate, out=out.parent / "incumbent", backend=p.generation.backend,
+            sampling=p.generation.sampling, cfg=p.eval, template=p.prompt)
     decision = decide(candidate, incumbent=incumbent, baseline=baseline, candidate_predictions=candidate_predictions,
                       incumbent_predictions=incumbent_predictions, cfg=cfg, out=out)
     typer.echo(f"{decision.render()}\n-> {out}")
@@ -183,3 +193,44 @@ def plot(
     names = label or [model_label(m, path) for m, path in zip(loaded, metrics, strict=True)]
     plot_accuracy_by_n(list(zip(names, loaded, strict=True)), out, title=title)
     typer.echo(f"{len(loaded)} run(s) -> {out}")
+
+
+_TABLE_RUNS = typer.Argument(None, help="metrics.json files of the runs to show (none: the paper's rows only).")
+_TABLE_DATA = typer.Option(
+    None, "--data", help="The folder of `cello data import hf://...`: its source, revision and leakage audit.",
+)
+_NOTES = typer.Option(None, "--note", help="A line added under the table (e.g. what was skipped). Repeatable.")
+_TABLE_OUT = typer.Option(None, "--out", "-o", help="Also write the table (Markdown) here.")
+
+
+@app.command("table")
+def table(
+    metrics: list[Path] | None = _TABLE_RUNS, data: Path | None = _TABLE_DATA, note: list[str] | None = _NOTES,
+    out: Path | None = _TABLE_OUT, label: list[str] | None = _LABELS,
+) -> None:
+    """The paper's table: each run beside the paper's figures, with the leakage audit of the published split."""
+    import json
+
+    from cello._io import atomic_path
+    from cello.errors import ConfigError, InputError
+    from cello.lineage import HUB_LINEAGE
+    from cello.report import load_metrics, model_label, paper_table
+
+    metrics = metrics or []
+    if label and len(label) != len(metrics):
+        msg = f"{len(label)} --label for {len(metrics)} metrics files; give one label per file or none."
+        raise ConfigError(msg)
+    loaded = [load_metrics(m) for m in metrics]
+    names = label or [model_label(m, path) for m, path in zip(loaded, metrics, strict=True)]
+    origin = audit = None
+    if data is not None:
+        if not (data / HUB_LINEAGE).is_file():
+            msg = f"{data}: no {HUB_LINEAGE}; pass the folder `cello data import hf://... -o DIR` wrote."
+            raise InputError(msg)
+        origin = json.loads((data / HUB_LINEAGE).read_text()).get("hub")
+        audit = json.loads((data / "audit.json").read_text()) if (data / "audit.json").is_file() else None
+    text = paper_table(list(zip(names, loaded, strict=True)), data=origin, audit=audit, notes=note or [])
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    typer.echo(text)

@@ -123,6 +123,11 @@ class DataConfig(Section):
         default_factory=lambda: ["builtin:pbmc68k"],
         description="h5ad files/dirs, or 'builtin:pbmc68k' (bundled in scanpy)."
     )
+    source: str = Field(
+        "",
+        description="'': build from inputs (DVC). hf://ORG/NAME[@REVISION] (e.g. hf://ncbi/CellPuzzles) or a "
+                    "Hub-layout dir: import that published dataset instead, its prompts verbatim.",
+    )
     cells: CellsConfig = Field(default_factory=CellsConfig)
     puzzles: PuzzlesConfig = Field(default_factory=PuzzlesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)

@@ -2,7 +2,8 @@
 
 The InferenceService has two parts:
 - predictor: KServe's Hugging Face runtime with the vLLM backend (`modelFormat: huggingface`,
-  `--backend=vllm`), reading the checkpoint from `s3://...` or `pvc://...` (the storage
+  `--backend=vllm`), reading the checkpoint from `s3://...`, `pvc://...` or the Hugging Face Hub
+  (`hf://ORG/NAME[@REVISION]`, written as KServe's `hf://ORG/NAME:REVISION`; the storage
   initializer copies it to /mnt/models), on GPU nodes, with a startup probe long enough to
   download and load a 7B model;
 - transformer: the `cello serve` image in upstream mode. It takes structured puzzles, renders
@@ -14,6 +15,7 @@ Gradual rollout: in Standard mode (KServe >= 0.20) the new model is a `spec.cana
 that share, the last ready revision the rest).
 
     cello k8s render isvc s3://models/cello-7b -o isvc.yaml
+    cello k8s render isvc hf://ncbi/Cell-o1 -o isvc.yaml          # the published model, straight from the Hub
     cello k8s render isvc pvc://models/incumbent --canary-uri pvc://models/candidate --canary-percent 10
     cello k8s render runtime -o runtime.yaml
 
@@ -45,7 +47,17 @@ _URI = re.compile(r"^(s3|gs|pvc|hf|oci|https)://[^\s/]+(/[^\s]*)?$")
 
 
 def check_model_uri(uri: str, *, what: str = "model URI") -> str:
-    """`uri` if KServe can fetch it, else an InputError that says which forms work."""
+    """`uri` if KServe can fetch it, else an InputError that says which forms work. A Hub model
+    (`hf://ORG/NAME[@REVISION]`, e.g. the published hf://ncbi/Cell-o1) is written in the form
+    KServe's storage initializer reads, `hf://ORG/NAME[:REVISION]`."""
+    from cello.data.hub import is_hub_uri, parse_hub_uri
+
+    if is_hub_uri(uri):
+        try:
+            return parse_hub_uri(uri, model=True).kserve_uri()
+        except ConfigError as exc:
+            msg = f"{what}: {exc}"
+            raise InputError(msg) from exc
     if not isinstance(uri, str) or not _URI.match(uri.strip()):
         msg = (
             f"{what} {uri!r} is not a storage URI KServe can fetch; use s3://bucket/path or "

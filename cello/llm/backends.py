@@ -1,6 +1,8 @@
 """Pick a generation backend from one string (a CLI flag, `generation.backend.spec` in params.yaml).
 
     models/tiny  or  hf:models/tiny          transformers, in this process (CPU or GPU)
+    hf://ncbi/Cell-o1[@REVISION]             a Hub model (downloaded once, cached), with transformers
+    vllm:hf://ncbi/Cell-o1                   the same with the vLLM engine (GPU)
     http://127.0.0.1:8000/v1                 OpenAI-compatible HTTP (vLLM server, KServe /openai/v1)
     openai:MODEL@https://api.example.com/v1  the same, with the model name given
     vllm:models/sft-merged                   vLLM offline engine (GPU)
@@ -17,12 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cello.config import BackendConfig, override
+from cello.data.hub import fetch_hub_model, is_hub_uri, parse_hub_uri
 from cello.errors import ConfigError
 from cello.llm.base import Backend
 
 SPEC_FORMS = (
-    "a model dir or hf:DIR (transformers), http(s)://HOST:PORT/v1 or openai:MODEL@URL "
-    "(OpenAI-compatible HTTP), vllm:DIR (vLLM engine, GPU)"
+    "a model dir, hf:DIR or hf://ORG/NAME[@REVISION] (transformers), http(s)://HOST:PORT/v1 or openai:MODEL@URL "
+    "(OpenAI-compatible HTTP), vllm:DIR or vllm:hf://ORG/NAME (vLLM engine, GPU)"
 )
 
 
@@ -52,6 +55,9 @@ def parse_spec(spec: str) -> BackendSpec:
             msg = f"backend spec {spec!r}: expected openai:MODEL@http(s)://HOST/v1 (or openai:URL)."
             raise ConfigError(msg)
         return BackendSpec("openai-http", url, model or None)
+    if is_hub_uri(s):  # hf://ORG/NAME: a Hub model, fetched by make_backend
+        parse_hub_uri(s, model=True)
+        return BackendSpec("transformers", s)
     for prefix, kind in (("vllm:", "vllm"), ("hf:", "transformers"), ("transformers:", "transformers")):
         if s.startswith(prefix):
             return BackendSpec(kind, s[len(prefix) :])  # type: ignore[arg-type]
@@ -68,6 +74,10 @@ def make_backend(spec: str | BackendConfig, **overrides: Any) -> Backend:
     cfg = spec if isinstance(spec, BackendConfig) else BackendConfig(spec=spec)
     cfg = override(cfg, **overrides)  # validated; an unknown name is a ConfigError
     parsed = parse_spec(cfg.spec)
+    if is_hub_uri(parsed.target):  # a Hub model: a local snapshot for the in-process engines
+        from dataclasses import replace
+
+        parsed = replace(parsed, target=str(fetch_hub_model(parsed.target)))
     if parsed.kind == "openai-http":
         from cello.llm.openai_http import OpenAIHTTPBackend
 

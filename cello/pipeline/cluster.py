@@ -66,11 +66,14 @@ def deploy_model(model: str, *, run: Run, smoke: dict[str, Any]) -> dict[str, An
 
 
 def model_path(uri: str, cluster: ClusterConfig) -> str:
-    """A deployed storage URI as something `cello eval` can read: pvc://<our claim>/x -> <mount>/x."""
+    """A deployed storage URI as something `cello eval` can read: pvc://<our claim>/x -> <mount>/x;
+    a Hub model (hf://ORG/NAME[:REVISION], e.g. the published Cell-o1) is read from the Hub."""
+    from cello.data.hub import is_hub_uri
+
     prefix = f"pvc://{cluster.pvc}/"
     if uri.startswith(prefix):
         return str(PurePosixPath(cluster.mount_path) / uri[len(prefix):])
-    if uri.startswith(("http://", "https://")) or Path(uri).is_dir():
+    if uri.startswith(("http://", "https://")) or is_hub_uri(uri) or Path(uri).is_dir():
         return uri
     msg = (f"the deployed model {uri} is not on the claim {cluster.pvc}; give the incumbent as a path under "
            f"{cluster.mount_path} or its served URL (--param incumbent=...).")

@@ -1,5 +1,6 @@
 """The data step: the project's DVC pipeline at a pinned revision, with the cells stage fanned
-out over the input files, so a large atlas is ranked across the cluster, not on one node.
+out over the input files, so a large atlas is ranked across the cluster, not on one node; or,
+with `data.source` set (hf://ncbi/CellPuzzles), the published dataset imported as it is.
 
     prepare     the source at the revision -> a data folder keyed by (source, data settings);
                 the run folder with the resolved params; the list of input files
@@ -31,13 +32,15 @@ import yaml
 
 from cello.config import Params, load_params
 from cello.errors import ConfigError, InputError
-from cello.pipeline.lineage import digest, dvc_data_version
+from cello.lineage import HUB_LINEAGE
+from cello.pipeline.lineage import data_folder_version, digest
 from cello.pipeline.run import LINEAGE, PARAMS, run_id_for
 from cello.pipeline.source import snapshot
 
 log = logging.getLogger(__name__)
 
 CELLS_DIR = "data/cells"
+HUB_DIR = "data"  # data.source: the published dataset is imported here, in the layout `paths` reads
 SPLITS_DIR = "data/splits"
 RECORDS_DIR = "data/records"
 READY = ".cello-data.json"  # written into a data folder once `build` has finished
@@ -139,7 +142,7 @@ def prepare(*, repo: str, revision: str, profile: str, overrides: dict[str, Any]
     link = run_dir / "data"
     if not link.exists():
         link.symlink_to(os.path.relpath(data_dir, run_dir))
-    if not (data_dir / READY).is_file():
+    if not (data_dir / READY).is_file() and not params.data.source:
         _configure_dvc(data_dir, work / "dvc-cache")
         if dvc(["remote", "list"], cwd=data_dir, check=False).stdout.strip():
             dvc(["pull", "--allow-missing"], cwd=data_dir, check=False)
@@ -160,10 +163,13 @@ def list_inputs(data_dir: str | os.PathLike) -> list[str]:
     from cello.data.cells import resolve_inputs
 
     data = Path(data_dir)
+    params = load_params(data / PARAMS)
+    if params.data.source:  # a published dataset: one input, imported whole by `build`
+        return [params.data.source]
     cwd = os.getcwd()
     os.chdir(data)
     try:
-        found = resolve_inputs(load_params(data / PARAMS).data.inputs)
+        found = resolve_inputs(params.data.inputs)
         return [i if i.startswith("builtin:") else str(Path(i).resolve()) for i in found]
     finally:
         os.chdir(cwd)
@@ -180,6 +186,9 @@ def cells_part(*, data_dir: str, source: str) -> str:
         raise InputError(msg)
     index = inputs.index(source)
     part = data / CELLS_DIR / part_name(index)
+    if load_params(data / PARAMS).data.source:
+        log.info("%s: a published dataset; nothing to rank, `build` imports it", source)
+        return ""
     if (data / FRESH).is_file() or (data / READY).is_file():
         log.info("%s: up to date", part)
         return str(part) if part.is_file() else ""
@@ -194,7 +203,12 @@ def build(*, data_dir: str, parts: list[str]) -> dict[str, Any]:
 
     Takes nothing run-specific, so a cluster's pipeline cache can skip it for the same data."""
     data = Path(data_dir)
-    if not (data / READY).is_file():
+    params = load_params(data / PARAMS)
+    if not (data / READY).is_file() and params.data.source:
+        from cello.data.hub import import_hub
+
+        import_hub(params.data.source, data / HUB_DIR, dataset="cellpuzzles", template=params.prompt)
+    elif not (data / READY).is_file():
         if not any(parts):
             msg = f"no cells were kept from any input of {data}: check data.inputs and data.cells (keys, filters)."
             raise InputError(msg)
@@ -218,7 +232,10 @@ def describe(data_dir: str | os.PathLike) -> dict[str, Any]:
             counts[f"{path.parent.name}/{path.stem}"] = sum(1 for line in fh if line.strip())
     summary = data / SPLITS_DIR / "summary.json"
     split = json.loads(summary.read_text()) if summary.is_file() else {}
-    return {"data_dir": str(data), "version": dvc_data_version(data / "dvc.lock"), "records": counts, "split": split}
+    imported = data / HUB_DIR / HUB_LINEAGE
+    if not split and imported.is_file():  # a published dataset: its own splits, as published
+        split = {f"{name}_total": n for name, n in json.loads(imported.read_text())["counts"].items()}
+    return {"data_dir": str(data), "version": data_folder_version(data), "records": counts, "split": split}
 
 
 def paths(data_dir: str | os.PathLike) -> dict[str, Path]:

@@ -29,9 +29,12 @@ HEADLINE = ("cell_accuracy", "batch_accuracy", "format_rate", "valid_rate", "rep
 
 
 def model_spec(model: str) -> str:
-    """The backend spec for a checkpoint: the vLLM engine where a GPU and vLLM are present
-    (a large model on a GPU node), else what `model` says (a dir: transformers; a URL: HTTP)."""
-    if Path(model).is_dir() and importlib.util.find_spec("vllm") is not None:
+    """The backend spec for a checkpoint or a Hub model (hf://ncbi/Cell-o1, e.g. the incumbent):
+    the vLLM engine where a GPU and vLLM are present (a large model on a GPU node), else what
+    `model` says (a dir or hf://: transformers; a URL: HTTP)."""
+    from cello.data.hub import is_hub_uri
+
+    if (Path(model).is_dir() or is_hub_uri(model)) and importlib.util.find_spec("vllm") is not None:
         import torch
 
         if torch.cuda.is_available():
@@ -158,10 +161,14 @@ def no_incumbent(run_dir: str, *, data_dir: str) -> dict[str, Any]:
 
 
 def find_incumbent(run_dir: str, *, incumbent: str = "", backend: str = "local") -> str:
-    """The checkpoint the candidate must not regress against: `incumbent` when given; on a
-    cluster, else the one the InferenceService serves now; "" when there is none."""
+    """The checkpoint the candidate must not regress against: `incumbent` when given (a path, a
+    URL or a Hub model); on a cluster, else the one the InferenceService serves now; "" when none."""
+    from cello.data.hub import is_hub_uri, parse_hub_uri
+
     run = Run.open(run_dir)
     found = incumbent
+    if is_hub_uri(found):  # a Hub model (the published hf://ncbi/Cell-o1): a bad reference fails here, not later
+        parse_hub_uri(found, model=True)
     if not found and backend == "kubernetes":
         from cello.pipeline.cluster import deployed_model_uri
 

@@ -2,6 +2,6 @@
 training, evaluation and the gate can name the data version too); re-exported here for the
 pipeline's modules."""
 
-from cello.lineage import RECORD_PREFIX, digest, dvc_data_version, git_revision
+from cello.lineage import RECORD_PREFIX, data_folder_version, digest, dvc_data_version, git_revision
 
-__all__ = ["RECORD_PREFIX", "digest", "dvc_data_version", "git_revision"]
+__all__ = ["RECORD_PREFIX", "data_folder_version", "digest", "dvc_data_version", "git_revision"]

@@ -25,7 +25,7 @@ from cello import __version__
 from cello._io import write_json
 from cello.config import Params, load_params
 from cello.errors import InputError
-from cello.pipeline.lineage import dvc_data_version
+from cello.pipeline.lineage import data_folder_version
 
 PARAMS = "params.yaml"
 LINEAGE = "lineage.json"
@@ -61,10 +61,10 @@ class Run:
         return self.dir.joinpath(*parts)
 
     def lineage_for(self, data: str | os.PathLike | None = None, **extra: Any) -> dict[str, Any]:
-        """The run's lineage plus the data version of `data` (a data folder with a dvc.lock)."""
+        """The run's lineage plus the data version of `data` (a data folder: DVC's, or the Hub's)."""
         out = {**self.lineage, "cello_version": __version__}
         if data:
-            out["data"] = {"uri": str(data), **dvc_data_version(Path(data) / "dvc.lock")}
+            out["data"] = {"uri": str(data), **data_folder_version(data)}
         return {**out, **extra}
 
     def stamp(self, out_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,

@@ -127,6 +127,19 @@ def test_images_are_overridable_by_env(monkeypatch):
         images.image("nope")
 
 
+def test_hub_models_are_served_in_kserves_hf_form():
+    obj = render_inference_service("hf://ncbi/Cell-o1@0a1b2c3", canary_uri="hf://ncbi/Cell-o1",
+                                   cfg=DeployConfig(canary_traffic_percent=10))
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == "hf://ncbi/Cell-o1:0a1b2c3"
+    assert obj["spec"]["canary"][0]["predictor"]["model"]["storageUri"] == "hf://ncbi/Cell-o1"
+    assert render_inference_service("hf://ncbi/Cell-o1:0a1b2c3")["spec"]["predictor"]["model"]["storageUri"] == (
+        "hf://ncbi/Cell-o1:0a1b2c3")  # KServe's own form passes as it is
+    with pytest.raises(InputError, match="not a Hub reference"):
+        render_inference_service("hf://ncbi")
+    if CRDS.is_dir():
+        assert schema_errors(obj, CRDS) == []
+
+
 # ---------------------------------------------------------------- against the CRD schemas
 VARIANTS = {
     "default": ({}, None),

@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from cello.config import load_params
+from cello.config import ClusterConfig, load_params
+from cello.errors import ConfigError
 from cello.k8s.labels import job_name
 from cello.k8s.wait import JobFailed
 from cello.pipeline import deploy as pdeploy
 from cello.pipeline import evaluate as peval
 from cello.pipeline import train as ptrain
+from cello.pipeline.cluster import model_path
 from tests.k8s.conftest import CANDIDATES, PUZZLE, in_thread
 from tests.k8s.fakecluster import ISVCS, TRAINJOBS, Plan
 
@@ -106,6 +108,11 @@ async def test_deploy_stage_goes_to_kserve_and_the_next_run_compares_with_it(kse
     assert found == str(model)  # the served checkpoint, as a path on the claim
     given = await in_thread(peval.find_incumbent, str(run_dir), incumbent="/elsewhere/m", backend="kubernetes")
     assert given == "/elsewhere/m"
+    published = await in_thread(peval.find_incumbent, str(run_dir), incumbent="hf://ncbi/Cell-o1", backend="kubernetes")
+    assert published == "hf://ncbi/Cell-o1"  # the published model as the incumbent, read from the Hub
+    with pytest.raises(ConfigError, match="not a Hub reference"):
+        await in_thread(peval.find_incumbent, str(run_dir), incumbent="hf://ncbi", backend="kubernetes")
+    assert model_path("hf://ncbi/Cell-o1:0a1b2c", ClusterConfig()) == "hf://ncbi/Cell-o1:0a1b2c"  # served from the Hub
 
 
 class Crash(Exception):

@@ -41,6 +41,8 @@ def hf(tiny_model_dir):
         ("openai:https://h/openai/v1", "openai-http", "https://h/openai/v1", None),
         ("vllm:/models/m", "vllm", "/models/m", None),
         ("hf:/models/m", "transformers", "/models/m", None),
+        ("hf://ncbi/Cell-o1@abc", "transformers", "hf://ncbi/Cell-o1@abc", None),
+        ("vllm:hf://ncbi/Cell-o1", "vllm", "hf://ncbi/Cell-o1", None),
     ],
 )
 def test_parse_spec(spec, kind, target, model):
@@ -53,6 +55,16 @@ def test_parse_spec_errors_list_the_forms(tmp_path):
     for bad in ["", "no/such/dir", "openai:model-without-url"]:
         with pytest.raises(ConfigError, match="http"):
             parse_spec(bad)
+
+
+def test_hub_models_load_from_the_hub_cache_and_fail_clearly_offline(hub_model):
+    b = make_backend(hub_model, device="cpu")
+    assert isinstance(b, TransformersBackend) and b.model_dir.name == "0123456789abcdef0123456789abcdef01234567"
+    assert b.generate([CONVS[0]], GREEDY)[0]  # the snapshot generates
+    with pytest.raises(InputError, match=r"cannot reach the Hugging Face Hub.*hf download cello-test/absent"):
+        make_backend("hf://cello-test/absent")
+    with pytest.raises(ConfigError, match="not a Hub reference"):
+        parse_spec("hf://ncbi")
 
 
 def test_make_backend_from_config_and_overrides(tiny_model_dir):
