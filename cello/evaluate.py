@@ -59,13 +59,13 @@ def _as_list(value: Any) -> list:
     return [] if value is None else list(value)
 
 
-def _item_from_record(rec: dict, where: str) -> dict[str, Any]:
+def _item_from_record(rec: dict, where: str, template: PromptTemplate) -> dict[str, Any]:
     messages = rec.get("messages") or rec.get("prompt")
     missing = [k for k, ok in (("id", "id" in rec), ("messages", bool(messages)), ("answer", bool(rec.get("answer")))) if not ok]
     if missing:
         msg = f"{where}: missing field(s) {missing}; expected eval records from `cello data export --format eval`."
         raise InputError(msg)
-    messages = [m for m in messages if m.get("role") != "assistant"]  # an SFT record's target is not a prompt
+    messages = template.arrange([m for m in messages if m.get("role") != "assistant"])  # a target is no prompt
     answer = [str(a) for a in rec["answer"]]
     return {
         "id": str(rec["id"]), "dataset": str(rec.get("dataset") or ""), "group": str(rec.get("group") or ""),
@@ -128,7 +128,7 @@ def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None 
                 except ValueError as exc:
                     msg = f"{where}: {exc}; fix or remove that record."
                     raise InputError(msg) from exc
-            items.append(_item_from_record(rec, where))
+            items.append(_item_from_record(rec, where, template))
     seen: set[str] = set()
     for it in items:
         if it["id"] in seen:

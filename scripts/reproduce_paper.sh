@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the Cell-o1 paper's table: import the published CellPuzzles from the Hub, audit its
 # split for leakage, evaluate the published model and its base model on the published test split
-# (the published prompts verbatim), and print the table beside the paper's figures.
+# (the published prompts verbatim, laid out as the released evaluation: one user turn), and print
+# the table beside the paper's figures.
 #
 #   bash scripts/reproduce_paper.sh [OUT]      # default OUT: runs/paper; the table -> OUT/table.md
 #
@@ -47,6 +48,7 @@ if [[ "$GPU" == 1 ]]; then
   for spec in "$MODEL" "$BASE"; do
     name=${spec##*/}; name=${name%%@*}
     cello eval "$OUT/data/records/eval/test.jsonl" --model "$prefix$spec" --name "$name" -o "$OUT/eval/$name" \
+      --prompt-layout user-turn \
       ${LIMIT:+--limit "$LIMIT"} ${MAX_NEW_TOKENS:+--max-new-tokens "$MAX_NEW_TOKENS"} --no-progress
   done
 else

@@ -89,8 +89,15 @@ def prompt_option() -> Any:
     return option(PromptTemplate, "profile", "--prompt")
 
 
-def template_of(params: Any, profile: str | None) -> Any:
-    """The params' prompt template with `--prompt` applied."""
+def prompt_layout_option() -> Any:
+    """`--prompt-layout system-user|user-turn`: the prompt layout (`prompt.layout`) for one command."""
+    from cello.config import PromptTemplate
+
+    return option(PromptTemplate, "layout", "--prompt-layout")
+
+
+def template_of(params: Any, profile: str | None, layout: str | None = None) -> Any:
+    """The params' prompt template with `--prompt` (and `--prompt-layout`) applied."""
     from cello.config import override
 
-    return override(params.prompt, profile=profile)
+    return override(params.prompt, profile=profile, layout=layout)

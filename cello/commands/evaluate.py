@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from cello.commands._common import PARAMS, PROFILE, option, prompt_option, template_of
+from cello.commands._common import PARAMS, PROFILE, option, prompt_layout_option, prompt_option, template_of
 from cello.config import (
     BackendConfig,
     EvalConfig,
@@ -74,6 +74,7 @@ _COMPARE = typer.Option(None, "--compare", help="Another run's metrics.json, add
 _OVERWRITE = typer.Option(False, "--overwrite", help="Discard predictions.jsonl in OUT instead of resuming from it.")
 _NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
 _PROMPT = prompt_option()
+_LAYOUT = prompt_layout_option()
 
 
 @app.command("run")
@@ -93,6 +94,7 @@ def run(
     overwrite: bool = _OVERWRITE,
     no_progress: bool = _NO_PROGRESS,
     prompt: str | None = _PROMPT,
+    prompt_layout: str | None = _LAYOUT,
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
@@ -104,7 +106,7 @@ def run(
         split, out, model=model, baseline=baseline, name=name,
         backend=override(p.generation.backend, batch_size=batch_size, concurrency=concurrency),
         sampling=override(p.generation.sampling, max_new_tokens=max_new_tokens, temperature=temperature),
-        cfg=override(p.eval, chunk_size=chunk_size, limit=limit), template=template_of(p, prompt),
+        cfg=override(p.eval, chunk_size=chunk_size, limit=limit), template=template_of(p, prompt, prompt_layout),
         compare=compare or [], overwrite=overwrite, progress=not no_progress,
     )
     typer.echo(result.render())

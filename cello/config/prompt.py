@@ -49,6 +49,14 @@ class PromptTemplate(Section):
             "'cell-o1' (the original pipeline's wording and spacing, byte for byte, for its models and data)."
         ),
     )
+    layout: Literal["system-user", "user-turn"] = Field(
+        "system-user",
+        description=(
+            "How the prompt is laid out: 'system-user' (a system message, then the user message: how SFT trains) "
+            "or 'user-turn' (one user message: the question, a newline, the system text: how the released GRPO "
+            "and evaluation scripts prompt, so how ncbi/Cell-o1 was trained last and scored)."
+        ),
+    )
     system: str = Field(DEFAULT_SYSTEM, description="System message.")
     cell_line: str = Field("Cell {index}: {genes}", description="One line per cell; {index} is 1-based.")
     gene_separator: str = Field(", ", description="Between genes on a cell line.")
@@ -68,11 +76,23 @@ class PromptTemplate(Section):
         return f"{head}{cells}\n\n{self.instruction}\n" + "\n".join(candidates)
 
     def messages(self, context: str, cell_genes: Sequence[Sequence[str]], candidates: Sequence[str]) -> list[dict]:
-        """System + user messages for a puzzle (the prompt of GRPO, eval and serving)."""
-        return [
+        """The prompt of a puzzle (GRPO, eval and serving), in this template's layout."""
+        return self.arrange([
             {"role": "system", "content": self.system},
             {"role": "user", "content": self.render_user(context, cell_genes, candidates)},
-        ]
+        ])
+
+    def arrange(self, messages: Sequence[dict]) -> list[dict]:
+        """`messages` (a system message, then user turns) in this template's layout: under 'user-turn'
+        the system text follows the first user message after a newline, as the released evaluation does."""
+        messages = [dict(m) for m in messages]
+        if self.layout == "system-user" or not messages or messages[0].get("role") != "system":
+            return messages
+        system, rest = messages[0], messages[1:]
+        if not rest or rest[0].get("role") != "user":
+            return messages
+        rest[0]["content"] = f"{rest[0]['content']}\n{system['content']}"
+        return rest
 
     def render_answer(self, answer: Sequence[str], reasoning: str | None = None) -> str:
         """The assistant message in the paper's format."""

@@ -152,6 +152,27 @@ def test_eval_reads_published_records_verbatim(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["overall"]["count"] == 3
 
 
+def test_user_turn_layout_prompts_as_the_released_evaluation(tmp_path):
+    """`prompt.layout: user-turn`: one user message, the question, a newline, the system text, for
+    records read as they are and for puzzles rendered by the template alike."""
+    from cello.cli import main
+    from cello.evaluate import load_eval_items
+
+    user_turn = CELL_O1.model_copy(update={"layout": "user-turn"})
+    items = load_eval_items(PUBLISHED, template=user_turn)
+    for it, rec in zip(items, published(), strict=True):
+        assert it["messages"] == [{"role": "user", "content": rec["user_msg"] + "\n" + rec["system_msg"]}]
+    rendered = user_turn.messages("ctx", [["CD3D", "CD3E"]], ["T cell"])
+    assert rendered == [{"role": "user", "content": user_turn.render_user("ctx", [["CD3D", "CD3E"]], ["T cell"])
+                         + "\n" + user_turn.system}]
+    assert CELL_O1.messages("ctx", [["CD3D"]], ["T cell"])[0]["role"] == "system"  # the default keeps both
+    out = tmp_path / "eval"
+    assert main(["eval", str(PUBLISHED), "--baseline", "chance", "-o", str(out), "--prompt-layout", "user-turn",
+                 "--no-progress", "--params", defaults_params(tmp_path)]) == 0
+    assert main(["eval", str(PUBLISHED), "--baseline", "chance", "-o", str(tmp_path / "bad"),
+                 "--prompt-layout", "one-turn", "--params", defaults_params(tmp_path)]) == 2
+
+
 def test_train_reads_published_records(tmp_path):
     from cello.train.data import read_records
 
