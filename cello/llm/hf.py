@@ -29,6 +29,7 @@ class TransformersBackend(Backend):
     """A Hugging Face model directory, loaded in this process."""
 
     name = "transformers"
+    abortable = True
 
     def __init__(
         self,
@@ -108,7 +109,8 @@ class TransformersBackend(Backend):
             kw["tokenizer"] = self.tokenizer
         return kw
 
-    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:
+    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None,
+                  abort=None) -> list[Generation]:
         torch = self._torch
         if params.seed is not None:
             # torch takes a 64-bit seed; model_copy(update=...) skips SamplingParams' bound check
@@ -122,8 +124,9 @@ class TransformersBackend(Backend):
             enc = self.tokenizer.apply_chat_template(
                 [conversations[i] for i in idx], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
             ).to(self.device)
+            stop = {"stopping_criteria": _aborted(abort, idx, kw["num_return_sequences"])} if abort else {}
             with self._lock, torch.inference_mode():
-                out = self.model.generate(**enc, **kw)
+                out = self.model.generate(**enc, **kw, **stop)
             with self._usage_lock:
                 self.usage.requests += 1
             new = out[:, enc["input_ids"].shape[1] :].cpu()
@@ -162,3 +165,16 @@ class TransformersBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+def _aborted(abort, idx: list[int], rows: int):
+    """A stopping criterion: a row ends at the next step once `abort(conversation)` is true."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Aborted(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            flags = [bool(abort(i)) for i in idx for _ in range(rows)]
+            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Aborted()])

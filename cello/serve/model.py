@@ -56,12 +56,6 @@ class Job:
     results: list[Result] = field(default_factory=list)
 
 
-def _invalid(message: str) -> Exception:
-    from kserve.errors import InvalidInput
-
-    return InvalidInput(message)
-
-
 def decode_v1(payload: Any, *, limits: ServeConfig) -> Job:
     """A v1 body (already JSON-decoded by KServe, or raw bytes for a non-JSON content type)."""
     if isinstance(payload, bytes | bytearray | str):
@@ -160,6 +154,7 @@ def _make_model_class():
             self.backend = None
             self.batcher: Batcher | None = None
             self.budget = None
+            self.draining = False
 
         def load(self) -> bool:
             from cello.serve.budget import PromptBudget
@@ -169,13 +164,45 @@ def _make_model_class():
             self.batcher = Batcher(self.backend, max_batch_size=self.cfg.max_batch_size,
                                    wait_s=self.cfg.batch_wait_ms / 1000, max_queue=self.cfg.max_queue,
                                    workers=self._workers)
+            self._warm_up()
             self.ready = True
             return self.ready
 
+        def _warm_up(self) -> None:
+            """One small puzzle through the tokenizer and the model before the server reports ready: the
+            first real request would otherwise pay for lazy initialisation (about 10x its latency).
+            Only in process: an upstream warms itself."""
+            if self._health is not None:
+                return
+            start = time.perf_counter()
+            conversation = self.prompt.messages("", [["CD3E", "CD4"], ["MS4A1", "CD79A"]], ["B cell", "T cell"])
+            self.budget.check([conversation], 1)
+            self.backend.generate_full([conversation], self.sampling.model_copy(update={"max_new_tokens": 2}))
+            log.info("warm-up generation took %.2f s", time.perf_counter() - start)
+
         async def healthy(self) -> bool:
-            if not self.ready:
+            if not self.ready or self.draining:
                 return False
             return True if self._health is None else await self._health()
+
+        def begin_drain(self, seconds: float) -> None:
+            """SIGTERM: readiness false and new work refused now; queued work given up after `seconds`.
+            Called from the signal handler, so it is scheduled on the event loop."""
+            import asyncio
+
+            self.draining = True
+            log.warning("draining: new work gets 503; queued work runs for %.1f s more", seconds)
+            loop = asyncio.get_event_loop()
+            if self.batcher is not None:
+                loop.call_soon_threadsafe(self.batcher.drain, seconds)
+
+        def get_input_types(self) -> list[dict]:
+            """v2 model metadata: one BYTES input, one puzzle JSON per element."""
+            return [{"name": V2_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+        def get_output_types(self) -> list[dict]:
+            """v2 model metadata: one BYTES output, one result JSON per puzzle."""
+            return [{"name": V2_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
 
         def params_for(self, options: Options) -> SamplingParams:
             update = {k: v for k, v in options.model_dump().items() if v is not None}
@@ -184,20 +211,14 @@ def _make_model_class():
         async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
             from kserve.protocol.infer_type import InferRequest
 
-            try:
-                if isinstance(payload, InferRequest):
-                    return decode_v2(payload, limits=self.cfg)
-                return decode_v1(payload, limits=self.cfg)
-            except RequestError as exc:
-                raise _invalid(str(exc)) from None
+            if isinstance(payload, InferRequest):
+                return decode_v2(payload, limits=self.cfg)
+            return decode_v1(payload, limits=self.cfg)
 
         async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
             conversations = [self.prompt.messages(p.context, p.cell_genes, p.candidates) for p in job.puzzles]
             params = self.params_for(job.options)
-            try:
-                await self.budget.acheck(conversations, params.max_new_tokens)
-            except RequestError as exc:
-                raise _invalid(str(exc)) from None
+            await self.budget.acheck(conversations, params.max_new_tokens)
             assert self.batcher is not None
             job.results = await self.batcher.generate(conversations, params, timeout_s=self.cfg.timeout_s)
             return job

@@ -17,8 +17,11 @@ A puzzle (JSON):
      "candidates": ["B cell", "CD4 T cell", "monocyte"]}
 
 Names may not contain line breaks (any Unicode line or paragraph separator: U+2028, U+2029,
-U+0085 too), control characters, '|' (the answer separator) or ',' (genes only: the gene
-separator of the prompt), so that no input can change the structure of the prompt or answer.
+U+0085 too), control characters, '|' (the answer separator), ',' (genes only: the gene
+separator of the prompt), '<' or '>' (a name like "</answer>" would forge the answer's tags),
+or invisible format characters (bidi overrides, zero-width spaces: two names that look alike
+but differ defeat the duplicate check), so that no input can change the structure of the
+prompt or answer.
 No text anywhere in a request may hold a lone UTF-16 surrogate (JSON allows the escape
 "\\ud800"; such text cannot be encoded as UTF-8, tokenized, forwarded or answered): the
 whole body is checked when it is decoded, and every text field again when it is validated.
@@ -41,11 +44,20 @@ from pydantic import (
 )
 
 from cello.config import ServeConfig, describe
+from cello.serve.errors import RequestError
+
+__all__ = ["Options", "Puzzle", "RequestError", "parse_json", "parse_options", "parse_puzzles"]
 
 _DEFAULT = ServeConfig()
 # Control characters (Unicode Cc: C0, DEL, C1 incl. U+0085 NEL), line and paragraph separators
 # (Zl U+2028, Zp U+2029) and the answer separator: each could start a new line or field in the prompt.
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029|]")
+# Invisible format characters (Unicode Cf): bidi overrides and isolates, zero-width spaces and
+# joiners, the BOM, the soft hyphen. They make two names look the same while they differ (the
+# duplicate check sees two) or reorder what the model reads.
+_INVISIBLE = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+# '<' and '>': a name like "</answer>" or "<think>" would break the answer format the model writes.
+_TAG = re.compile(r"[<>]")
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # What in a raw body can decode to a lone surrogate: a \uD800-\uDFFF escape, or the bytes of one
@@ -86,6 +98,14 @@ def _name(value: str, *, what: str, limits: ServeConfig, comma: bool = True) -> 
     if _BAD_NAME.search(text) or (not comma and "," in text):
         bad = "a line break or separator (U+2028, U+2029, U+0085), a control character" + (" or '|'" if comma else ", '|' or ','")
         msg = f"{what} {text[:40]!r} contains {bad}, which would break the prompt"
+        raise ValueError(msg)
+    if _INVISIBLE.search(text):
+        found = _INVISIBLE.search(text).group()  # type: ignore[union-attr]
+        msg = (f"{what} {text[:40]!r} contains the invisible character U+{ord(found):04X} (a bidi control or "
+               "zero-width character); send plain text")
+        raise ValueError(msg)
+    if _TAG.search(text):
+        msg = f"{what} {text[:40]!r} contains '<' or '>', which could forge the <think>/<answer> tags of the answer"
         raise ValueError(msg)
     return text
 
@@ -129,7 +149,7 @@ def _unique(names: list[str], *, what: str) -> None:
         seen.add(key)
 
 
-def top_genes(expression: dict[str, float], k: int) -> list[str]:
+def most_expressed_genes(expression: dict[str, float], k: int) -> list[str]:
     """The `k` genes with the highest non-zero expression, ties kept in the given order.
 
     The same rule as `cello data cells` (cello.data.topgenes): zeros are never ranked.
@@ -185,7 +205,7 @@ class Cell(BaseModel):
                 if not math.isfinite(x):
                     msg = f"expression of {gene!r} is {x}; give a finite number"
                     raise ValueError(msg)
-            self.genes = top_genes(self.expression, limits.top_genes)
+            self.genes = most_expressed_genes(self.expression, limits.top_genes)
             if not self.genes:
                 msg = "every gene in 'expression' is 0; give at least one expressed gene"
                 raise ValueError(msg)
@@ -282,10 +302,6 @@ class Options(BaseModel):
             msg = f"max_new_tokens={self.max_new_tokens}; the limit is {limits.max_new_tokens} (serve.max_new_tokens)"
             raise ValueError(msg)
         return self
-
-
-class RequestError(ValueError):
-    """A request that breaks the schema; the message is safe to send back to the client."""
 
 
 def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:

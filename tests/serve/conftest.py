@@ -42,14 +42,15 @@ def free_port() -> int:
 class Server:
     """A `cello serve` subprocess; `stop()` sends SIGTERM to its PID and waits."""
 
-    def __init__(self, name: str, args: list[str], *, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, args: list[str], *, log_dir: Path, env: dict[str, str] | None = None,
+                 params: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"{name}.log"
         clean = {k: v for k, v in os.environ.items() if k not in ("CELLO_SERVE_TOKEN", "OPENAI_API_KEY")}
         clean.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})})
         cmd = [sys.executable, "-m", "cello.cli", "serve", "--host", "127.0.0.1", "--http_port", str(self.port),
-               "--params", defaults_params(log_dir), *args]
+               "--params", params or defaults_params(log_dir), *args]
         self._fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=clean, cwd=REPO)
 

@@ -3,10 +3,12 @@ puzzle, the field and the rule for each kind of bad input (no server needed)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cello.config import ServeConfig
-from cello.serve.schema import RequestError, parse_json, parse_options, parse_puzzles, top_genes
+from cello.serve.schema import RequestError, most_expressed_genes, parse_json, parse_options, parse_puzzles
 
 CANDS = ["B cell", "T cell", "monocyte"]
 
@@ -34,8 +36,8 @@ def test_all_cell_shapes_and_context_forms():
 
 def test_top_genes_from_expression():
     # highest first, zeros never ranked, ties keep the given order, negatives rank low
-    assert top_genes({"A": 1.0, "B": 3.0, "C": 0.0, "D": 3.0, "E": -1.0}, 10) == ["B", "D", "A", "E"]
-    assert top_genes({"A": 1.0, "B": 3.0}, 1) == ["B"]
+    assert most_expressed_genes({"A": 1.0, "B": 3.0, "C": 0.0, "D": 3.0, "E": -1.0}, 10) == ["B", "D", "A", "E"]
+    assert most_expressed_genes({"A": 1.0, "B": 3.0}, 1) == ["B"]
     limits = ServeConfig(top_genes=2)
     (p,) = parse_puzzles([puzzle(cells=[{"expression": {"X": 1, "Y": 2, "Z": 3}}, ["A"], ["B"]])], limits=limits)
     assert p.cell_genes[0] == ["Z", "Y"]
@@ -115,8 +117,22 @@ def test_separators_at_the_ends_are_stripped_like_spaces():
     assert p.candidates[0] == "B cell"
     (q,) = parse_puzzles([puzzle(context="A\u2028female\u2029donor\x85from blood.")])
     assert q.context == "A female donor from blood."  # whitespace collapses, separators included
-    (r,) = parse_puzzles([puzzle(candidates=["Ω\u200bcell", "T cell", "monocyte"])])  # Cf is not a line break
-    assert r.candidates[0] == "Ω\u200bcell"
+
+
+@pytest.mark.parametrize(("candidate", "needle"), [
+    ("B</answer>", "'<' or '>'"),  # would close the answer early
+    ("<answer>T cell", "'<' or '>'"),
+    ("B\u200bcell", "U+200B"),  # zero-width space: looks like "Bcell", is not its duplicate
+    ("B cell\u200d", "U+200D"),  # zero-width joiner at the end (not stripped like a space)
+    ("\u202eB cell", "U+202E"),  # right-to-left override
+    ("B \u2066cell\u2069", "U+2066"),  # bidi isolate
+    ("\ufeffB cell", "U+FEFF"),  # byte order mark
+])
+def test_names_with_tags_or_invisible_characters_are_refused(candidate, needle):
+    with pytest.raises(RequestError, match=re.escape(needle)):
+        parse_puzzles([puzzle(candidates=[candidate, "T cell", "monocyte"])])
+    with pytest.raises(RequestError, match=re.escape(needle)):  # genes too
+        parse_puzzles([puzzle(cells=[[candidate.replace(" ", "")], ["CD3E"], ["LYZ"]])])
 
 
 @pytest.mark.parametrize(("body", "where"), [

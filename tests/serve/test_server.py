@@ -154,7 +154,6 @@ BAD_REQUESTS = [
     ("v2 unknown output", V2, {**v2([json.dumps(puzzle())]), "outputs": [{"name": "logits"}]}, {}, 400, "logits"),
     ("chat invalid json", CHAT, b"[", {}, 400, "not valid JSON"),
     ("chat unknown model", CHAT, {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, {}, 404, "gpt-4"),
-    ("chat stream", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "hi"}], "stream": True}, {}, 400, "stream"),
     ("chat bad role", CHAT, {"model": "cello", "messages": [{"role": "tool", "content": "hi"}]}, {}, 400, "role"),
     ("chat n>1", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "hi"}], "n": 3}, {}, 400, "n=3"),
     ("chat no messages", CHAT, {"model": "cello", "messages": []}, {}, 400, "messages"),
@@ -179,6 +178,27 @@ BAD_REQUESTS = [
     ("chat seed 2**64", CHAT, {"model": "cello", "messages": HI, "seed": 2**64}, {}, 400, "seed"),
     ("chat seed below int64", CHAT, {"model": "cello", "messages": HI, "seed": -(2**63) - 1}, {}, 400, "seed"),
     ("chat seed negative", CHAT, {"model": "cello", "messages": HI, "seed": -1}, {}, 400, "seed"),
+    # OpenAI fields Cello cannot apply: were a 200 that ignored them
+    ("chat tools", CHAT, {"model": "cello", "messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]},
+     {}, 400, "tools="),
+    ("chat json mode", CHAT, {"model": "cello", "messages": HI, "response_format": {"type": "json_object"}}, {}, 400,
+     "response_format="),
+    ("chat logprobs", CHAT, {"model": "cello", "messages": HI, "logprobs": True}, {}, 400, "logprobs=true"),
+    ("chat top_logprobs", CHAT, {"model": "cello", "messages": HI, "top_logprobs": 3}, {}, 400, "top_logprobs=3"),
+    ("chat frequency_penalty", CHAT, {"model": "cello", "messages": HI, "frequency_penalty": 0.5}, {}, 400,
+     "frequency_penalty=0.5"),
+    ("chat logit_bias", CHAT, {"model": "cello", "messages": HI, "logit_bias": {"42": 5}}, {}, 400, "logit_bias="),
+    ("chat stream_options without stream", CHAT, {"model": "cello", "messages": HI, "stream_options": {"include_usage": True}},
+     {}, 400, "stream_options"),
+    ("chat unknown field", CHAT, {"model": "cello", "messages": HI, "temprature": 0.5}, {}, 400, "unknown field 'temprature'"),
+    ("openai unknown route", "/openai/v1/completions", {"model": "cello", "prompt": "hi"}, {}, 404, "/openai/v1/completions"),
+    # a 3.6 MiB message: was 3.7 s and 1 GiB of memory before its 400; now refused by its length, untokenized
+    ("chat huge message", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "a " * (1_800_000)}]}, {}, 400,
+     "characters, at least"),
+    # '<answer>'-like tags, bidi overrides, zero-width characters in names: were accepted
+    ("candidate tag", V1, {"instances": [puzzle(candidates=["B cell</answer>", "T cell", "x"])]}, {}, 400, "'<' or '>'"),
+    ("candidate bidi", V1, {"instances": [puzzle(candidates=["\u202eB cell", "T cell", "x"])]}, {}, 400, "U+202E"),
+    ("gene zero-width", V1, {"instances": [puzzle(cells=[["CD3\u200bE"], ["B"], ["C"]])]}, {}, 400, "U+200B"),
     # Unicode line/paragraph separators and C1 controls in names: were accepted (line breaks in the prompt)
     ("candidate U+2028", V1, {"instances": [puzzle(candidates=["B\u2028cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
     ("candidate U+2029", V1, {"instances": [puzzle(candidates=["B\u2029cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
@@ -247,40 +267,72 @@ def test_model_repository_routes_are_not_served(server, client):
     check_result(r.json()["predictions"][0], puzzle())
 
 
-def test_health_answers_while_a_huge_prompt_is_tokenized(server, client):
-    """Counting the prompt's tokens runs off the event loop: a large body (about 1 MB of text,
-    about a second to tokenize; the limit is 4 MiB) does not hold up the probes. Counted, not timed: probes answered
-    after the body was sent and before its answer came back."""
-    import threading
+def test_openai_errors_have_openai_shape(client):
+    for method, path in (("GET", "/openai/v1/models/other"), ("POST", "/openai/v1/completions"),
+                         ("GET", "/openai/v1/chat/completions")):
+        r = client.request(method, path)
+        assert r.status_code in (404, 405), (method, path, r.text)
+        error = r.json()["error"]
+        assert error["message"] and error["type"] == "invalid_request_error" and error["code"] == r.status_code
 
-    content = "CD3E, LYZ, " * 100_000  # about 1.1 MB, over half a million tokens: refused by the budget
-    answered = threading.Event()
-    sent = threading.Event()
-    result = {}
 
-    def big():
-        body = json.dumps({"model": "cello", "messages": [{"role": "user", "content": content}], "max_tokens": 1}).encode()
+def test_openai_model_by_id(client):
+    r = client.get("/openai/v1/models/cello")
+    assert r.status_code == 200 and r.json()["id"] == "cello" and r.json()["object"] == "model"
 
-        def stream():
-            yield body
-            sent.set()
 
-        result["r"] = client.post(CHAT, content=stream(), headers={"Content-Type": "application/json"})
-        answered.set()
+def test_openai_no_op_values_are_accepted(client):
+    """Fields Cello cannot apply are fine at their no-op value (clients send defaults)."""
+    r = client.post(CHAT, json={"model": "cello", "messages": HI, "max_tokens": 2, "tools": [], "logprobs": False,
+                                "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
+                                "response_format": {"type": "text"}, "user": "u1", "metadata": {"k": "v"}})
+    assert r.status_code == 200, r.text
 
-    thread = threading.Thread(target=big)
-    thread.start()
-    probes = 0
-    try:
-        assert sent.wait(30)
-        with httpx.Client(base_url=server.url, timeout=30) as probe:
-            while not answered.is_set() and probes < 1000:
-                assert probe.get("/v2/health/live").status_code == 200
-                if not answered.is_set():
-                    probes += 1
-    finally:
-        thread.join(60)
-    r = result["r"]
-    assert r.status_code == 400, r.text
-    assert "tokens" in r.json()["error"]["message"]
-    assert probes >= 3, f"only {probes} probes answered while the prompt was tokenized"
+
+def test_seeded_request_is_the_same_alone_and_in_a_burst(client):
+    """Issue: the same seeded request alone and in a concurrent burst gave five different outputs."""
+    body = {"model": "cello", "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4, IL7R"}],
+            "max_tokens": 8, "temperature": 1.0, "seed": 1234}
+    alone = client.post(CHAT, json=body).json()["choices"][0]["message"]["content"]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        burst = list(pool.map(lambda _: client.post(CHAT, json=body), range(5)))
+    assert [r.status_code for r in burst] == [200] * 5
+    assert [r.json()["choices"][0]["message"]["content"] for r in burst] == [alone] * 5
+
+
+def test_smaller_http_contract_fixes(server, client):
+    """GET on :predict is 405 (was 404), HEAD on probes works, v2 metadata names the real tensors,
+    /v2 does not advertise the blocked repository extension."""
+    r = client.get(V1)
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "POST" in r.json()["error"]
+    assert client.get(V2).status_code == 405
+    for path in ("/v2/health/live", "/v2/health/ready", "/v1/models/cello", "/v2/models/cello/ready"):
+        r = httpx.head(server.url + path)
+        assert r.status_code == 200 and r.content == b"", path
+    meta = client.get("/v2/models/cello").json()
+    assert meta["inputs"] == [{"name": "puzzles", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["outputs"] == [{"name": "predictions", "datatype": "BYTES", "shape": [-1]}]
+    assert "model_repository_extension" not in client.get("/v2").json()["extensions"]
+
+
+def test_openai_sdk_plain_streamed_and_errors(server):
+    """The official SDK: a plain completion, the same completion streamed (usage in the last chunk),
+    and an unknown model raised as its NotFoundError."""
+    import openai
+
+    sdk = openai.OpenAI(base_url=server.url + "/openai/v1", api_key=TOKEN, max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "Cell 1: CD3E, CD4"}]
+    plain = sdk.chat.completions.create(model="cello", messages=messages, max_tokens=6, temperature=0)
+    chunks = list(sdk.chat.completions.create(model="cello", messages=messages, max_tokens=6, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert [m.id for m in sdk.models.list()] == ["cello"] and sdk.models.retrieve("cello").id == "cello"
+    with pytest.raises(openai.NotFoundError, match="not found"):
+        sdk.chat.completions.create(model="gpt-4", messages=messages)
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        sdk.chat.completions.create(model="cello", messages=messages,
+                                    tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
