@@ -97,7 +97,9 @@ def run_level(url: str, clients: int, seconds: float, *, max_new_tokens: int, ba
                     {"instances": [make_puzzle(rng)], "parameters": {"max_new_tokens": max_new_tokens}}).encode()
                 t0 = time.perf_counter()
                 try:
-                    r = http.post("/v1/models/cello:predict", content=body, headers={"Content-Type": "application/json"})
+                    r = http.post(
+                        "/v1/models/cello:predict", content=body, headers={"Content-Type": "application/json"}
+                    )
                     status, ok_body = r.status_code, (r.status_code != 200 or "predictions" in r.json())
                 except (httpx.HTTPError, ValueError) as exc:
                     status, ok_body = -1, False
@@ -150,8 +152,21 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k != "CELLO_SERVE_TOKEN"} | {"TOKENIZERS_PARALLELISM": "false"}
         params = Path(tmp) / "defaults.yaml"  # every setting at its built-in default
         params.write_text("{}\n")
-        cmd = [sys.executable, "-m", "cello.cli", "serve", "--model", model, "--host", "127.0.0.1",
-               "--port", str(self.port), "--params", str(params), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cello.cli",
+            "serve",
+            "--model",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--params",
+            str(params),
+            *extra,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         t0 = time.monotonic()
         while True:
@@ -192,14 +207,19 @@ def idle_latency(url: str, repeats: int = 5) -> float:
     return float(np.median([small_request(url)[1] for _ in range(repeats)]))
 
 
-def abandoned_wave(url: str, *, clients: int = 30, puzzles: int = 8, client_timeout: float = 0.5,
-                   max_new_tokens: int = 64) -> dict:
+def abandoned_wave(
+    url: str, *, clients: int = 30, puzzles: int = 8, client_timeout: float = 0.5, max_new_tokens: int = 64
+) -> dict:
     """`clients` clients send `puzzles` puzzles each, give up after `client_timeout` s and disconnect;
     then one small request: its latency against the idle one (the server should not work for the gone)."""
     idle = idle_latency(url)
     _, count0 = batch_stats(url)
-    body = json.dumps({"instances": [make_puzzle(random.Random(i)) for i in range(puzzles)],
-                       "parameters": {"max_new_tokens": max_new_tokens}}).encode()
+    body = json.dumps(
+        {
+            "instances": [make_puzzle(random.Random(i)) for i in range(puzzles)],
+            "parameters": {"max_new_tokens": max_new_tokens},
+        }
+    ).encode()
     gave_up = []
 
     def client() -> None:
@@ -217,10 +237,17 @@ def abandoned_wave(url: str, *, clients: int = 30, puzzles: int = 8, client_time
     status, fresh = small_request(url)
     time.sleep(1.0)
     _, count1 = batch_stats(url)
-    return {"clients": clients, "puzzles_per_request": puzzles, "client_timeout_s": client_timeout,
-            "clients_gave_up": len(gave_up), "idle_latency_ms": round(idle * 1000, 1),
-            "fresh_latency_ms": round(fresh * 1000, 1), "fresh_status": status,
-            "fresh_vs_idle": round(fresh / idle, 2), "batches_during_and_after_wave": int(count1 - count0) - 1}
+    return {
+        "clients": clients,
+        "puzzles_per_request": puzzles,
+        "client_timeout_s": client_timeout,
+        "clients_gave_up": len(gave_up),
+        "idle_latency_ms": round(idle * 1000, 1),
+        "fresh_latency_ms": round(fresh * 1000, 1),
+        "fresh_status": status,
+        "fresh_vs_idle": round(fresh / idle, 2),
+        "batches_during_and_after_wave": int(count1 - count0) - 1,
+    }
 
 
 def rss_peak(pid: int, stop: threading.Event, out: dict) -> None:
@@ -242,10 +269,12 @@ def oversized_prompt(url: str, pid: int, *, mib: float = 3.6, parallel: int = 4)
     `parallel` of them at once and the latency of a small chat request meanwhile."""
     chat = url + "/openai/v1/chat/completions"
     small = {"model": "cello", "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4"}], "max_tokens": 4}
+
     def small_chat() -> float:
         t0 = time.perf_counter()
         httpx.post(chat, json=small, timeout=120).raise_for_status()
         return time.perf_counter() - t0
+
     small_chat()
     small_idle = float(np.median([small_chat() for _ in range(5)]))
     content = "a " * int(mib * 2**20 / 2)
@@ -262,7 +291,9 @@ def oversized_prompt(url: str, pid: int, *, mib: float = 3.6, parallel: int = 4)
     statuses = []
 
     def big() -> None:
-        statuses.append(httpx.post(chat, content=body, headers={"Content-Type": "application/json"}, timeout=300).status_code)
+        statuses.append(
+            httpx.post(chat, content=body, headers={"Content-Type": "application/json"}, timeout=300).status_code
+        )
 
     threads = [threading.Thread(target=big) for _ in range(parallel)]
     for t in threads:
@@ -271,28 +302,54 @@ def oversized_prompt(url: str, pid: int, *, mib: float = 3.6, parallel: int = 4)
     during = small_chat()
     for t in threads:
         t.join()
-    return {"body_mib": round(len(body) / 2**20, 2), "status": r.status_code, "time_to_answer_ms": round(one_s * 1000, 1),
-            "rss_before_mib": round(base_kb / 1024, 1), "rss_peak_extra_mib": round((peak.get("peak_kb", 0) - base_kb) / 1024, 1),
-            "parallel": parallel, "parallel_statuses": sorted(statuses), "small_chat_idle_ms": round(small_idle * 1000, 1),
-            "small_chat_during_parallel_ms": round(during * 1000, 1)}
+    return {
+        "body_mib": round(len(body) / 2**20, 2),
+        "status": r.status_code,
+        "time_to_answer_ms": round(one_s * 1000, 1),
+        "rss_before_mib": round(base_kb / 1024, 1),
+        "rss_peak_extra_mib": round((peak.get("peak_kb", 0) - base_kb) / 1024, 1),
+        "parallel": parallel,
+        "parallel_statuses": sorted(statuses),
+        "small_chat_idle_ms": round(small_idle * 1000, 1),
+        "small_chat_during_parallel_ms": round(during * 1000, 1),
+    }
 
 
-def sigterm_backlog(model: str, tmp: Path, *, requests: int = 80, puzzles: int = 8, max_new_tokens: int = 64,
-                    extra: list[str] | None = None) -> dict:
+def sigterm_backlog(
+    model: str,
+    tmp: Path,
+    *,
+    requests: int = 80,
+    puzzles: int = 8,
+    max_new_tokens: int = 64,
+    extra: list[str] | None = None,
+) -> dict:
     """`requests` requests of `puzzles` puzzles queued, then SIGTERM: seconds to exit, exit code,
     responses by status (conn = no HTTP answer), and whether every 503 is JSON with Retry-After."""
-    server = Server(model, tmp, "sigterm", ["--max-new-tokens", str(max_new_tokens), "--threads", "1",
-                                            "--timeout-s", "300", *(extra or [])])
-    body = json.dumps({"instances": [make_puzzle(random.Random(i)) for i in range(puzzles)],
-                       "parameters": {"max_new_tokens": max_new_tokens}}).encode()
+    server = Server(
+        model,
+        tmp,
+        "sigterm",
+        ["--max-new-tokens", str(max_new_tokens), "--threads", "1", "--timeout-s", "300", *(extra or [])],
+    )
+    body = json.dumps(
+        {
+            "instances": [make_puzzle(random.Random(i)) for i in range(puzzles)],
+            "parameters": {"max_new_tokens": max_new_tokens},
+        }
+    ).encode()
     statuses: list[str] = []
     bad_503: list[str] = []
     lock = threading.Lock()
 
     def client() -> None:
         try:
-            r = httpx.post(server.url + "/v1/models/cello:predict", content=body,
-                           headers={"Content-Type": "application/json"}, timeout=120)
+            r = httpx.post(
+                server.url + "/v1/models/cello:predict",
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=120,
+            )
             status = str(r.status_code)
             if r.status_code == 503:
                 try:
@@ -326,9 +383,15 @@ def sigterm_backlog(model: str, tmp: Path, *, requests: int = 80, puzzles: int =
     by_status: dict[str, int] = {}
     for s in statuses:
         by_status[s] = by_status.get(s, 0) + 1
-    return {"requests": requests, "puzzles_per_request": puzzles, "seconds_to_exit": round(exit_s, 2),
-            "exit_code": code, "ready_after_sigterm": ready, "responses": dict(sorted(by_status.items())),
-            "non_json_503_or_no_retry_after": len(bad_503)}
+    return {
+        "requests": requests,
+        "puzzles_per_request": puzzles,
+        "seconds_to_exit": round(exit_s, 2),
+        "exit_code": code,
+        "ready_after_sigterm": ready,
+        "responses": dict(sorted(by_status.items())),
+        "non_json_503_or_no_retry_after": len(bad_503),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,12 +401,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,4,16", help="Concurrency levels.")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads of the server (1: best for the tiny model on a shared machine).")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of the server (1: best for the tiny model on a shared machine).",
+    )
     ap.add_argument("--bad-share", type=float, default=0.1, help="Share of deliberately invalid requests.")
     ap.add_argument("--quick", action="store_true", help="3 s per level.")
-    ap.add_argument("--scenarios", default="load,abandoned,oversized,sigterm",
-                    help="Which scenarios to run (comma-separated): load, abandoned, oversized, sigterm.")
+    ap.add_argument(
+        "--scenarios",
+        default="load,abandoned,oversized,sigterm",
+        help="Which scenarios to run (comma-separated): load, abandoned, oversized, sigterm.",
+    )
     ap.add_argument("--out", default=str(RESULTS / "bench_serve.json"))
     args = ap.parse_args(argv)
     seconds = 3.0 if args.quick else args.seconds
@@ -352,11 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "benchmark": "bench_serve",
         "what": "cello serve (KServe ModelServer, in-process transformers, tiny model) on loopback; v1 :predict, "
-                "1 puzzle of 8 cells x 50 genes per request",
+        "1 puzzle of 8 cells x 50 genes per request",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "settings": {"seconds_per_level": seconds, "max_new_tokens": args.max_new_tokens,
-                     "max_batch_size": args.max_batch_size, "threads": args.threads, "bad_share": args.bad_share,
-                     "model": "tiny (built)" if args.model is None else args.model},
+        "settings": {
+            "seconds_per_level": seconds,
+            "max_new_tokens": args.max_new_tokens,
+            "max_batch_size": args.max_batch_size,
+            "threads": args.threads,
+            "bad_share": args.bad_share,
+            "model": "tiny (built)" if args.model is None else args.model,
+        },
     }
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -365,21 +440,36 @@ def main(argv: list[str] | None = None) -> int:
             from cello.llm.tiny import build_tiny_model
 
             model = str(build_tiny_model(Path(tmp) / "tiny"))
-        server = Server(model, Path(tmp), "server", [
-            "--max-new-tokens", str(max(args.max_new_tokens, 64)), "--max-batch-size", str(args.max_batch_size),
-            "--timeout-s", "300", "--threads", str(args.threads)])
+        server = Server(
+            model,
+            Path(tmp),
+            "server",
+            [
+                "--max-new-tokens",
+                str(max(args.max_new_tokens, 64)),
+                "--max-batch-size",
+                str(args.max_batch_size),
+                "--timeout-s",
+                "300",
+                "--threads",
+                str(args.threads),
+            ],
+        )
         report["startup_s"] = round(server.startup_s, 2)
         try:
             if "load" in scenarios:
                 run_level(server.url, 2, 2.0, max_new_tokens=args.max_new_tokens, bad_share=0.0, seed=99)  # warm-up
                 for c in levels:
-                    res = run_level(server.url, c, seconds, max_new_tokens=args.max_new_tokens,
-                                    bad_share=args.bad_share, seed=c)
+                    res = run_level(
+                        server.url, c, seconds, max_new_tokens=args.max_new_tokens, bad_share=args.bad_share, seed=c
+                    )
                     results.append(res)
-                    print(f"C={c:>2}: {res['throughput_rps']:7.2f} req/s  p50 {res['p50_ms']:7.1f} ms  "
-                          f"p95 {res['p95_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  batch {res['mean_batch_size']}  "
-                          f"ok {res['requests_ok']}  rejected {res['requests_rejected_400']}  errors {res['errors']}",
-                          flush=True)
+                    print(
+                        f"C={c:>2}: {res['throughput_rps']:7.2f} req/s  p50 {res['p50_ms']:7.1f} ms  "
+                        f"p95 {res['p95_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  batch {res['mean_batch_size']}  "
+                        f"ok {res['requests_ok']}  rejected {res['requests_rejected_400']}  errors {res['errors']}",
+                        flush=True,
+                    )
             if "abandoned" in scenarios:
                 report["abandoned_wave"] = abandoned_wave(server.url)
                 print(f"abandoned wave: {report['abandoned_wave']}", flush=True)
@@ -397,8 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         for res in results:
             res["p50_vs_c1"] = round(res["p50_ms"] / base, 2) if base else None
             res["throughput_vs_c1"] = round(res["throughput_rps"] / rps, 2) if rps else None
-        print(f"latency p50 vs C=1: {[r['p50_vs_c1'] for r in results]}; "
-              f"throughput vs C=1: {[r['throughput_vs_c1'] for r in results]}")
+        print(
+            f"latency p50 vs C=1: {[r['p50_vs_c1'] for r in results]}; "
+            f"throughput vs C=1: {[r['throughput_vs_c1'] for r in results]}"
+        )
     report["levels"] = results
     report["total_errors"] = sum(r["errors"] for r in results)
     out = Path(args.out)

@@ -96,7 +96,9 @@ class Batcher:
         self._wake = asyncio.Event()
         self._tasks = [asyncio.create_task(self._worker(), name=f"cello-batcher-{i}") for i in range(self.workers)]
 
-    async def generate(self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float) -> list[Result]:
+    async def generate(
+        self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float
+    ) -> list[Result]:
         """Generate for `conversations` (in order); raises QueueFull, Draining, GenerationTimeout or BackendError."""
         if self.draining:
             msg = "the server is shutting down; retry, another replica will answer"
@@ -188,8 +190,11 @@ class Batcher:
                 raise
             except Exception as exc:  # the backend failed: every waiting request hears about it
                 log.exception("generation failed for a batch of %d", len(batch))
-                err = exc if isinstance(exc, BackendError) else BackendError(
-                    f"generation failed: {type(exc).__name__}: {exc}")
+                err = (
+                    exc
+                    if isinstance(exc, BackendError)
+                    else BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+                )
                 for it in batch:
                     if not it.future.done():
                         it.future.set_exception(err)

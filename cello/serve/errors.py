@@ -130,6 +130,7 @@ async def send_error(send: Any, path: str, exc: BaseException, *, head: bool = F
     body = error_body(path, code, str(exc))
     raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": code,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *raw]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *raw]})
     await send({"type": "http.response.body", "body": b"" if head else body})
     return code

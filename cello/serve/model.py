@@ -108,7 +108,9 @@ def decode_v2(request: Any, *, limits: ServeConfig) -> Job:
         msg = f"requested outputs {wanted[:5]}; this model has one output, {V2_OUTPUT!r}"
         raise RequestError(msg)
     params = request.parameters if isinstance(request.parameters, dict) else None
-    return Job("v2", parse_puzzles(items, limits=limits, where=tensor.name), parse_options(params, limits=limits), request.id)
+    return Job(
+        "v2", parse_puzzles(items, limits=limits, where=tensor.name), parse_options(params, limits=limits), request.id
+    )
 
 
 def result_record(puzzle: Puzzle, result: Result, *, repair_answers: bool) -> dict[str, Any]:
@@ -142,8 +144,17 @@ def _make_model_class():
     class CelloModel(Model):
         """A Cello annotator behind KServe (in-process transformers, or an upstream OpenAI server)."""
 
-        def __init__(self, name: str, *, backend_factory, cfg: ServeConfig, prompt: PromptTemplate,
-                     sampling: SamplingParams, workers: int = 1, health=None) -> None:
+        def __init__(
+            self,
+            name: str,
+            *,
+            backend_factory,
+            cfg: ServeConfig,
+            prompt: PromptTemplate,
+            sampling: SamplingParams,
+            workers: int = 1,
+            health=None,
+        ) -> None:
             super().__init__(name)
             self.cfg = cfg
             self.prompt = prompt
@@ -161,9 +172,13 @@ def _make_model_class():
 
             self.backend = self._backend_factory()
             self.budget = PromptBudget(self.backend)
-            self.batcher = Batcher(self.backend, max_batch_size=self.cfg.max_batch_size,
-                                   wait_s=self.cfg.batch_wait_ms / 1000, max_queue=self.cfg.max_queue,
-                                   workers=self._workers)
+            self.batcher = Batcher(
+                self.backend,
+                max_batch_size=self.cfg.max_batch_size,
+                wait_s=self.cfg.batch_wait_ms / 1000,
+                max_queue=self.cfg.max_queue,
+                workers=self._workers,
+            )
             self._warm_up()
             self.ready = True
             return self.ready
@@ -224,15 +239,23 @@ def _make_model_class():
             return job
 
         async def postprocess(self, job: Job, headers: dict[str, str] | None = None, response_headers=None):
-            records = [result_record(p, r, repair_answers=self.cfg.repair) for p, r in zip(job.puzzles, job.results, strict=True)]
+            records = [
+                result_record(p, r, repair_answers=self.cfg.repair)
+                for p, r in zip(job.puzzles, job.results, strict=True)
+            ]
             if job.protocol == "v1":
                 return {"predictions": records}
             from kserve.protocol.infer_type import InferOutput, InferResponse
 
-            out = InferOutput(name=V2_OUTPUT, shape=[len(records)], datatype="BYTES",
-                              data=[json.dumps(r, ensure_ascii=False) for r in records])
-            return InferResponse(response_id=job.request_id or f"cello-{time.time_ns()}", model_name=self.name,
-                                 infer_outputs=[out])
+            out = InferOutput(
+                name=V2_OUTPUT,
+                shape=[len(records)],
+                datatype="BYTES",
+                data=[json.dumps(r, ensure_ascii=False) for r in records],
+            )
+            return InferResponse(
+                response_id=job.request_id or f"cello-{time.time_ns()}", model_name=self.name, infer_outputs=[out]
+            )
 
         def stop(self) -> None:
             super().stop()

@@ -82,5 +82,8 @@ def register_inference_routes(app: Any, model: Any) -> None:
         app.add_api_route(path, handler, methods=["POST"], response_model=None)
         app.add_api_route(path, post_only, methods=other, response_model=None)
     app.add_api_route("/v1/models/{model_name}:explain", not_served, methods=["POST"], response_model=None)
-    for path in ("/v2/models/{model_name}/versions/{version}", "/v2/models/{model_name}/versions/{version}/{rest:path}"):
+    for path in (
+        "/v2/models/{model_name}/versions/{version}",
+        "/v2/models/{model_name}/versions/{version}/{rest:path}",
+    ):
         app.add_api_route(path, not_served, methods=["GET", "POST"], response_model=None)

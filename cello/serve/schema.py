@@ -96,13 +96,17 @@ def _name(value: str, *, what: str, limits: ServeConfig, comma: bool = True) -> 
         msg = f"{what} is {len(text)} characters long; the limit is {limits.max_name_length} (serve.max_name_length)"
         raise ValueError(msg)
     if _BAD_NAME.search(text) or (not comma and "," in text):
-        bad = "a line break or separator (U+2028, U+2029, U+0085), a control character" + (" or '|'" if comma else ", '|' or ','")
+        bad = "a line break or separator (U+2028, U+2029, U+0085), a control character" + (
+            " or '|'" if comma else ", '|' or ','"
+        )
         msg = f"{what} {text[:40]!r} contains {bad}, which would break the prompt"
         raise ValueError(msg)
     if _INVISIBLE.search(text):
         found = _INVISIBLE.search(text).group()  # type: ignore[union-attr]
-        msg = (f"{what} {text[:40]!r} contains the invisible character U+{ord(found):04X} (a bidi control or "
-               "zero-width character); send plain text")
+        msg = (
+            f"{what} {text[:40]!r} contains the invisible character U+{ord(found):04X} (a bidi control or "
+            "zero-width character); send plain text"
+        )
         raise ValueError(msg)
     if _TAG.search(text):
         msg = f"{what} {text[:40]!r} contains '<' or '>', which could forge the <think>/<answer> tags of the answer"
@@ -198,7 +202,8 @@ class Cell(BaseModel):
                 msg = "'expression' is empty; give at least one gene"
                 raise ValueError(msg)
             if len(self.expression) > limits.max_expression_genes:
-                msg = f"'expression' has {len(self.expression)} genes; the limit is {limits.max_expression_genes} (serve.max_expression_genes)"
+                msg = (f"'expression' has {len(self.expression)} genes; the limit is {limits.max_expression_genes} "
+                       "(serve.max_expression_genes)")
                 raise ValueError(msg)
             for gene, x in self.expression.items():
                 _name(gene, what="gene", limits=limits, comma=False)
@@ -229,7 +234,9 @@ class Puzzle(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = Field(None, max_length=_HARD_CAP)
-    context: str | dict[str, str] | None = Field(None, description="Donor context: a sentence, or fields (sex, tissue, ...).")
+    context: str | dict[str, str] | None = Field(
+        None, description="Donor context: a sentence, or fields (sex, tissue, ...)."
+    )
     cells: list[Cell] = Field(..., max_length=_HARD_CAP)
     candidates: list[str] = Field(..., max_length=_HARD_CAP)
 
@@ -240,7 +247,8 @@ class Puzzle(BaseModel):
             self.id = _name(self.id, what="puzzle id", limits=limits)
         n = len(self.cells)
         if not limits.min_cells <= n <= limits.max_cells:
-            msg = f"{n} cells; a puzzle has {limits.min_cells} to {limits.max_cells} cells (serve.min_cells, serve.max_cells)"
+            msg = (f"{n} cells; a puzzle has {limits.min_cells} to {limits.max_cells} cells "
+                   "(serve.min_cells, serve.max_cells)")
             raise ValueError(msg)
         if len(self.candidates) != n:
             msg = f"{len(self.candidates)} candidates for {n} cells; give exactly one candidate type per cell"
@@ -282,7 +290,8 @@ def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> str:
         msg = f"context {text[:40]!r} contains a control character, which would break the prompt"
         raise ValueError(msg)
     if len(text) > limits.max_context_length:
-        msg = f"context is {len(text)} characters long; the limit is {limits.max_context_length} (serve.max_context_length)"
+        msg = (f"context is {len(text)} characters long; the limit is {limits.max_context_length} "
+               "(serve.max_context_length)")
         raise ValueError(msg)
     return text
 

@@ -150,13 +150,25 @@ def build_model(
                 torch.set_num_threads(cfg.cpu_threads)
             return make_backend(backend_cfg)
 
-        return make_model(cfg.model_name, backend_factory=in_process, cfg=cfg, prompt=prompt, sampling=sampling, workers=1)
+        return make_model(cfg.model_name, backend_factory=in_process, cfg=cfg, prompt=prompt, sampling=sampling,
+                          workers=1)
     # Upstream: fail fast (the client waits), a few HTTP requests in flight per batch.
-    backend_cfg = override(generation.backend, spec=url, model=upstream_model, max_retries=min(generation.backend.max_retries, 2),
-                           timeout_s=min(generation.backend.timeout_s, cfg.timeout_s))
-    return make_model(cfg.model_name, backend_factory=lambda: _UpstreamBackend(make_backend(backend_cfg)), cfg=cfg,
-                      prompt=prompt, sampling=sampling, workers=4,
-                      health=_health_probe(url, api_key_env=backend_cfg.api_key_env))
+    backend_cfg = override(
+        generation.backend,
+        spec=url,
+        model=upstream_model,
+        max_retries=min(generation.backend.max_retries, 2),
+        timeout_s=min(generation.backend.timeout_s, cfg.timeout_s),
+    )
+    return make_model(
+        cfg.model_name,
+        backend_factory=lambda: _UpstreamBackend(make_backend(backend_cfg)),
+        cfg=cfg,
+        prompt=prompt,
+        sampling=sampling,
+        workers=4,
+        health=_health_probe(url, api_key_env=backend_cfg.api_key_env),
+    )
 
 
 def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool) -> None:
@@ -183,8 +195,13 @@ def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool) -> N
     app.add_exception_handler(RequestValidationError, bad_request)
     app.add_exception_handler(HTTPException, http_error)
     tokens = TokenSource(env=cfg.auth_token_env, file=cfg.auth_token_file)
-    app.add_middleware(Guard, max_body_bytes=cfg.max_body_bytes, tokens=tokens, read_timeout_s=cfg.read_timeout_s,
-                       draining=lambda: model.draining)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=cfg.max_body_bytes,
+        tokens=tokens,
+        read_timeout_s=cfg.read_timeout_s,
+        draining=lambda: model.draining,
+    )
     from cello.serve.routes import register_inference_routes
 
     register_inference_routes(app, model)
@@ -209,17 +226,30 @@ def serve(
         import kserve
         from kserve import model_server
 
-    cello_model = build_model(model, cfg=cfg, prompt=prompt, generation=generation,
-                              predictor_host=predictor_host, upstream_model=upstream_model)
+    cello_model = build_model(
+        model,
+        cfg=cfg,
+        prompt=prompt,
+        generation=generation,
+        predictor_host=predictor_host,
+        upstream_model=upstream_model,
+    )
     cello_model.load()
     upstream = upstream_url(model, predictor_host) is not None
     install(model_server.app, cello_model, cfg=cfg, openai_routes=not upstream)
     auth = "on" if TokenSource(env=cfg.auth_token_env, file=cfg.auth_token_file).required else "off"
-    log.info("serving %r (%s) on port %d; auth %s; gRPC off; drain %g s", cfg.model_name,
-             upstream_url(model, predictor_host) or model, cfg.port, auth, cfg.drain_s)
+    log.info(
+        "serving %r (%s) on port %d; auth %s; gRPC off; drain %g s",
+        cfg.model_name,
+        upstream_url(model, predictor_host) or model,
+        cfg.port,
+        auth,
+        cfg.drain_s,
+    )
     _configure_rest(cfg, on_signal=cello_model.begin_drain)
-    server = kserve.ModelServer(http_port=cfg.port, enable_grpc=False, workers=1, enable_docs_url=False,
-                                grace_period=cfg.drain_s)
+    server = kserve.ModelServer(
+        http_port=cfg.port, enable_grpc=False, workers=1, enable_docs_url=False, grace_period=cfg.drain_s
+    )
     server.start([cello_model])
     _exit_now()
 

@@ -43,7 +43,9 @@ class RefusingTokenizer:
 
 
 def backend(tokenizer, limit: int = 32) -> SimpleNamespace:
-    return SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit)))
+    return SimpleNamespace(
+        tokenizer=tokenizer, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit))
+    )
 
 
 def test_counting_leaves_the_event_loop_free():
@@ -93,7 +95,9 @@ def test_the_real_tokenizer_refusing_a_surrogate_is_a_request_error(model_dir):
     budget = PromptBudget(backend(AutoTokenizer.from_pretrained(model_dir), limit=4096))
     assert budget.tokens(CONV) > 0
     with pytest.raises(RequestError, match="cannot be tokenized"):
-        budget.check([[{"role": "user", "content": "CD3E \ud800"}]], 4)  # schema checks refuse it first; this is the backstop
+        budget.check(
+            [[{"role": "user", "content": "CD3E \ud800"}]], 4
+        )  # schema checks refuse it first; this is the backstop
 
 
 class VocabTokenizer(BlockingTokenizer):

@@ -53,7 +53,9 @@ def test_concurrent_requests_are_batched_in_order():
     async def main():
         first = asyncio.create_task(batcher.generate([conv(0)], params, timeout_s=10))
         await asyncio.sleep(0.05)  # the first batch is running (held); the rest queue up
-        rest = [asyncio.create_task(batcher.generate([conv(i), conv(i + 100)], params, timeout_s=10)) for i in range(1, 6)]
+        rest = [
+            asyncio.create_task(batcher.generate([conv(i), conv(i + 100)], params, timeout_s=10)) for i in range(1, 6)
+        ]
         await asyncio.sleep(0.05)
         hold.set()
         out = [await first] + [await t for t in rest]
@@ -186,8 +188,10 @@ def test_a_cancelled_request_is_withdrawn_and_its_running_batch_stops():
     params = SamplingParams(max_new_tokens=500)  # 5 s if it ran to the end
 
     async def main():
-        gone = [asyncio.create_task(batcher.generate([conv(2 * i), conv(2 * i + 1)], params, timeout_s=60))
-                for i in range(5)]
+        gone = [
+            asyncio.create_task(batcher.generate([conv(2 * i), conv(2 * i + 1)], params, timeout_s=60))
+            for i in range(5)
+        ]
         await asyncio.sleep(0.1)  # the first batch runs, four wait
         for task in gone:
             task.cancel()  # the clients leave

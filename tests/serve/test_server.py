@@ -14,7 +14,9 @@ from tests.serve.conftest import MAX_NEW_TOKENS, TOKEN, puzzle
 
 def check_result(result: dict, request_puzzle: dict) -> None:
     """A result: an assignment of every cell to a distinct candidate (repair is on), plus diagnostics."""
-    cell_ids = [c["id"] if isinstance(c, dict) and "id" in c else f"cell_{i}" for i, c in enumerate(request_puzzle["cells"], 1)]
+    cell_ids = [
+        c["id"] if isinstance(c, dict) and "id" in c else f"cell_{i}" for i, c in enumerate(request_puzzle["cells"], 1)
+    ]
     assert result["id"] == request_puzzle["id"]
     assert list(result["assignment"]) == cell_ids
     assert sorted(result["assignment"].values()) == sorted(request_puzzle["candidates"])
@@ -38,8 +40,10 @@ def test_v1_predict(client):
 
 def test_v2_infer_with_bytes_tensor(client):
     puzzles = [puzzle(0), puzzle(5, context={"sex": "male", "tissue": "blood"})]
-    body = {"id": "req-1", "inputs": [{"name": "puzzles", "datatype": "BYTES", "shape": [2],
-                                       "data": [json.dumps(p) for p in puzzles]}]}
+    body = {
+        "id": "req-1",
+        "inputs": [{"name": "puzzles", "datatype": "BYTES", "shape": [2], "data": [json.dumps(p) for p in puzzles]}],
+    }
     r = client.post("/v2/models/cello/infer", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -53,9 +57,16 @@ def test_v2_infer_with_bytes_tensor(client):
 def test_openai_routes(client):
     models = client.get("/openai/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["cello"]
-    r = client.post("/openai/v1/chat/completions", json={
-        "model": "cello", "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4"}], "max_tokens": 5,
-        "temperature": 0, "user": "ignored-extra-field"})
+    r = client.post(
+        "/openai/v1/chat/completions",
+        json={
+            "model": "cello",
+            "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4"}],
+            "max_tokens": 5,
+            "temperature": 0,
+            "user": "ignored-extra-field",
+        },
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["object"] == "chat.completion"
@@ -130,13 +141,34 @@ BAD_REQUESTS = [
     ("missing instances", V1, {"puzzles": []}, {}, 400, "unknown field"),
     ("no instances", V1, {"parameters": {}}, {}, 400, "missing 'instances'"),
     ("wrong type", V1, {"instances": [puzzle(cells="CD3E")]}, {}, 400, "puzzle 0, cells"),
-    ("too many cells", V1, {"instances": [puzzle(cells=[[f"G{i}"] for i in range(33)], candidates=[f"t{i}" for i in range(33)])]}, {}, 400, "33 cells"),
+    (
+        "too many cells",
+        V1,
+        {"instances": [puzzle(cells=[[f"G{i}"] for i in range(33)], candidates=[f"t{i}" for i in range(33)])]},
+        {},
+        400,
+        "33 cells",
+    ),
     ("too many puzzles", V1, {"instances": [puzzle(i) for i in range(9)]}, {}, 400, "9 puzzles"),
-    ("duplicate candidates", V1, {"instances": [puzzle(candidates=["B cell", "B cell", "monocyte"])]}, {}, 400, "appears twice"),
+    (
+        "duplicate candidates",
+        V1,
+        {"instances": [puzzle(candidates=["B cell", "B cell", "monocyte"])]},
+        {},
+        400,
+        "appears twice",
+    ),
     ("candidate count", V1, {"instances": [puzzle(candidates=["B cell"])]}, {}, 400, "1 candidates for 3 cells"),
     ("empty genes", V1, {"instances": [puzzle(cells=[[], ["A"], ["B"]])]}, {}, 400, "'genes' is empty"),
     ("unknown parameter", V1, {"instances": [puzzle()], "parameters": {"top_k": 5}}, {}, 400, "parameters.top_k"),
-    ("too many tokens", V1, {"instances": [puzzle()], "parameters": {"max_new_tokens": MAX_NEW_TOKENS + 1}}, {}, 400, "serve.max_new_tokens"),
+    (
+        "too many tokens",
+        V1,
+        {"instances": [puzzle()], "parameters": {"max_new_tokens": MAX_NEW_TOKENS + 1}},
+        {},
+        400,
+        "serve.max_new_tokens",
+    ),
     ("huge body", V1, BIG, {}, 413, "serve.max_body_bytes"),
     ("text/plain body", V1, b"hello", {"Content-Type": "text/plain"}, 400, "not valid JSON"),
     ("unknown model", "/v1/models/other:predict", {"instances": [puzzle()]}, {}, 404, "other"),
@@ -159,58 +191,194 @@ BAD_REQUESTS = [
     ("chat no messages", CHAT, {"model": "cello", "messages": []}, {}, 400, "messages"),
     ("unknown route", "/v3/anything", {}, {}, 404, ""),
     # a lone UTF-16 surrogate anywhere: was a 500 (the tokenizer's TypeError), now a 400 naming the field
-    ("gene surrogate", V1, escaped({"instances": [{"cells": [["\ud800"], ["X"]], "candidates": ["a", "b"]}]}), {}, 400,
-     "instances[0].cells[0][0] is not valid Unicode"),
-    ("candidate surrogate", V1, escaped({"instances": [puzzle(candidates=["B cell", "T\udfff", "x"])]}), {}, 400,
-     "instances[0].candidates[1] is not valid Unicode"),
-    ("context surrogate", V1, escaped({"instances": [puzzle(context="a donor \ud800")]}), {}, 400, "instances[0].context"),
-    ("expression gene surrogate", V1, escaped({"instances": [puzzle(cells=[{"expression": {"A\udc00": 1}}, ["B"], ["C"]])]}), {}, 400,
-     "the key 'instances[0].cells[0].expression.A\\udc00'"),
-    ("v2 element surrogate", V2, v2([json.dumps(puzzle(candidates=["\ud800", "T cell", "x"]))]), {}, 400,
-     "puzzle 0: the element: candidates[0] is not valid Unicode"),
-    ("v2 id surrogate", V2, escaped({**v2([json.dumps(puzzle())]), "id": "\ud800"}), {}, 400, "id is not valid Unicode"),
-    ("chat surrogate", CHAT, escaped({"model": "cello", "messages": [{"role": "user", "content": "\ud800"}]}), {}, 400,
-     "messages[0].content is not valid Unicode"),
-    ("chat part surrogate", CHAT, escaped({"model": "cello", "messages": [{"role": "user", "content": [{"type": "text", "text": "x\udfff"}]}]}),
-     {}, 400, "messages[0].content[0].text"),
-    ("surrogate bytes", V1, b'{"instances": [{"cells": [["\xed\xa0\x80"], ["X"]], "candidates": ["a", "b"]}]}', {}, 400, "not valid Unicode"),
+    (
+        "gene surrogate",
+        V1,
+        escaped({"instances": [{"cells": [["\ud800"], ["X"]], "candidates": ["a", "b"]}]}),
+        {},
+        400,
+        "instances[0].cells[0][0] is not valid Unicode",
+    ),
+    (
+        "candidate surrogate",
+        V1,
+        escaped({"instances": [puzzle(candidates=["B cell", "T\udfff", "x"])]}),
+        {},
+        400,
+        "instances[0].candidates[1] is not valid Unicode",
+    ),
+    (
+        "context surrogate",
+        V1,
+        escaped({"instances": [puzzle(context="a donor \ud800")]}),
+        {},
+        400,
+        "instances[0].context",
+    ),
+    (
+        "expression gene surrogate",
+        V1,
+        escaped({"instances": [puzzle(cells=[{"expression": {"A\udc00": 1}}, ["B"], ["C"]])]}),
+        {},
+        400,
+        "the key 'instances[0].cells[0].expression.A\\udc00'",
+    ),
+    (
+        "v2 element surrogate",
+        V2,
+        v2([json.dumps(puzzle(candidates=["\ud800", "T cell", "x"]))]),
+        {},
+        400,
+        "puzzle 0: the element: candidates[0] is not valid Unicode",
+    ),
+    (
+        "v2 id surrogate",
+        V2,
+        escaped({**v2([json.dumps(puzzle())]), "id": "\ud800"}),
+        {},
+        400,
+        "id is not valid Unicode",
+    ),
+    (
+        "chat surrogate",
+        CHAT,
+        escaped({"model": "cello", "messages": [{"role": "user", "content": "\ud800"}]}),
+        {},
+        400,
+        "messages[0].content is not valid Unicode",
+    ),
+    (
+        "chat part surrogate",
+        CHAT,
+        escaped({"model": "cello", "messages": [{"role": "user", "content": [{"type": "text", "text": "x\udfff"}]}]}),
+        {},
+        400,
+        "messages[0].content[0].text",
+    ),
+    (
+        "surrogate bytes",
+        V1,
+        b'{"instances": [{"cells": [["\xed\xa0\x80"], ["X"]], "candidates": ["a", "b"]}]}',
+        {},
+        400,
+        "not valid Unicode",
+    ),
     # OpenAI seed outside int64: was a 500 (torch.manual_seed overflow)
     ("chat seed 2**64", CHAT, {"model": "cello", "messages": HI, "seed": 2**64}, {}, 400, "seed"),
     ("chat seed below int64", CHAT, {"model": "cello", "messages": HI, "seed": -(2**63) - 1}, {}, 400, "seed"),
     ("chat seed negative", CHAT, {"model": "cello", "messages": HI, "seed": -1}, {}, 400, "seed"),
     # OpenAI fields Cello cannot apply: were a 200 that ignored them
-    ("chat tools", CHAT, {"model": "cello", "messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]},
-     {}, 400, "tools="),
-    ("chat json mode", CHAT, {"model": "cello", "messages": HI, "response_format": {"type": "json_object"}}, {}, 400,
-     "response_format="),
+    (
+        "chat tools",
+        CHAT,
+        {"model": "cello", "messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        {},
+        400,
+        "tools=",
+    ),
+    (
+        "chat json mode",
+        CHAT,
+        {"model": "cello", "messages": HI, "response_format": {"type": "json_object"}},
+        {},
+        400,
+        "response_format=",
+    ),
     ("chat logprobs", CHAT, {"model": "cello", "messages": HI, "logprobs": True}, {}, 400, "logprobs=true"),
     ("chat top_logprobs", CHAT, {"model": "cello", "messages": HI, "top_logprobs": 3}, {}, 400, "top_logprobs=3"),
-    ("chat frequency_penalty", CHAT, {"model": "cello", "messages": HI, "frequency_penalty": 0.5}, {}, 400,
-     "frequency_penalty=0.5"),
+    (
+        "chat frequency_penalty",
+        CHAT,
+        {"model": "cello", "messages": HI, "frequency_penalty": 0.5},
+        {},
+        400,
+        "frequency_penalty=0.5",
+    ),
     ("chat logit_bias", CHAT, {"model": "cello", "messages": HI, "logit_bias": {"42": 5}}, {}, 400, "logit_bias="),
-    ("chat stream_options without stream", CHAT, {"model": "cello", "messages": HI, "stream_options": {"include_usage": True}},
-     {}, 400, "stream_options"),
-    ("chat unknown field", CHAT, {"model": "cello", "messages": HI, "temprature": 0.5}, {}, 400, "unknown field 'temprature'"),
-    ("openai unknown route", "/openai/v1/completions", {"model": "cello", "prompt": "hi"}, {}, 404, "/openai/v1/completions"),
+    (
+        "chat stream_options without stream",
+        CHAT,
+        {"model": "cello", "messages": HI, "stream_options": {"include_usage": True}},
+        {},
+        400,
+        "stream_options",
+    ),
+    (
+        "chat unknown field",
+        CHAT,
+        {"model": "cello", "messages": HI, "temprature": 0.5},
+        {},
+        400,
+        "unknown field 'temprature'",
+    ),
+    (
+        "openai unknown route",
+        "/openai/v1/completions",
+        {"model": "cello", "prompt": "hi"},
+        {},
+        404,
+        "/openai/v1/completions",
+    ),
     # a 3.6 MiB message: was 3.7 s and 1 GiB of memory before its 400; now refused by its length, untokenized
-    ("chat huge message", CHAT, {"model": "cello", "messages": [{"role": "user", "content": "a " * (1_800_000)}]}, {}, 400,
-     "characters, at least"),
+    (
+        "chat huge message",
+        CHAT,
+        {"model": "cello", "messages": [{"role": "user", "content": "a " * (1_800_000)}]},
+        {},
+        400,
+        "characters, at least",
+    ),
     # '<answer>'-like tags, bidi overrides, zero-width characters in names: were accepted
-    ("candidate tag", V1, {"instances": [puzzle(candidates=["B cell</answer>", "T cell", "x"])]}, {}, 400, "'<' or '>'"),
+    (
+        "candidate tag",
+        V1,
+        {"instances": [puzzle(candidates=["B cell</answer>", "T cell", "x"])]},
+        {},
+        400,
+        "'<' or '>'",
+    ),
     ("candidate bidi", V1, {"instances": [puzzle(candidates=["\u202eB cell", "T cell", "x"])]}, {}, 400, "U+202E"),
     ("gene zero-width", V1, {"instances": [puzzle(cells=[["CD3\u200bE"], ["B"], ["C"]])]}, {}, 400, "U+200B"),
     # Unicode line/paragraph separators and C1 controls in names: were accepted (line breaks in the prompt)
-    ("candidate U+2028", V1, {"instances": [puzzle(candidates=["B\u2028cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
-    ("candidate U+2029", V1, {"instances": [puzzle(candidates=["B\u2029cell", "T cell", "x"])]}, {}, 400, "would break the prompt"),
+    (
+        "candidate U+2028",
+        V1,
+        {"instances": [puzzle(candidates=["B\u2028cell", "T cell", "x"])]},
+        {},
+        400,
+        "would break the prompt",
+    ),
+    (
+        "candidate U+2029",
+        V1,
+        {"instances": [puzzle(candidates=["B\u2029cell", "T cell", "x"])]},
+        {},
+        400,
+        "would break the prompt",
+    ),
     ("gene U+0085", V1, {"instances": [puzzle(cells=[["A\x85B"], ["B"], ["C"]])]}, {}, 400, "would break the prompt"),
-    ("expression gene U+2028", V1, {"instances": [puzzle(cells=[{"expression": {"A\u2028B": 1}}, ["B"], ["C"]])]}, {}, 400,
-     "would break the prompt"),
-    ("v2 candidate U+2029", V2, v2([json.dumps(puzzle(candidates=["B\u2029cell", "T cell", "x"]), ensure_ascii=False)]), {}, 400,
-     "would break the prompt"),
+    (
+        "expression gene U+2028",
+        V1,
+        {"instances": [puzzle(cells=[{"expression": {"A\u2028B": 1}}, ["B"], ["C"]])]},
+        {},
+        400,
+        "would break the prompt",
+    ),
+    (
+        "v2 candidate U+2029",
+        V2,
+        v2([json.dumps(puzzle(candidates=["B\u2029cell", "T cell", "x"]), ensure_ascii=False)]),
+        {},
+        400,
+        "would break the prompt",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "body", "headers", "status", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("name", "path", "body", "headers", "status", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
 def test_bad_requests_get_4xx_with_a_clear_message(client, name, path, body, headers, status, needle):
     if isinstance(body, bytes):
         r = client.post(path, content=body, headers=headers)
@@ -225,8 +393,10 @@ def test_bad_requests_get_4xx_with_a_clear_message(client, name, path, body, hea
 def test_declared_body_over_the_limit_is_refused_before_reading(server):
     import socket
 
-    head = (f"POST {V1} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{}")
+    head = (
+        f"POST {V1} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{}"
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head.encode())
         reply = b""
@@ -246,7 +416,9 @@ def test_still_answers_after_bad_requests(client):
 
 
 def test_largest_seed_is_accepted(client):
-    r = client.post(CHAT, json={"model": "cello", "messages": HI, "max_tokens": 2, "temperature": 0.7, "seed": 2**63 - 1})
+    r = client.post(
+        CHAT, json={"model": "cello", "messages": HI, "max_tokens": 2, "temperature": 0.7, "seed": 2**63 - 1}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] > 0
 
@@ -268,8 +440,11 @@ def test_model_repository_routes_are_not_served(server, client):
 
 
 def test_openai_errors_have_openai_shape(client):
-    for method, path in (("GET", "/openai/v1/models/other"), ("POST", "/openai/v1/completions"),
-                         ("GET", "/openai/v1/chat/completions")):
+    for method, path in (
+        ("GET", "/openai/v1/models/other"),
+        ("POST", "/openai/v1/completions"),
+        ("GET", "/openai/v1/chat/completions"),
+    ):
         r = client.request(method, path)
         assert r.status_code in (404, 405), (method, path, r.text)
         error = r.json()["error"]
@@ -283,16 +458,34 @@ def test_openai_model_by_id(client):
 
 def test_openai_no_op_values_are_accepted(client):
     """Fields Cello cannot apply are fine at their no-op value (clients send defaults)."""
-    r = client.post(CHAT, json={"model": "cello", "messages": HI, "max_tokens": 2, "tools": [], "logprobs": False,
-                                "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
-                                "response_format": {"type": "text"}, "user": "u1", "metadata": {"k": "v"}})
+    r = client.post(
+        CHAT,
+        json={
+            "model": "cello",
+            "messages": HI,
+            "max_tokens": 2,
+            "tools": [],
+            "logprobs": False,
+            "frequency_penalty": 0,
+            "presence_penalty": 0.0,
+            "logit_bias": {},
+            "response_format": {"type": "text"},
+            "user": "u1",
+            "metadata": {"k": "v"},
+        },
+    )
     assert r.status_code == 200, r.text
 
 
 def test_seeded_request_is_the_same_alone_and_in_a_burst(client):
     """Issue: the same seeded request alone and in a concurrent burst gave five different outputs."""
-    body = {"model": "cello", "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4, IL7R"}],
-            "max_tokens": 8, "temperature": 1.0, "seed": 1234}
+    body = {
+        "model": "cello",
+        "messages": [{"role": "user", "content": "Cell 1: CD3E, CD4, IL7R"}],
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 1234,
+    }
     alone = client.post(CHAT, json=body).json()["choices"][0]["message"]["content"]
     with ThreadPoolExecutor(max_workers=5) as pool:
         burst = list(pool.map(lambda _: client.post(CHAT, json=body), range(5)))
@@ -323,8 +516,16 @@ def test_openai_sdk_plain_streamed_and_errors(server):
     sdk = openai.OpenAI(base_url=server.url + "/openai/v1", api_key=TOKEN, max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "Cell 1: CD3E, CD4"}]
     plain = sdk.chat.completions.create(model="cello", messages=messages, max_tokens=6, temperature=0)
-    chunks = list(sdk.chat.completions.create(model="cello", messages=messages, max_tokens=6, temperature=0,
-                                              stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="cello",
+            messages=messages,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -334,5 +535,6 @@ def test_openai_sdk_plain_streamed_and_errors(server):
     with pytest.raises(openai.NotFoundError, match="not found"):
         sdk.chat.completions.create(model="gpt-4", messages=messages)
     with pytest.raises(openai.BadRequestError, match="tools"):
-        sdk.chat.completions.create(model="cello", messages=messages,
-                                    tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+        sdk.chat.completions.create(
+            model="cello", messages=messages, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]
+        )
