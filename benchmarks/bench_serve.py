@@ -211,7 +211,9 @@ def abandoned_wave(
     url: str, *, clients: int = 30, puzzles: int = 8, client_timeout: float = 0.5, max_new_tokens: int = 64
 ) -> dict:
     """`clients` clients send `puzzles` puzzles each, give up after `client_timeout` s and disconnect;
-    then one small request: its latency against the idle one (the server should not work for the gone)."""
+    then a small request at once, and another 1 s later: their latency against the idle one (the server
+    should not work for clients that are gone). The first one can wait for the one batch already in its
+    prompt pass (prefill), which cannot be interrupted; every later step can."""
     idle = idle_latency(url)
     _, count0 = batch_stats(url)
     body = json.dumps(
@@ -236,6 +238,7 @@ def abandoned_wave(
         t.join()
     status, fresh = small_request(url)
     time.sleep(1.0)
+    settled_status, settled = small_request(url)
     _, count1 = batch_stats(url)
     return {
         "clients": clients,
@@ -246,7 +249,10 @@ def abandoned_wave(
         "fresh_latency_ms": round(fresh * 1000, 1),
         "fresh_status": status,
         "fresh_vs_idle": round(fresh / idle, 2),
-        "batches_during_and_after_wave": int(count1 - count0) - 1,
+        "after_1s_latency_ms": round(settled * 1000, 1),
+        "after_1s_status": settled_status,
+        "after_1s_vs_idle": round(settled / idle, 2),
+        "batches_during_and_after_wave": int(count1 - count0) - 2,
     }
 
 

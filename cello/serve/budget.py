@@ -61,7 +61,14 @@ class PromptBudget:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=COUNT_THREADS, thread_name_prefix="cello-budget")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.check, conversations, max_new_tokens)
+        # one job per conversation: a cancelled request (its client left) drops the counts not yet started
+        jobs = [loop.run_in_executor(self._executor, self._check_one, i, conv, max_new_tokens)
+                for i, conv in enumerate(conversations)]
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            for job in jobs:
+                job.cancel()
 
     def close(self) -> None:
         if self._executor is not None:
@@ -103,16 +110,19 @@ class PromptBudget:
             return
         self.check_length(conversations, max_new_tokens)
         for i, conv in enumerate(conversations):
-            try:
-                n = self.tokens(conv)
-            except Exception as exc:  # the tokenizer refused this text: the request's fault
-                log.info("puzzle %d: the tokenizer refused the prompt: %s: %s", i, type(exc).__name__, exc)
-                msg = (f"puzzle {i}: the prompt cannot be tokenized ({type(exc).__name__}); "
-                       "send text that is valid Unicode (UTF-8, no lone surrogates)")
-                raise RequestError(msg) from None
-            if n is not None and n + max_new_tokens > self.limit:
-                msg = (
-                    f"puzzle {i}: the prompt is {n} tokens and up to {max_new_tokens} more are generated, "
-                    f"but the model holds {self.limit}; send fewer cells or genes, or a smaller max_new_tokens"
-                )
-                raise RequestError(msg)
+            self._check_one(i, conv, max_new_tokens)
+
+    def _check_one(self, i: int, conv: list[dict], max_new_tokens: int) -> None:
+        try:
+            n = self.tokens(conv)
+        except Exception as exc:  # the tokenizer refused this text: the request's fault
+            log.info("puzzle %d: the tokenizer refused the prompt: %s: %s", i, type(exc).__name__, exc)
+            msg = (f"puzzle {i}: the prompt cannot be tokenized ({type(exc).__name__}); "
+                   "send text that is valid Unicode (UTF-8, no lone surrogates)")
+            raise RequestError(msg) from None
+        if n is not None and n + max_new_tokens > self.limit:
+            msg = (
+                f"puzzle {i}: the prompt is {n} tokens and up to {max_new_tokens} more are generated, "
+                f"but the model holds {self.limit}; send fewer cells or genes, or a smaller max_new_tokens"
+            )
+            raise RequestError(msg)

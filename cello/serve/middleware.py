@@ -4,7 +4,9 @@ A pure ASGI middleware (no per-request threads, works for every route, KServe's 
 - bearer-token auth when a token is configured (cello.serve.auth: fails closed). Liveness and
   readiness probes and /metrics stay open (GET/HEAD only): Kubernetes probes and Prometheus
   send no token, and they reveal nothing but health and counters;
-- while the server drains (after SIGTERM) new work is answered 503 with Retry-After at once;
+- while the server drains (after SIGTERM) new work and readiness probes are answered 503 with
+  Retry-After at once (the listener stays open, so requests already on their way get an answer
+  rather than a reset connection); `Traffic.in_flight` tells the drain when the last one is done;
 - the body is read up to `max_body_bytes` (a larger body, or a lying Content-Length: 413)
   and within `read_timeout_s` (a slower one: 408), before any JSON parsing;
 - a client that disconnects while its request runs cancels the request: its queued work is
@@ -43,6 +45,8 @@ _ROUTES = [
 ]
 # KServe routes that change the server's state (not served): the model repository extension.
 _BLOCKED = re.compile(r"^/v2/repository(/|$)")
+# Readiness probes: 503 while draining, so Kubernetes stops sending traffic.
+_READY = re.compile(r"^/v2/health/ready$|^/v1/models/[^/:]+$|^/v2/models/[^/]+/ready$")
 # Open without a token: liveness/readiness probes (Kubernetes sends no token) and /metrics.
 _OPEN = re.compile(r"^/$|^/v2/health/(live|ready)$|^/v1/models/[^/:]+$|^/v2/models/[^/]+/ready$|^/metrics$")
 CLIENT_GONE = 499  # the status nginx logs for a request whose client closed the connection
@@ -70,16 +74,24 @@ def _metrics() -> dict[str, Any]:
     return _METRICS
 
 
+class Traffic:
+    """Shared by the guard and the SIGTERM drain: whether draining started, requests in flight."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+
+
 class Guard:
     """ASGI middleware: auth, drain, body limits, disconnects, metrics (see the module docstring)."""
 
     def __init__(self, app: Callable, *, max_body_bytes: int, tokens: TokenSource | None = None,
-                 read_timeout_s: float = 30.0, draining: Callable[[], bool] = lambda: False) -> None:
+                 read_timeout_s: float = 30.0, traffic: Traffic | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.tokens = tokens
         self.read_timeout_s = read_timeout_s
-        self.draining = draining
+        self.traffic = traffic or Traffic()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -92,6 +104,7 @@ class Guard:
         if head:
             scope = {**scope, "method": "GET"}
         status = {"code": 500, "done": False}
+        self.traffic.in_flight += 1
 
         async def send_and_record(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -114,6 +127,7 @@ class Guard:
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
+            self.traffic.in_flight -= 1
             m = _metrics()
             m["requests"].labels(route=route, status=str(status["code"])).inc()
             m["seconds"].labels(route=route).observe(time.perf_counter() - start)
@@ -124,7 +138,7 @@ class Guard:
         if problem is None and _BLOCKED.match(path):
             problem = NotFound(f"{path[:100]} is not served: the model is loaded once at startup and cannot be "
                                "loaded or unloaded over HTTP")
-        if problem is None and scope.get("method") == "POST" and self.draining():
+        if problem is None and self.traffic.draining and (scope.get("method") == "POST" or _READY.match(path)):
             problem = Draining("the server is shutting down; retry, another replica will answer")
         return problem
 

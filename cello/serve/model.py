@@ -201,15 +201,11 @@ def _make_model_class():
             return True if self._health is None else await self._health()
 
         def begin_drain(self, seconds: float) -> None:
-            """SIGTERM: readiness false and new work refused now; queued work given up after `seconds`.
-            Called from the signal handler, so it is scheduled on the event loop."""
-            import asyncio
-
+            """SIGTERM (on the event loop): not ready, no new work; queued work given up after `seconds`."""
             self.draining = True
             log.warning("draining: new work gets 503; queued work runs for %.1f s more", seconds)
-            loop = asyncio.get_event_loop()
             if self.batcher is not None:
-                loop.call_soon_threadsafe(self.batcher.drain, seconds)
+                self.batcher.drain(seconds)
 
         def get_input_types(self) -> list[dict]:
             """v2 model metadata: one BYTES input, one puzzle JSON per element."""

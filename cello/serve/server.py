@@ -16,16 +16,15 @@ field), 401 auth, 404 unknown model or route, 405 wrong method, 408 slow client,
 large, 429 queue full (retry), 503 not ready / draining / upstream unreachable (Retry-After),
 504 generation timeout (serve.timeout_s).
 
-SIGTERM (or SIGINT) drains: readiness turns false and new work gets 503 at once, queued work is
-generated for up to serve.drain_s minus a small margin, what is left gets a JSON 503 with
-Retry-After, and the process exits 0 inside serve.drain_s (under Kubernetes' 30 s grace).
+SIGTERM (or SIGINT) drains (cello.serve.shutdown): readiness turns false and new work gets 503
+at once, queued work is generated for up to serve.drain_s minus a margin, what is left gets a
+JSON 503 with Retry-After, and the process exits 0 inside serve.drain_s (under Kubernetes' 30 s).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from cello.deps import require
 from cello.errors import CelloError, ConfigError
 from cello.serve.auth import TokenSource
 from cello.serve.errors import RequestError, ServeError, UpstreamRefused, UpstreamUnavailable, error_response
-from cello.serve.middleware import Guard
+from cello.serve.middleware import Guard, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def build_model(
     )
 
 
-def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool) -> None:
+def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool, traffic: Traffic | None = None) -> None:
     """Add Cello's middleware, error handlers and routes (OpenAI's when in process) to KServe's app."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
@@ -200,7 +199,7 @@ def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool) -> N
         max_body_bytes=cfg.max_body_bytes,
         tokens=tokens,
         read_timeout_s=cfg.read_timeout_s,
-        draining=lambda: model.draining,
+        traffic=traffic,
     )
     from cello.serve.routes import register_inference_routes
 
@@ -236,7 +235,8 @@ def serve(
     )
     cello_model.load()
     upstream = upstream_url(model, predictor_host) is not None
-    install(model_server.app, cello_model, cfg=cfg, openai_routes=not upstream)
+    traffic = Traffic()
+    install(model_server.app, cello_model, cfg=cfg, openai_routes=not upstream, traffic=traffic)
     auth = "on" if TokenSource(env=cfg.auth_token_env, file=cfg.auth_token_file).required else "off"
     log.info(
         "serving %r (%s) on port %d; auth %s; gRPC off; drain %g s",
@@ -246,7 +246,7 @@ def serve(
         auth,
         cfg.drain_s,
     )
-    _configure_rest(cfg, on_signal=cello_model.begin_drain)
+    _configure_rest(cfg, traffic=traffic, begin_drain=cello_model.begin_drain)
     server = kserve.ModelServer(
         http_port=cfg.port, enable_grpc=False, workers=1, enable_docs_url=False, grace_period=cfg.drain_s
     )
@@ -267,17 +267,12 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def drain_deadline(drain_s: float) -> float:
-    """Seconds after SIGTERM at which queued work is given up: the drain period less a margin
-    for answering it and shutting down (2 s, or half of a short period)."""
-    return drain_s - min(2.0, drain_s / 2)
-
-
-def _configure_rest(cfg: ServeConfig, *, on_signal) -> None:
+def _configure_rest(cfg: ServeConfig, *, traffic: Traffic, begin_drain) -> None:
     """Settings KServe's REST server does not expose: the bind address, the header read timeout,
-    and a drain that starts on SIGTERM/SIGINT before uvicorn stops accepting connections."""
+    and the drain on SIGTERM/SIGINT (cello.serve.shutdown)."""
     from kserve.protocol.rest import server as rest
 
+    from cello.serve import shutdown
     from cello.serve.protocol import with_header_timeout
 
     original = rest.RESTServer.__init__
@@ -286,15 +281,6 @@ def _configure_rest(cfg: ServeConfig, *, on_signal) -> None:
         original(self, *args, **kwargs)
         self.config.host = cfg.host  # the uvicorn.Server holds this same Config object
         self.config.http = with_header_timeout(cfg.read_timeout_s)
-        # uvicorn cancels what still runs after this (a plain 500): only a backstop past the drain
-        self.config.timeout_graceful_shutdown = cfg.drain_s - min(1.0, cfg.drain_s / 4)
-        uvicorn_exit = self._server.handle_exit
-
-        def handle_exit(sig, frame) -> None:
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                on_signal(drain_deadline(cfg.drain_s))
-            uvicorn_exit(sig, frame)
-
-        self._server.handle_exit = handle_exit  # installed by uvicorn when it starts serving
+        shutdown.install(self._server, drain_s=cfg.drain_s, traffic=traffic, begin_drain=begin_drain)
 
     rest.RESTServer.__init__ = init

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from cello.errors import ConfigError
-from cello.serve.middleware import Guard, TokenSource, route_name
+from cello.serve.middleware import Guard, TokenSource, Traffic, route_name
 
 
 async def echo_app(scope, receive, send):
@@ -221,10 +221,14 @@ def test_head_is_answered_like_get_without_a_body(monkeypatch):
 
 
 def test_new_work_is_refused_while_draining():
-    draining = {"on": False}
-    guard = Guard(echo_app, max_body_bytes=100, draining=lambda: draining["on"])
+    traffic = Traffic()
+    guard = Guard(echo_app, max_body_bytes=100, traffic=traffic)
     assert call(guard, "POST", "/x", content=b"{}").status_code == 200
-    draining["on"] = True
+    assert call(guard, "GET", "/v2/health/ready").status_code == 200
+    traffic.draining = True
     r = call(guard, "POST", "/v1/models/m:predict", content=b"{}")
     assert r.status_code == 503 and r.headers["retry-after"] and "shutting down" in r.json()["error"]
-    assert call(guard, "GET", "/v2/health/live").status_code == 200
+    for path in ("/v2/health/ready", "/v1/models/m", "/v2/models/m/ready"):
+        assert call(guard, "GET", path).status_code == 503, path  # readiness turns false
+    assert call(guard, "GET", "/v2/health/live").status_code == 200  # still alive
+    assert traffic.in_flight == 0
