@@ -538,3 +538,24 @@ def test_openai_sdk_plain_streamed_and_errors(server):
         sdk.chat.completions.create(
             model="cello", messages=messages, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]
         )
+
+
+def test_the_model_warms_up_at_load():
+    """Issue: the first request was about 10x slower than the next (lazy initialisation). The
+    in-process model generates once at load, before it reports ready."""
+    from types import SimpleNamespace
+
+    from cello.config import SamplingParams, ServeConfig
+    from cello.data.prompt import PromptTemplate
+    from cello.serve.model import make_model
+
+    calls = []
+
+    class Backend:
+        def generate_full(self, conversations, params):
+            calls.append((len(conversations), params.max_new_tokens))
+            return [SimpleNamespace(texts=["x"], finish_reasons=["stop"]) for _ in conversations]
+
+    model = make_model("cello", backend_factory=Backend, cfg=ServeConfig(), prompt=PromptTemplate(),
+                       sampling=SamplingParams())
+    assert model.load() and calls == [(1, 2)]
