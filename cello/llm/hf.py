@@ -124,9 +124,17 @@ class TransformersBackend(Backend):
             enc = self.tokenizer.apply_chat_template(
                 [conversations[i] for i in idx], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
             ).to(self.device)
-            stop = {"stopping_criteria": _aborted(abort, idx, kw["num_return_sequences"])} if abort else {}
-            with self._lock, torch.inference_mode():
-                out = self.model.generate(**enc, **kw, **stop)
+            if abort is not None:
+                try:
+                    out = self._generate_abortable(enc, kw, abort, idx)
+                except _Aborted:  # nobody waits for any of them: empty results, dropped by the caller
+                    for i in idx:
+                        results[i] = Generation(texts=[""] * params.n, completion_tokens=0,
+                                                finish_reasons=["abort"] * params.n)
+                    continue
+            else:
+                with self._lock, torch.inference_mode():
+                    out = self.model.generate(**enc, **kw)
             with self._usage_lock:
                 self.usage.requests += 1
             new = out[:, enc["input_ids"].shape[1] :].cpu()
@@ -139,6 +147,25 @@ class TransformersBackend(Backend):
             if progress is not None:
                 progress(len(idx))
         return results  # type: ignore[return-value]
+
+    def _generate_abortable(self, enc, kw: dict, abort, idx: list[int]):
+        """generate() that stops a row once `abort(conversation)` is true (a stopping criterion, each
+        step), and stops the whole batch, the prompt pass included, once every row is aborted: the
+        prompt is fed in chunks of PREFILL_CHUNK tokens (transformers' chunked prefill, same output)
+        and a hook before each forward pass raises _Aborted."""
+        torch = self._torch
+
+        def check(module, args):
+            if all(abort(i) for i in idx):
+                raise _Aborted
+
+        hook = self.model.register_forward_pre_hook(check)
+        try:
+            with self._lock, torch.inference_mode():
+                return self.model.generate(**enc, **kw, prefill_chunk_size=PREFILL_CHUNK,
+                                           stopping_criteria=_aborted(abort, idx, kw["num_return_sequences"]))
+        finally:
+            hook.remove()
 
     def _decode(self, rows, prompt_tokens: int, params: SamplingParams) -> Generation:
         texts, reasons, n_tokens = [], [], 0
@@ -165,6 +192,13 @@ class TransformersBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+PREFILL_CHUNK = 256  # tokens per prompt chunk when a generation may be aborted
+
+
+class _Aborted(Exception):
+    """Every conversation of a batch was aborted mid-generation."""
 
 
 def _aborted(abort, idx: list[int], rows: int):

@@ -268,3 +268,19 @@ def test_the_transformers_backend_stops_an_aborted_conversation(model_dir):
         cut = backend.generate_full(convs, params, abort=lambda i: i == 0)
     assert cut[0].completion_tokens <= 2 < full[0].completion_tokens
     assert cut[1].texts == full[1].texts
+
+
+def test_the_transformers_backend_stops_a_batch_in_its_prompt_pass(model_dir):
+    """A batch nobody waits for any more stops between prompt chunks, before its first new token."""
+    from cello.llm import make_backend
+
+    long = [{"role": "user", "content": " ".join(f"G{i}" for i in range(600))}]
+    calls = {"n": 0}
+
+    def abort(i):
+        calls["n"] += 1
+        return calls["n"] > 2  # true from the second prompt chunk on
+
+    with make_backend(str(model_dir), device="cpu") as backend:
+        (gen,) = backend.generate_full([long], SamplingParams(max_new_tokens=40), abort=abort)
+    assert gen.completion_tokens == 0 and gen.finish_reasons == ["abort"]
