@@ -79,6 +79,8 @@ def safe(text: str) -> str:
 
 def utf8(value: str, *, what: str) -> str:
     """`value` unchanged, or ValueError naming `what` when it is not encodable as UTF-8."""
+    if value.isascii():  # the common case, at C speed (a regex over a 3.6 MB message takes 45 ms)
+        return value
     found = _SURROGATE.search(value)
     if found:
         msg = (f"{what} is not valid Unicode text: it holds a lone UTF-16 surrogate "
@@ -326,8 +328,14 @@ def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         msg = f"{what} is not valid JSON ({exc})"
         raise RequestError(msg) from None
-    maybe = _MAYBE_SURROGATE if isinstance(data, bytes | bytearray) else _MAYBE_SURROGATE_TEXT
-    return check_text(value, what=what) if maybe.search(data) else value
+    return check_text(value, what=what) if _may_hold_surrogate(data) else value
+
+
+def _may_hold_surrogate(data: bytes | bytearray | str) -> bool:
+    """Whether a raw body can decode to a lone surrogate; substring tests first (memchr speed)."""
+    if isinstance(data, bytes | bytearray):
+        return (b"\\u" in data or b"\xed" in data or b"\x00" in data) and bool(_MAYBE_SURROGATE.search(data))
+    return ("\\u" in data or not data.isascii()) and bool(_MAYBE_SURROGATE_TEXT.search(data))
 
 
 def parse_puzzles(items: Any, *, limits: ServeConfig | None = None, where: str = "instances") -> list[Puzzle]:
