@@ -1,7 +1,9 @@
-"""Load test of `cello serve` on loopback: C concurrent clients for T seconds each (C = 1, 4, 16).
+"""Load and abuse test of `cello serve` on loopback: C concurrent clients for T seconds each
+(C = 1, 4, 16), then an abandoned-client wave, an oversized prompt and SIGTERM under a backlog.
 
-    python benchmarks/bench_serve.py                      # tiny model, T = 10 s per level (~1 min)
+    python benchmarks/bench_serve.py                      # tiny model, T = 10 s per level (~3 min in all)
     python benchmarks/bench_serve.py --quick              # T = 3 s
+    python benchmarks/bench_serve.py --scenarios abandoned,sigterm
     python benchmarks/bench_serve.py --model models/sft-merged --max-new-tokens 256
 
 A tiny model is built (or --model is used), `cello serve` starts as a subprocess on a free
@@ -13,7 +15,14 @@ cells, broken JSON): they must get 400, under load, and count as rejected, not a
 Reported per level: requests/s, p50/p95/p99 latency of the valid requests, the mean batch
 size (from the server's cello_batch_conversations histogram), errors (anything but 200 for a
 valid request or 400 for a bad one; must be 0), and latency relative to C = 1. The server is
-stopped with SIGTERM. Writes benchmarks/results/bench_serve.json.
+stopped with SIGTERM. Then (each a function below, with what it reports):
+- abandoned: 30 clients send 8 puzzles each and leave after 0.5 s; a small request's latency
+  at once and 1 s later, against its idle latency, and the batches generated meanwhile;
+- oversized: a 3.6 MiB chat message: time to its 400 and the server's peak extra memory, then
+  four at once and a small chat request's latency meanwhile;
+- sigterm: a fresh server with 80 eight-puzzle requests queued gets SIGTERM: seconds to exit,
+  exit code, readiness right after, responses by status (every 503 JSON with Retry-After).
+Writes benchmarks/results/bench_serve.json.
 """
 
 from __future__ import annotations
