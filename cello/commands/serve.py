@@ -38,6 +38,7 @@ def command(
     max_batch_size: int | None = option(ServeConfig, "max_batch_size"),
     max_puzzles: int | None = option(ServeConfig, "max_puzzles"),
     token_file: str | None = option(ServeConfig, "auth_token_file", "--token-file"),
+    drain_s: float | None = option(ServeConfig, "drain_s", "--drain-s"),
     device: str | None = option(BackendConfig, "device", note="In process only."),
     threads: int | None = option(ServeConfig, "cpu_threads", "--threads"),
     workers: int = typer.Option(1, "--workers", help="Uvicorn workers (only 1: batching needs one process)."),
@@ -54,7 +55,7 @@ def command(
     p = load_params(params, profile=profile)
     cfg = override(p.serve, port=port, host=host, model_name=model_name, max_new_tokens=max_new_tokens,
                    temperature=temperature, timeout_s=timeout_s, max_batch_size=max_batch_size,
-                   max_puzzles=max_puzzles, auth_token_file=token_file, cpu_threads=threads)
+                   max_puzzles=max_puzzles, auth_token_file=token_file, cpu_threads=threads, drain_s=drain_s)
     generation = p.generation.model_copy(update={"backend": override(p.generation.backend, device=device)})
     serve(model, cfg=cfg, prompt=p.prompt, generation=generation,
           predictor_host=predictor_host, upstream_model=upstream_model)

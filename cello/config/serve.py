@@ -41,6 +41,17 @@ class ServeConfig(Section):
         1024, ge=1,
         description="Conversations waiting for generation; beyond it the client gets 429.",
     )
+    drain_s: float = Field(
+        20.0, ge=0, le=600,
+        description=(
+            "After SIGTERM: seconds to finish queued work before the rest is answered 503 (with Retry-After) and the "
+            "process exits; keep it under the pod's terminationGracePeriodSeconds (Kubernetes' default: 30)."
+        ),
+    )
+    read_timeout_s: float = Field(
+        30.0, gt=0,
+        description="Most seconds a client may take to send its request headers, and again its body (408 past it).",
+    )
     repair: bool = Field(True, description="Repair invalid answers into a valid assignment (cello.scoring.repair).")
     cpu_threads: int | None = Field(
         None, ge=1,
@@ -51,11 +62,16 @@ class ServeConfig(Section):
     )
     auth_token_env: str = Field(
         "CELLO_SERVE_TOKEN",
-        description="Env var holding the bearer token; unset/empty: no auth.",
+        description=(
+            "Env var holding the bearer token; unset/empty at start: no auth (unless auth_token_file is set)."
+        ),
     )
     auth_token_file: str | None = Field(
         None,
-        description="File holding the bearer token (a mounted Secret); wins over the env var (auth_token_env).",
+        description=(
+            "File holding the bearer token (a mounted Secret), re-read when it changes; wins over auth_token_env. "
+            "Auth then stays on: an empty, unreadable or missing file refuses every protected request (401)."
+        ),
     )
 
     @model_validator(mode="after")

@@ -73,6 +73,7 @@ class Backend(abc.ABC):
     """Generates completions for chat conversations. Use as a context manager to release resources."""
 
     name: str = "backend"
+    abortable: bool = False  # generate_full(..., abort=) can stop conversations mid-generation
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -85,14 +86,18 @@ class Backend(abc.ABC):
         return [g.texts for g in self.generate_full(conversations, params, progress=progress)]
 
     def generate_full(
-        self, conversations: Sequence[Conversation], params: SamplingParams | None = None, *, progress: Progress | None = None
+        self, conversations: Sequence[Conversation], params: SamplingParams | None = None, *,
+        progress: Progress | None = None, abort: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
-        """Like `generate`, with token counts and finish reasons."""
+        """Like `generate`, with token counts and finish reasons. `abort(i)` true: conversation i is
+        no longer wanted; an `abortable` backend stops generating it at the next step (what it
+        returns for it is then cut short)."""
         params = params or SamplingParams()
         convs = check_conversations(conversations)
         if not convs:
             return []
-        out = self._generate(convs, params, progress)
+        out = self._generate(convs, params, progress, abort=abort) if abort and self.abortable else \
+            self._generate(convs, params, progress)
         with self._usage_lock:
             self.usage.conversations += len(out)
             self.usage.prompt_tokens += sum(g.prompt_tokens or 0 for g in out)

@@ -29,6 +29,7 @@ class TransformersBackend(Backend):
     """A Hugging Face model directory, loaded in this process."""
 
     name = "transformers"
+    abortable = True
 
     def __init__(
         self,
@@ -108,7 +109,8 @@ class TransformersBackend(Backend):
             kw["tokenizer"] = self.tokenizer
         return kw
 
-    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:
+    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None,
+                  abort=None) -> list[Generation]:
         torch = self._torch
         if params.seed is not None:
             # torch takes a 64-bit seed; model_copy(update=...) skips SamplingParams' bound check
@@ -122,8 +124,17 @@ class TransformersBackend(Backend):
             enc = self.tokenizer.apply_chat_template(
                 [conversations[i] for i in idx], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
             ).to(self.device)
-            with self._lock, torch.inference_mode():
-                out = self.model.generate(**enc, **kw)
+            if abort is not None:
+                try:
+                    out = self._generate_abortable(enc, kw, abort, idx)
+                except _Aborted:  # nobody waits for any of them: empty results, dropped by the caller
+                    for i in idx:
+                        results[i] = Generation(texts=[""] * params.n, completion_tokens=0,
+                                                finish_reasons=["abort"] * params.n)
+                    continue
+            else:
+                with self._lock, torch.inference_mode():
+                    out = self.model.generate(**enc, **kw)
             with self._usage_lock:
                 self.usage.requests += 1
             new = out[:, enc["input_ids"].shape[1] :].cpu()
@@ -136,6 +147,25 @@ class TransformersBackend(Backend):
             if progress is not None:
                 progress(len(idx))
         return results  # type: ignore[return-value]
+
+    def _generate_abortable(self, enc, kw: dict, abort, idx: list[int]):
+        """generate() that stops a row once `abort(conversation)` is true (a stopping criterion, each
+        step), and stops the whole batch, the prompt pass included, once every row is aborted: the
+        prompt is fed in chunks of PREFILL_CHUNK tokens (transformers' chunked prefill, same output)
+        and a hook before each forward pass raises _Aborted."""
+        torch = self._torch
+
+        def check(module, args):
+            if all(abort(i) for i in idx):
+                raise _Aborted
+
+        hook = self.model.register_forward_pre_hook(check)
+        try:
+            with self._lock, torch.inference_mode():
+                return self.model.generate(**enc, **kw, prefill_chunk_size=PREFILL_CHUNK,
+                                           stopping_criteria=_aborted(abort, idx, kw["num_return_sequences"]))
+        finally:
+            hook.remove()
 
     def _decode(self, rows, prompt_tokens: int, params: SamplingParams) -> Generation:
         texts, reasons, n_tokens = [], [], 0
@@ -162,3 +192,23 @@ class TransformersBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+PREFILL_CHUNK = 256  # tokens per prompt chunk when a generation may be aborted
+
+
+class _Aborted(Exception):
+    """Every conversation of a batch was aborted mid-generation."""
+
+
+def _aborted(abort, idx: list[int], rows: int):
+    """A stopping criterion: a row ends at the next step once `abort(conversation)` is true."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Aborted(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            flags = [bool(abort(i)) for i in idx for _ in range(rows)]
+            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Aborted()])

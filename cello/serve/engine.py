@@ -1,5 +1,5 @@
 """Request batching in front of a generation backend: concurrent requests are queued and
-generated together, never dropped; each request has a timeout.
+generated together; each request has a timeout, and work nobody waits for is dropped.
 
 Why: a model generates a batch of 8 conversations in little more time than one, and the
 in-process transformers backend must not be called from two threads at once. Every request
@@ -7,12 +7,19 @@ puts its conversations on one queue; `workers` tasks take up to `max_batch_size`
 conversations with the same sampling settings (waiting `wait_s` for a batch to fill) and run
 `backend.generate_full` in a thread, so the event loop keeps answering health checks.
 
-Limits, each with its own error (mapped to an HTTP status by the server):
+Limits and exits, each with its own error (cello.serve.errors maps them to HTTP statuses):
 - more than `max_queue` conversations waiting: `QueueFull` (429, retry later);
-- no answer within the request's timeout: `GenerationTimeout` (504). The request's
-  conversations are withdrawn from the queue; a batch already running finishes in its thread
-  (a thread cannot be interrupted) and its results are dropped;
-- the backend failed: `BackendError` (503 for an unreachable upstream, else 500).
+- no answer within the request's timeout, or the request was cancelled (its client
+  disconnected): its queued conversations are withdrawn, and a batch that runs only for
+  withdrawn conversations stops at the next generation step (`abort`, for backends that
+  support it), as vLLM aborts a request on disconnect; timeouts answer `GenerationTimeout` (504);
+- `drain(seconds)` (SIGTERM): new work gets `Draining` (503) at once, queued work is still
+  generated until the deadline, then whatever is left gets `Draining` and the running batch
+  stops at the next step, so the process exits inside the drain period;
+- the backend failed: `BackendError` (500; 503 for an unreachable upstream).
+
+A request that sets a seed while sampling runs in a batch of its own: a seed makes a
+completion reproducible only if no other conversation shares its random stream.
 
     batcher = Batcher(backend, max_batch_size=8, wait_s=0.005)
     gens = await batcher.generate(conversations, SamplingParams(max_new_tokens=256), timeout_s=60)
@@ -28,24 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cello.config import SamplingParams
+from cello.serve.errors import BackendError, Draining, GenerationTimeout, QueueFull
+
+__all__ = ["BackendError", "Batcher", "Draining", "GenerationTimeout", "QueueFull", "Result"]
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(RuntimeError):
-    """Too many conversations are waiting; the client should retry later (HTTP 429)."""
-
-
-class GenerationTimeout(TimeoutError):
-    """Generation did not finish within the request's timeout (HTTP 504)."""
-
-
-class BackendError(RuntimeError):
-    """The backend failed to generate (an unreachable upstream: HTTP 503)."""
-
-    def __init__(self, message: str, *, unavailable: bool = False) -> None:
-        super().__init__(message)
-        self.unavailable = unavailable
 
 
 _BATCH_HIST: list = []
@@ -61,12 +55,13 @@ def _observe_batch(size: int) -> None:
     _BATCH_HIST[0].observe(size)
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity (kept in a set while running)
 class _Item:
     conversation: list[dict]
     params: SamplingParams
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
+    withdrawn: bool = False  # nobody waits for it any more (read by the generation thread)
 
 
 @dataclass
@@ -88,9 +83,10 @@ class Batcher:
         self.max_queue = max_queue
         self.workers = workers
         self._items: deque[_Item] = deque()
+        self._running: set[_Item] = set()  # conversations being generated (by any worker)
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
-        self.batches = 0  # batches generated so far (for tests and metrics)
+        self.draining = False
 
     @property
     def pending(self) -> int:
@@ -100,8 +96,13 @@ class Batcher:
         self._wake = asyncio.Event()
         self._tasks = [asyncio.create_task(self._worker(), name=f"cello-batcher-{i}") for i in range(self.workers)]
 
-    async def generate(self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float) -> list[Result]:
-        """Generate for `conversations` (in order); raises QueueFull, GenerationTimeout or BackendError."""
+    async def generate(
+        self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float
+    ) -> list[Result]:
+        """Generate for `conversations` (in order); raises QueueFull, Draining, GenerationTimeout or BackendError."""
+        if self.draining:
+            msg = "the server is shutting down; retry, another replica will answer"
+            raise Draining(msg)
         if not self._tasks:
             self._start()
         if self.pending + len(conversations) > self.max_queue:
@@ -112,15 +113,33 @@ class Batcher:
         self._items.extend(items)
         assert self._wake is not None
         self._wake.set()
+        gathered = asyncio.gather(*(it.future for it in items))
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*(it.future for it in items)), timeout_s))
+            return list(await asyncio.wait_for(gathered, timeout_s))
         except TimeoutError:
             msg = f"generation took longer than {timeout_s:g} s (serve.timeout_s); send fewer puzzles or retry later"
             raise GenerationTimeout(msg) from None
         finally:
-            for it in items:  # withdraw what is still queued (timeout, client gone)
-                if not it.future.done():
+            for it in items:  # withdraw what is still queued or running (timeout, client gone)
+                if not it.future.done() or it.future.cancelled():
+                    it.withdrawn = True
                     it.future.cancel()
+            if gathered.done() and not gathered.cancelled():
+                gathered.exception()  # retrieved: a cancelled request is not an unhandled error
+
+    def drain(self, seconds: float) -> None:
+        """Refuse new work now; after `seconds`, answer what is left with `Draining` (see the module docstring)."""
+        self.draining = True
+        asyncio.get_running_loop().call_later(max(0.0, seconds), self._give_up, seconds)
+
+    def _give_up(self, seconds: float) -> None:
+        left = [it for it in [*self._running, *self._items] if not it.future.done()]
+        if left:
+            log.warning("drain: %d conversations not generated within %.1f s; answering 503", len(left), seconds)
+        for it in left:
+            it.withdrawn = True
+            it.future.set_exception(Draining("the server is shutting down; retry, another replica will answer"))
+            it.future.exception()  # retrieved: a request already gone does not log it as unhandled
 
     async def _take(self) -> list[_Item]:
         assert self._wake is not None
@@ -141,10 +160,12 @@ class Batcher:
         for it in self._items:
             if it.future.done():
                 continue
-            if len(batch) < self.max_batch_size and it.params == first.params:
+            if len(batch) < self.max_batch_size and it.params == first.params and not _seeded(first.params):
                 batch.append(it)
             else:
                 rest.append(it)
+        if not batch:
+            batch.append(rest.popleft())  # a seeded request: alone
         self._items = rest
         return batch
 
@@ -153,11 +174,13 @@ class Batcher:
             batch = await self._take()
             if not batch:
                 continue
+            self._running.update(batch)
+            # a backend that can stop mid-generation is told which conversations nobody waits for
+            abort = {"abort": lambda i, b=batch: b[i].withdrawn} if getattr(self.backend, "abortable", False) else {}
             try:
                 gens = await asyncio.to_thread(
-                    self.backend.generate_full, [it.conversation for it in batch], batch[0].params
+                    self.backend.generate_full, [it.conversation for it in batch], batch[0].params, **abort
                 )
-                self.batches += 1
                 _observe_batch(len(batch))
                 now = time.perf_counter()
                 for it, gen in zip(batch, gens, strict=True):
@@ -167,16 +190,29 @@ class Batcher:
                 raise
             except Exception as exc:  # the backend failed: every waiting request hears about it
                 log.exception("generation failed for a batch of %d", len(batch))
-                err = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+                err = (
+                    exc
+                    if isinstance(exc, BackendError)
+                    else BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+                )
                 for it in batch:
                     if not it.future.done():
                         it.future.set_exception(err)
+            finally:
+                self._running.difference_update(batch)
 
     async def close(self) -> None:
+        """Stop the workers and withdraw everything (a running batch stops at the next step)."""
         for task in self._tasks:
             task.cancel()
-        for it in self._items:
+        for it in [*self._running, *self._items]:
+            it.withdrawn = True
             if not it.future.done():
                 it.future.cancel()
         self._items.clear()
         self._tasks = []
+
+
+def _seeded(params: SamplingParams) -> bool:
+    """A seed matters only when sampling; such a request is generated alone."""
+    return params.seed is not None and params.temperature > 0

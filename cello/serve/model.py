@@ -56,12 +56,6 @@ class Job:
     results: list[Result] = field(default_factory=list)
 
 
-def _invalid(message: str) -> Exception:
-    from kserve.errors import InvalidInput
-
-    return InvalidInput(message)
-
-
 def decode_v1(payload: Any, *, limits: ServeConfig) -> Job:
     """A v1 body (already JSON-decoded by KServe, or raw bytes for a non-JSON content type)."""
     if isinstance(payload, bytes | bytearray | str):
@@ -114,7 +108,9 @@ def decode_v2(request: Any, *, limits: ServeConfig) -> Job:
         msg = f"requested outputs {wanted[:5]}; this model has one output, {V2_OUTPUT!r}"
         raise RequestError(msg)
     params = request.parameters if isinstance(request.parameters, dict) else None
-    return Job("v2", parse_puzzles(items, limits=limits, where=tensor.name), parse_options(params, limits=limits), request.id)
+    return Job(
+        "v2", parse_puzzles(items, limits=limits, where=tensor.name), parse_options(params, limits=limits), request.id
+    )
 
 
 def result_record(puzzle: Puzzle, result: Result, *, repair_answers: bool) -> dict[str, Any]:
@@ -148,8 +144,17 @@ def _make_model_class():
     class CelloModel(Model):
         """A Cello annotator behind KServe (in-process transformers, or an upstream OpenAI server)."""
 
-        def __init__(self, name: str, *, backend_factory, cfg: ServeConfig, prompt: PromptTemplate,
-                     sampling: SamplingParams, workers: int = 1, health=None) -> None:
+        def __init__(
+            self,
+            name: str,
+            *,
+            backend_factory,
+            cfg: ServeConfig,
+            prompt: PromptTemplate,
+            sampling: SamplingParams,
+            workers: int = 1,
+            health=None,
+        ) -> None:
             super().__init__(name)
             self.cfg = cfg
             self.prompt = prompt
@@ -160,22 +165,55 @@ def _make_model_class():
             self.backend = None
             self.batcher: Batcher | None = None
             self.budget = None
+            self.draining = False
 
         def load(self) -> bool:
             from cello.serve.budget import PromptBudget
 
             self.backend = self._backend_factory()
             self.budget = PromptBudget(self.backend)
-            self.batcher = Batcher(self.backend, max_batch_size=self.cfg.max_batch_size,
-                                   wait_s=self.cfg.batch_wait_ms / 1000, max_queue=self.cfg.max_queue,
-                                   workers=self._workers)
+            self.batcher = Batcher(
+                self.backend,
+                max_batch_size=self.cfg.max_batch_size,
+                wait_s=self.cfg.batch_wait_ms / 1000,
+                max_queue=self.cfg.max_queue,
+                workers=self._workers,
+            )
+            self._warm_up()
             self.ready = True
             return self.ready
 
+        def _warm_up(self) -> None:
+            """One small puzzle through the tokenizer and the model before the server reports ready: the
+            first real request would otherwise pay for lazy initialisation (about 10x its latency).
+            Only in process: an upstream warms itself."""
+            if self._health is not None:
+                return
+            start = time.perf_counter()
+            conversation = self.prompt.messages("", [["CD3E", "CD4"], ["MS4A1", "CD79A"]], ["B cell", "T cell"])
+            self.budget.check([conversation], 1)
+            self.backend.generate_full([conversation], self.sampling.model_copy(update={"max_new_tokens": 2}))
+            log.info("warm-up generation took %.2f s", time.perf_counter() - start)
+
         async def healthy(self) -> bool:
-            if not self.ready:
+            if not self.ready or self.draining:
                 return False
             return True if self._health is None else await self._health()
+
+        def begin_drain(self, seconds: float) -> None:
+            """SIGTERM (on the event loop): not ready, no new work; queued work given up after `seconds`."""
+            self.draining = True
+            log.warning("draining: new work gets 503; queued work runs for %.1f s more", seconds)
+            if self.batcher is not None:
+                self.batcher.drain(seconds)
+
+        def get_input_types(self) -> list[dict]:
+            """v2 model metadata: one BYTES input, one puzzle JSON per element."""
+            return [{"name": V2_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+        def get_output_types(self) -> list[dict]:
+            """v2 model metadata: one BYTES output, one result JSON per puzzle."""
+            return [{"name": V2_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
 
         def params_for(self, options: Options) -> SamplingParams:
             update = {k: v for k, v in options.model_dump().items() if v is not None}
@@ -184,35 +222,37 @@ def _make_model_class():
         async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
             from kserve.protocol.infer_type import InferRequest
 
-            try:
-                if isinstance(payload, InferRequest):
-                    return decode_v2(payload, limits=self.cfg)
-                return decode_v1(payload, limits=self.cfg)
-            except RequestError as exc:
-                raise _invalid(str(exc)) from None
+            if isinstance(payload, InferRequest):
+                return decode_v2(payload, limits=self.cfg)
+            return decode_v1(payload, limits=self.cfg)
 
         async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
             conversations = [self.prompt.messages(p.context_for(self.prompt.profile), p.cell_genes, p.candidates)
                              for p in job.puzzles]
             params = self.params_for(job.options)
-            try:
-                await self.budget.acheck(conversations, params.max_new_tokens)
-            except RequestError as exc:
-                raise _invalid(str(exc)) from None
+            await self.budget.acheck(conversations, params.max_new_tokens)
             assert self.batcher is not None
             job.results = await self.batcher.generate(conversations, params, timeout_s=self.cfg.timeout_s)
             return job
 
         async def postprocess(self, job: Job, headers: dict[str, str] | None = None, response_headers=None):
-            records = [result_record(p, r, repair_answers=self.cfg.repair) for p, r in zip(job.puzzles, job.results, strict=True)]
+            records = [
+                result_record(p, r, repair_answers=self.cfg.repair)
+                for p, r in zip(job.puzzles, job.results, strict=True)
+            ]
             if job.protocol == "v1":
                 return {"predictions": records}
             from kserve.protocol.infer_type import InferOutput, InferResponse
 
-            out = InferOutput(name=V2_OUTPUT, shape=[len(records)], datatype="BYTES",
-                              data=[json.dumps(r, ensure_ascii=False) for r in records])
-            return InferResponse(response_id=job.request_id or f"cello-{time.time_ns()}", model_name=self.name,
-                                 infer_outputs=[out])
+            out = InferOutput(
+                name=V2_OUTPUT,
+                shape=[len(records)],
+                datatype="BYTES",
+                data=[json.dumps(r, ensure_ascii=False) for r in records],
+            )
+            return InferResponse(
+                response_id=job.request_id or f"cello-{time.time_ns()}", model_name=self.name, infer_outputs=[out]
+            )
 
         def stop(self) -> None:
             super().stop()

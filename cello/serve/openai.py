@@ -1,24 +1,36 @@
-"""OpenAI-style routes for the in-process model, so standard clients (openai, LangChain, curl)
-can talk to a Cello model with free-form chat:
+"""OpenAI-style routes for the in-process model, so standard clients (the openai SDK, LangChain,
+chat UIs, curl) can talk to a Cello model with free-form chat:
 
     POST /openai/v1/chat/completions   {"model": "cello", "messages": [...], "max_tokens": 256}
-    GET  /openai/v1/models
+    GET  /openai/v1/models             GET /openai/v1/models/cello
 
 KServe registers its own /openai routes only with vLLM installed; these are Cello's, added
 to the server's FastAPI app before it starts. They share the model's batcher (so chat and
-puzzle requests are batched together), its limits and its timeout. Not supported, with a 400
-that says so: streaming, n > 1, tools. Unknown fields are ignored, as OpenAI clients send
-many optional ones.
+puzzle requests are batched together), its limits and its timeout.
+
+No field is silently ignored: Cello applies model, messages, max_tokens /
+max_completion_tokens, temperature, top_p, stop, seed (a seeded request is generated alone,
+so it is reproducible whatever else is queued), stream and stream_options.include_usage.
+Fields it cannot apply (tools, response_format other than text, logprobs, penalties,
+logit_bias, ...) are accepted only at their no-op value and otherwise answered 400 naming the
+field; identifiers that do not change the output (user, metadata, service_tier) are accepted;
+any other field is a 400. Errors come in OpenAI's shape, on unknown /openai routes too.
+
+`stream: true` answers server-sent events as OpenAI does (`data: {chunk}` lines, a last chunk
+with the finish reason, the usage chunk when `stream_options.include_usage`, `data: [DONE]`).
+The batcher generates whole completions, so the text arrives in one content chunk once it is
+generated; errors found before generation (limits, queue full, timeout) keep their status.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import StreamingResponse
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,7 +41,8 @@ from pydantic import (
     model_validator,
 )
 
-from cello.serve.schema import RequestError, describe, parse_json, utf8
+from cello.serve.errors import NotFound, RequestError, Unavailable
+from cello.serve.schema import describe, parse_json, utf8
 
 MAX_MESSAGES = 64
 MAX_SEED = 2**63 - 1  # torch, vLLM and numpy seeds are 64-bit
@@ -62,10 +75,37 @@ class Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that Cello serves."""
+# OpenAI fields Cello cannot apply: accepted only at these no-op values, else a 400 naming the field.
+NO_OP: dict[str, tuple] = {
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "parallel_tool_calls": (None, True, False), "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False), "top_logprobs": (None, 0), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "logit_bias": (None, {}), "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
+    "store": (None, False), "reasoning_effort": (None,), "web_search_options": (None,),
+}
+# Fields that identify or route a request but do not change its output: accepted.
+IDENTIFIERS = {"user", "metadata", "service_tier", "safety_identifier", "prompt_cache_key"}
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality without Python's True == 1 == 1.0 (0 and 0.0 are the same number)."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The subset of OpenAI's chat completion request that Cello serves (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(..., max_length=256)
     messages: list[Message] = Field(..., min_length=1, max_length=MAX_MESSAGES)
@@ -77,12 +117,29 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            if key in NO_OP:
+                if not any(_same(value, ok) for ok in NO_OP[key]):
+                    msg = (f"{key}={json.dumps(value)[:60]} is not supported by this server (it would be ignored); "
+                           f"leave '{key}' out")
+                    raise ValueError(msg)
+            elif key not in cls.model_fields and key not in IDENTIFIERS:
+                msg = f"unknown field {str(key)[:40]!r}; this server applies: {', '.join(cls.model_fields)}"
+                raise ValueError(msg)
+        return {k: v for k, v in data.items() if k in cls.model_fields}
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> ChatRequest:
         limit = (info.context or {}).get("max_new_tokens")
-        if self.stream:
-            msg = "stream=true is not supported; send stream=false"
+        if self.stream_options is not None and not self.stream:
+            msg = "stream_options is only allowed with stream=true"
             raise ValueError(msg)
         if self.n != 1:
             msg = f"n={self.n} is not supported; send n=1 (or several requests)"
@@ -112,49 +169,74 @@ def parse_chat(body: bytes, *, max_new_tokens: int) -> ChatRequest:
         raise RequestError(describe(exc)) from None
 
 
-def _error(status: int, message: str, code: str | int | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code or status}}, status_code=status)
+def _chunk(base: dict, delta: dict, finish: str | None, usage: Any = ...) -> str:
+    """One server-sent event of a streamed chat completion."""
+    chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if usage is not ...:
+        chunk["usage"] = usage
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def sse_events(completion: dict, *, include_usage: bool) -> list[str]:
+    """A finished chat completion as OpenAI's stream: role, content, finish reason, [usage], [DONE]."""
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"]}
+    choice = completion["choices"][0]
+    none = None if include_usage else ...  # with include_usage every chunk carries "usage": null, the last the counts
+    events = [_chunk(base, {"role": "assistant", "content": ""}, None, none)]
+    if choice["message"]["content"]:
+        events.append(_chunk(base, {"content": choice["message"]["content"]}, None, none))
+    events.append(_chunk(base, {}, choice["finish_reason"], none))
+    if include_usage:
+        events.append(f"data: {json.dumps({**base, 'choices': [], 'usage': completion['usage']})}\n\n")
+    events.append("data: [DONE]\n\n")
+    return events
 
 
 def register_openai_routes(app: Any, model: Any) -> None:
-    """Add /openai/v1/chat/completions and /openai/v1/models for `model` (a CelloModel) to `app`."""
+    """Add /openai/v1/chat/completions and /openai/v1/models[/{id}] for `model` (a CelloModel) to `app`."""
     created = int(time.time())
 
+    def card() -> dict:
+        return {"id": model.name, "object": "model", "created": created, "owned_by": "cello"}
+
     async def list_models() -> dict:
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": created, "owned_by": "cello"}]}
+        return {"object": "list", "data": [card()]}
+
+    async def get_model(model_id: str) -> dict:
+        if model_id != model.name:
+            msg = f"model {model_id[:80]!r} not found; this server serves {model.name!r}"
+            raise NotFound(msg)
+        return card()
 
     async def chat_completions(request: Request):
-        try:
-            req = parse_chat(await request.body(), max_new_tokens=model.cfg.max_new_tokens)
-        except RequestError as exc:
-            return _error(400, str(exc))
+        req = parse_chat(await request.body(), max_new_tokens=model.cfg.max_new_tokens)
         if req.model != model.name:
-            return _error(404, f"model {req.model[:80]!r} not found; this server serves {model.name!r}", "model_not_found")
+            msg = f"model {req.model[:80]!r} not found; this server serves {model.name!r}"
+            raise NotFound(msg)
         if not await model.healthy():
-            return _error(503, f"model {model.name!r} is not ready yet; retry shortly")
+            msg = f"model {model.name!r} is not ready (loading, or the server is shutting down); retry shortly"
+            raise Unavailable(msg)
         conversation = [{"role": m.role, "content": m.text()} for m in req.messages]
-        update: dict[str, Any] = {"n": 1}
+        update: dict[str, Any] = {"n": 1, "seed": req.seed}  # unseeded unless the request sets one
         if req.max_completion_tokens or req.max_tokens:
             update["max_new_tokens"] = req.max_completion_tokens or req.max_tokens
         if req.temperature is not None:
             update["temperature"] = req.temperature
         if req.top_p is not None:
             update["top_p"] = req.top_p
-        if req.seed is not None:
-            update["seed"] = req.seed
         if req.stop is not None:
             update["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
         params = model.sampling.model_copy(update=update)
         try:
             await model.budget.acheck([conversation], params.max_new_tokens)
         except RequestError as exc:
-            return _error(400, str(exc).replace("puzzle 0: ", ""))
+            raise RequestError(str(exc).replace("puzzle 0: ", "")) from None
         (result,) = await model.batcher.generate([conversation], params, timeout_s=model.cfg.timeout_s)
         gen = result.generation
         prompt_tokens = gen.prompt_tokens or 0
         completion_tokens = gen.completion_tokens or 0
-        return {
+        completion = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -162,11 +244,18 @@ def register_openai_routes(app: Any, model: Any) -> None:
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": gen.texts[0] if gen.texts else ""},
+                "logprobs": None,
                 "finish_reason": (gen.finish_reasons or ["stop"])[0] or "stop",
             }],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+        if not req.stream:
+            return completion
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(iter(sse_events(completion, include_usage=usage)), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
 
     app.add_api_route("/openai/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/openai/v1/models/{model_id}", get_model, methods=["GET"])
     app.add_api_route("/openai/v1/chat/completions", chat_completions, methods=["POST"], response_model=None)

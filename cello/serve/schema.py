@@ -17,8 +17,11 @@ A puzzle (JSON):
      "candidates": ["B cell", "CD4 T cell", "monocyte"]}
 
 Names may not contain line breaks (any Unicode line or paragraph separator: U+2028, U+2029,
-U+0085 too), control characters, '|' (the answer separator) or ',' (genes only: the gene
-separator of the prompt), so that no input can change the structure of the prompt or answer.
+U+0085 too), control characters, '|' (the answer separator), ',' (genes only: the gene
+separator of the prompt), '<' or '>' (a name like "</answer>" would forge the answer's tags),
+or invisible format characters (bidi overrides, zero-width spaces: two names that look alike
+but differ defeat the duplicate check), so that no input can change the structure of the
+prompt or answer.
 No text anywhere in a request may hold a lone UTF-16 surrogate (JSON allows the escape
 "\\ud800"; such text cannot be encoded as UTF-8, tokenized, forwarded or answered): the
 whole body is checked when it is decoded, and every text field again when it is validated.
@@ -42,11 +45,20 @@ from pydantic import (
 )
 
 from cello.config import ServeConfig, describe
+from cello.serve.errors import RequestError
+
+__all__ = ["Options", "Puzzle", "RequestError", "parse_json", "parse_options", "parse_puzzles"]
 
 _DEFAULT = ServeConfig()
 # Control characters (Unicode Cc: C0, DEL, C1 incl. U+0085 NEL), line and paragraph separators
 # (Zl U+2028, Zp U+2029) and the answer separator: each could start a new line or field in the prompt.
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029|]")
+# Invisible format characters (Unicode Cf): bidi overrides and isolates, zero-width spaces and
+# joiners, the BOM, the soft hyphen. They make two names look the same while they differ (the
+# duplicate check sees two) or reorder what the model reads.
+_INVISIBLE = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+# '<' and '>': a name like "</answer>" or "<think>" would break the answer format the model writes.
+_TAG = re.compile(r"[<>]")
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # What in a raw body can decode to a lone surrogate: a \uD800-\uDFFF escape, or the bytes of one
@@ -68,6 +80,8 @@ def safe(text: str) -> str:
 
 def utf8(value: str, *, what: str) -> str:
     """`value` unchanged, or ValueError naming `what` when it is not encodable as UTF-8."""
+    if value.isascii():  # the common case, at C speed (a regex over a 3.6 MB message takes 45 ms)
+        return value
     found = _SURROGATE.search(value)
     if found:
         msg = (f"{what} is not valid Unicode text: it holds a lone UTF-16 surrogate "
@@ -85,8 +99,20 @@ def _name(value: str, *, what: str, limits: ServeConfig, comma: bool = True) -> 
         msg = f"{what} is {len(text)} characters long; the limit is {limits.max_name_length} (serve.max_name_length)"
         raise ValueError(msg)
     if _BAD_NAME.search(text) or (not comma and "," in text):
-        bad = "a line break or separator (U+2028, U+2029, U+0085), a control character" + (" or '|'" if comma else ", '|' or ','")
+        bad = "a line break or separator (U+2028, U+2029, U+0085), a control character" + (
+            " or '|'" if comma else ", '|' or ','"
+        )
         msg = f"{what} {text[:40]!r} contains {bad}, which would break the prompt"
+        raise ValueError(msg)
+    if _INVISIBLE.search(text):
+        found = _INVISIBLE.search(text).group()  # type: ignore[union-attr]
+        msg = (
+            f"{what} {text[:40]!r} contains the invisible character U+{ord(found):04X} (a bidi control or "
+            "zero-width character); send plain text"
+        )
+        raise ValueError(msg)
+    if _TAG.search(text):
+        msg = f"{what} {text[:40]!r} contains '<' or '>', which could forge the <think>/<answer> tags of the answer"
         raise ValueError(msg)
     return text
 
@@ -130,7 +156,7 @@ def _unique(names: list[str], *, what: str) -> None:
         seen.add(key)
 
 
-def top_genes(expression: dict[str, float], k: int) -> list[str]:
+def most_expressed_genes(expression: dict[str, float], k: int) -> list[str]:
     """The `k` genes with the highest non-zero expression, ties kept in the given order.
 
     The same rule as `cello data cells` (cello.data.topgenes): zeros are never ranked.
@@ -179,14 +205,15 @@ class Cell(BaseModel):
                 msg = "'expression' is empty; give at least one gene"
                 raise ValueError(msg)
             if len(self.expression) > limits.max_expression_genes:
-                msg = f"'expression' has {len(self.expression)} genes; the limit is {limits.max_expression_genes} (serve.max_expression_genes)"
+                msg = (f"'expression' has {len(self.expression)} genes; the limit is {limits.max_expression_genes} "
+                       "(serve.max_expression_genes)")
                 raise ValueError(msg)
             for gene, x in self.expression.items():
                 _name(gene, what="gene", limits=limits, comma=False)
                 if not math.isfinite(x):
                     msg = f"expression of {gene!r} is {x}; give a finite number"
                     raise ValueError(msg)
-            self.genes = top_genes(self.expression, limits.top_genes)
+            self.genes = most_expressed_genes(self.expression, limits.top_genes)
             if not self.genes:
                 msg = "every gene in 'expression' is 0; give at least one expressed gene"
                 raise ValueError(msg)
@@ -210,7 +237,9 @@ class Puzzle(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = Field(None, max_length=_HARD_CAP)
-    context: str | dict[str, str] | None = Field(None, description="Donor context: a sentence, or fields (sex, tissue, ...).")
+    context: str | dict[str, str] | None = Field(
+        None, description="Donor context: a sentence, or fields (sex, tissue, ...)."
+    )
     cells: list[Cell] = Field(..., max_length=_HARD_CAP)
     candidates: list[str] = Field(..., max_length=_HARD_CAP)
     _fields: dict[str, str] | None = PrivateAttr(None)  # the cleaned context fields, when given as fields
@@ -222,7 +251,8 @@ class Puzzle(BaseModel):
             self.id = _name(self.id, what="puzzle id", limits=limits)
         n = len(self.cells)
         if not limits.min_cells <= n <= limits.max_cells:
-            msg = f"{n} cells; a puzzle has {limits.min_cells} to {limits.max_cells} cells (serve.min_cells, serve.max_cells)"
+            msg = (f"{n} cells; a puzzle has {limits.min_cells} to {limits.max_cells} cells "
+                   "(serve.min_cells, serve.max_cells)")
             raise ValueError(msg)
         if len(self.candidates) != n:
             msg = f"{len(self.candidates)} candidates for {n} cells; give exactly one candidate type per cell"
@@ -275,7 +305,8 @@ def _context(value: str | dict[str, str] | None, limits: ServeConfig) -> tuple[s
         msg = f"context {text[:40]!r} contains a control character, which would break the prompt"
         raise ValueError(msg)
     if len(text) > limits.max_context_length:
-        msg = f"context is {len(text)} characters long; the limit is {limits.max_context_length} (serve.max_context_length)"
+        msg = (f"context is {len(text)} characters long; the limit is {limits.max_context_length} "
+               "(serve.max_context_length)")
         raise ValueError(msg)
     return text, fields
 
@@ -297,10 +328,6 @@ class Options(BaseModel):
         return self
 
 
-class RequestError(ValueError):
-    """A request that breaks the schema; the message is safe to send back to the client."""
-
-
 def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:
     """json.loads with a client-facing RequestError for bad, non-UTF-8 or absurdly nested JSON,
     or JSON whose text holds a lone surrogate (the message names the field by its path)."""
@@ -314,8 +341,14 @@ def parse_json(data: bytes | bytearray | str, *, what: str = "the body") -> Any:
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         msg = f"{what} is not valid JSON ({exc})"
         raise RequestError(msg) from None
-    maybe = _MAYBE_SURROGATE if isinstance(data, bytes | bytearray) else _MAYBE_SURROGATE_TEXT
-    return check_text(value, what=what) if maybe.search(data) else value
+    return check_text(value, what=what) if _may_hold_surrogate(data) else value
+
+
+def _may_hold_surrogate(data: bytes | bytearray | str) -> bool:
+    """Whether a raw body can decode to a lone surrogate; substring tests first (memchr speed)."""
+    if isinstance(data, bytes | bytearray):
+        return (b"\\u" in data or b"\xed" in data or b"\x00" in data) and bool(_MAYBE_SURROGATE.search(data))
+    return ("\\u" in data or not data.isascii()) and bool(_MAYBE_SURROGATE_TEXT.search(data))
 
 
 def parse_puzzles(items: Any, *, limits: ServeConfig | None = None, where: str = "instances") -> list[Puzzle]:

@@ -11,9 +11,14 @@ Two modes, picked by `--model`:
     cello serve --model http://cello-predictor.ml/openai/v1 --upstream-model cello
     curl -s localhost:8080/v1/models/cello:predict -d @puzzles.json
 
-Status codes: 400 bad input (the message names the puzzle and field), 401 auth, 404 unknown
-model or route, 413 body too large, 429 queue full (retry), 503 not ready / upstream
-unreachable, 504 generation timeout (serve.timeout_s). Stop with SIGTERM or SIGINT.
+Status codes (one table, cello.serve.errors): 400 bad input (the message names the puzzle and
+field), 401 auth, 404 unknown model or route, 405 wrong method, 408 slow client, 413 body too
+large, 429 queue full (retry), 503 not ready / draining / upstream unreachable (Retry-After),
+504 generation timeout (serve.timeout_s).
+
+SIGTERM (or SIGINT) drains (cello.serve.shutdown): readiness turns false and new work gets 503
+at once, queued work is generated for up to serve.drain_s minus a margin, what is left gets a
+JSON 503 with Retry-After, and the process exits 0 inside serve.drain_s (under Kubernetes' 30 s).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from cello.config import GenerationConfig, ServeConfig, override
 from cello.data.prompt import PromptTemplate
 from cello.deps import require
 from cello.errors import CelloError, ConfigError
-from cello.serve.engine import BackendError, GenerationTimeout, QueueFull
-from cello.serve.middleware import Guard, TokenSource, error_body
+from cello.serve.auth import TokenSource
+from cello.serve.errors import RequestError, ServeError, UpstreamRefused, UpstreamUnavailable, error_response
+from cello.serve.middleware import Guard, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,8 @@ def upstream_url(model: str | None, predictor_host: str | None) -> str | None:
 
 
 class _UpstreamBackend:
-    """Wraps the OpenAI HTTP backend: upstream failures become BackendError (4xx kept apart)."""
+    """Wraps the OpenAI HTTP backend: a 4xx from the upstream is UpstreamRefused (400), any other
+    failure UpstreamUnavailable (503)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -70,14 +77,14 @@ class _UpstreamBackend:
             return self.inner.generate_full(conversations, params)
         except UnicodeError as exc:  # text the HTTP client cannot encode (the schema refuses it first)
             msg = f"the model server refused the request: the prompt is not valid Unicode ({type(exc).__name__})"
-            raise BackendError(msg) from None
+            raise UpstreamRefused(msg) from None
         except CelloError as exc:
             status = getattr(exc, "status_code", None)  # set by cello.errors.UpstreamError
-            text = str(exc)
-            refused = status is not None and 400 <= status < 500
-            raise BackendError(f"the model server refused the request: {text}" if refused else
-                               f"the model server is unavailable: {text}", unavailable=not refused,
-                               ) from None
+            if status is not None and 400 <= status < 500:
+                msg = f"the model server refused the request: {exc}"
+                raise UpstreamRefused(msg) from None
+            msg = f"the model server is unavailable: {exc}"
+            raise UpstreamUnavailable(msg) from None
 
     def close(self) -> None:
         self.inner.close()
@@ -125,7 +132,10 @@ def build_model(
 
     url = upstream_url(model, predictor_host)
     # The server's own defaults (serve.max_new_tokens, serve.temperature); the rest from generation.sampling.
-    sampling = generation.sampling.model_copy(update={"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature})
+    # Unseeded: a seed shared by every request would make each sampled request run alone (see cello.serve.engine);
+    # an OpenAI request that wants reproducible sampling sends its own seed.
+    sampling = generation.sampling.model_copy(
+        update={"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": None})
     if url is None:
         if not model:
             msg = "give --model: a model directory, or an upstream http(s)://HOST/openai/v1 (or --predictor_host)."
@@ -139,45 +149,58 @@ def build_model(
                 torch.set_num_threads(cfg.cpu_threads)
             return make_backend(backend_cfg)
 
-        return make_model(cfg.model_name, backend_factory=in_process, cfg=cfg, prompt=prompt, sampling=sampling, workers=1)
+        return make_model(cfg.model_name, backend_factory=in_process, cfg=cfg, prompt=prompt, sampling=sampling,
+                          workers=1)
     # Upstream: fail fast (the client waits), a few HTTP requests in flight per batch.
-    backend_cfg = override(generation.backend, spec=url, model=upstream_model, max_retries=min(generation.backend.max_retries, 2),
-                           timeout_s=min(generation.backend.timeout_s, cfg.timeout_s))
-    return make_model(cfg.model_name, backend_factory=lambda: _UpstreamBackend(make_backend(backend_cfg)), cfg=cfg,
-                      prompt=prompt, sampling=sampling, workers=4,
-                      health=_health_probe(url, api_key_env=backend_cfg.api_key_env))
+    backend_cfg = override(
+        generation.backend,
+        spec=url,
+        model=upstream_model,
+        max_retries=min(generation.backend.max_retries, 2),
+        timeout_s=min(generation.backend.timeout_s, cfg.timeout_s),
+    )
+    return make_model(
+        cfg.model_name,
+        backend_factory=lambda: _UpstreamBackend(make_backend(backend_cfg)),
+        cfg=cfg,
+        prompt=prompt,
+        sampling=sampling,
+        workers=4,
+        health=_health_probe(url, api_key_env=backend_cfg.api_key_env),
+    )
 
 
-def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool) -> None:
-    """Add Cello's middleware, error handlers and (in-process) OpenAI routes to KServe's app."""
-    from fastapi import Request
+def install(app: Any, model: Any, *, cfg: ServeConfig, openai_routes: bool, traffic: Traffic | None = None) -> None:
+    """Add Cello's middleware, error handlers and routes (OpenAI's when in process) to KServe's app."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
 
-    def handler(status: int, headers: dict[str, str] | None = None):
-        async def handle(request: Request, exc: Exception) -> Response:
-            return Response(error_body(request.url.path, status, str(exc)), status_code=status,
-                            media_type="application/json", headers=headers)
-        return handle
+    async def served_error(request, exc: ServeError):
+        return error_response(request.url.path, exc)
 
-    async def backend_failed(request: Request, exc: BackendError) -> Response:
-        status = 503 if exc.unavailable else (400 if "refused the request" in str(exc) else 500)
-        return Response(error_body(request.url.path, status, str(exc)), status_code=status, media_type="application/json")
-
-    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+    async def bad_request(request, exc: RequestValidationError):
         problems = []
         for err in exc.errors()[:5]:
             loc = ".".join(str(p) for p in err.get("loc", ()))
             problems.append(f"{loc}: {err.get('msg', 'invalid')}")
-        message = "invalid request: " + "; ".join(problems)
-        return Response(error_body(request.url.path, 400, message), status_code=400, media_type="application/json")
+        return error_response(request.url.path, RequestError("invalid request: " + "; ".join(problems)))
 
-    app.add_exception_handler(QueueFull, handler(429, {"Retry-After": "1"}))
-    app.add_exception_handler(GenerationTimeout, handler(504))
-    app.add_exception_handler(BackendError, backend_failed)
+    async def http_error(request, exc: HTTPException):  # Starlette's own 404/405 for unknown routes
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        message = f"{request.method} {request.url.path[:100]}: {detail}"
+        return error_response(request.url.path, ServeError(message), status=exc.status_code)
+
+    app.add_exception_handler(ServeError, served_error)
     app.add_exception_handler(RequestValidationError, bad_request)
+    app.add_exception_handler(HTTPException, http_error)
     tokens = TokenSource(env=cfg.auth_token_env, file=cfg.auth_token_file)
-    app.add_middleware(Guard, max_body_bytes=cfg.max_body_bytes, tokens=tokens)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=cfg.max_body_bytes,
+        tokens=tokens,
+        read_timeout_s=cfg.read_timeout_s,
+        traffic=traffic,
+    )
     from cello.serve.routes import register_inference_routes
 
     register_inference_routes(app, model)
@@ -202,29 +225,62 @@ def serve(
         import kserve
         from kserve import model_server
 
-    cello_model = build_model(model, cfg=cfg, prompt=prompt, generation=generation,
-                              predictor_host=predictor_host, upstream_model=upstream_model)
+    cello_model = build_model(
+        model,
+        cfg=cfg,
+        prompt=prompt,
+        generation=generation,
+        predictor_host=predictor_host,
+        upstream_model=upstream_model,
+    )
     cello_model.load()
     upstream = upstream_url(model, predictor_host) is not None
-    install(model_server.app, cello_model, cfg=cfg, openai_routes=not upstream)
-    auth = "on" if TokenSource(env=cfg.auth_token_env, file=cfg.auth_token_file).token() else "off"
-    log.info("serving %r (%s) on port %d; auth %s", cfg.model_name,
-             upstream_url(model, predictor_host) or model, cfg.port, auth)
-    _bind_host(cfg.host)
-    server = kserve.ModelServer(http_port=cfg.port, enable_grpc=False, workers=1, enable_docs_url=False)
+    traffic = Traffic()
+    install(model_server.app, cello_model, cfg=cfg, openai_routes=not upstream, traffic=traffic)
+    auth = "on" if TokenSource(env=cfg.auth_token_env, file=cfg.auth_token_file).required else "off"
+    log.info(
+        "serving %r (%s) on port %d; auth %s; gRPC off; drain %g s",
+        cfg.model_name,
+        upstream_url(model, predictor_host) or model,
+        cfg.port,
+        auth,
+        cfg.drain_s,
+    )
+    _configure_rest(cfg, traffic=traffic, begin_drain=cello_model.begin_drain)
+    server = kserve.ModelServer(
+        http_port=cfg.port, enable_grpc=False, workers=1, enable_docs_url=False, grace_period=cfg.drain_s
+    )
     server.start([cello_model])
+    _exit_now()
 
 
-def _bind_host(host: str) -> None:
-    """KServe's REST server always binds 0.0.0.0; set uvicorn's host when another is asked for."""
-    if host == "0.0.0.0":
-        return
+def _exit_now() -> None:
+    """Exit 0 at once once the server has stopped: tearing down an interpreter that holds torch,
+    transformers and kserve takes seconds (measured: about 5 s on a busy 2-core machine), which
+    the drain period cannot spare. Every response is sent and the model is unloaded by now."""
+    import os
+
+    log.info("stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _configure_rest(cfg: ServeConfig, *, traffic: Traffic, begin_drain) -> None:
+    """Settings KServe's REST server does not expose: the bind address, the header read timeout,
+    and the drain on SIGTERM/SIGINT (cello.serve.shutdown)."""
     from kserve.protocol.rest import server as rest
+
+    from cello.serve import shutdown
+    from cello.serve.protocol import with_header_timeout
 
     original = rest.RESTServer.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        self.config.host = host  # the uvicorn.Server holds this same Config object
+        self.config.host = cfg.host  # the uvicorn.Server holds this same Config object
+        self.config.http = with_header_timeout(cfg.read_timeout_s)
+        shutdown.install(self._server, drain_s=cfg.drain_s, traffic=traffic, begin_drain=begin_drain)
 
     rest.RESTServer.__init__ = init

@@ -42,14 +42,15 @@ def free_port() -> int:
 class Server:
     """A `cello serve` subprocess; `stop()` sends SIGTERM to its PID and waits."""
 
-    def __init__(self, name: str, args: list[str], *, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, args: list[str], *, log_dir: Path, env: dict[str, str] | None = None,
+                 params: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"{name}.log"
         clean = {k: v for k, v in os.environ.items() if k not in ("CELLO_SERVE_TOKEN", "OPENAI_API_KEY")}
         clean.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})})
         cmd = [sys.executable, "-m", "cello.cli", "serve", "--host", "127.0.0.1", "--http_port", str(self.port),
-               "--params", defaults_params(log_dir), *args]
+               "--params", params or defaults_params(log_dir), *args]
         self._fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=clean, cwd=REPO)
 
@@ -123,9 +124,18 @@ def fake_upstream():
             else:
                 labels = body["messages"][-1]["content"].splitlines()[-3:]  # the candidates, in order
                 text = f"<think>scripted</think>\n<answer>{' | '.join(labels)}</answer>"
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    },
+                )
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
@@ -144,14 +154,44 @@ def servers(model_dir, fake_upstream, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve-logs")
     token_file = logs / "token"
     token_file.write_text(TOKEN + "\n")
-    main = Server("main", ["--model", str(model_dir), "--max-new-tokens", str(MAX_NEW_TOKENS), "--threads", "1",
-                           "--token-file", str(token_file)], log_dir=logs)
-    gateway = Server("gateway", ["--predictor_host", f"127.0.0.1:{fake_upstream['port']}", "--model_name", "cello",
-                                 "--upstream-model", "fake", "--timeout-s", "2", "--max-new-tokens", "16"], log_dir=logs)
+    main = Server(
+        "main",
+        [
+            "--model",
+            str(model_dir),
+            "--max-new-tokens",
+            str(MAX_NEW_TOKENS),
+            "--threads",
+            "1",
+            "--token-file",
+            str(token_file),
+        ],
+        log_dir=logs,
+    )
+    gateway = Server(
+        "gateway",
+        [
+            "--predictor_host",
+            f"127.0.0.1:{fake_upstream['port']}",
+            "--model_name",
+            "cello",
+            "--upstream-model",
+            "fake",
+            "--timeout-s",
+            "2",
+            "--max-new-tokens",
+            "16",
+        ],
+        log_dir=logs,
+    )
     upstream = serve_openai(model_dir=model_dir, model_name="cello", prefix="/openai/v1", api_key=TOKEN)
     upstream_url = upstream.__enter__()  # the tiny model behind an OpenAI server, as KServe's predictor route
-    transformer = Server("transformer", ["--model", upstream_url, "--upstream-model", "cello",
-                                         "--max-new-tokens", str(MAX_NEW_TOKENS)], log_dir=logs, env={"OPENAI_API_KEY": TOKEN})
+    transformer = Server(
+        "transformer",
+        ["--model", upstream_url, "--upstream-model", "cello", "--max-new-tokens", str(MAX_NEW_TOKENS)],
+        log_dir=logs,
+        env={"OPENAI_API_KEY": TOKEN},
+    )
     started = [main, gateway, transformer]
     try:
         main.wait_ready("/v1/models/cello")
@@ -180,9 +220,11 @@ def puzzle(i: int = 0, **over) -> dict:
     base = {
         "id": f"p{i}",
         "context": "The cell is from a female donor.",
-        "cells": [{"id": "c1", "genes": ["MS4A1", "CD79A", "CD19"]},
-                  {"id": "c2", "expression": {"CD3E": 7.5, "CD4": 3.0, "LYZ": 0.0}},
-                  ["LYZ", "CD14", "S100A8"]],
+        "cells": [
+            {"id": "c1", "genes": ["MS4A1", "CD79A", "CD19"]},
+            {"id": "c2", "expression": {"CD3E": 7.5, "CD4": 3.0, "LYZ": 0.0}},
+            ["LYZ", "CD14", "S100A8"],
+        ],
         "candidates": ["B cell", "CD4-positive, alpha-beta T cell", "classical monocyte"],
     }
     base.update(over)

@@ -43,7 +43,9 @@ class RefusingTokenizer:
 
 
 def backend(tokenizer, limit: int = 32) -> SimpleNamespace:
-    return SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit)))
+    return SimpleNamespace(
+        tokenizer=tokenizer, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit))
+    )
 
 
 def test_counting_leaves_the_event_loop_free():
@@ -93,4 +95,48 @@ def test_the_real_tokenizer_refusing_a_surrogate_is_a_request_error(model_dir):
     budget = PromptBudget(backend(AutoTokenizer.from_pretrained(model_dir), limit=4096))
     assert budget.tokens(CONV) > 0
     with pytest.raises(RequestError, match="cannot be tokenized"):
-        budget.check([[{"role": "user", "content": "CD3E \ud800"}]], 4)  # schema checks refuse it first; this is the backstop
+        budget.check(
+            [[{"role": "user", "content": "CD3E \ud800"}]], 4
+        )  # schema checks refuse it first; this is the backstop
+
+
+class VocabTokenizer(BlockingTokenizer):
+    """A vocabulary whose longest token has 4 characters; counting blocks until released."""
+
+    def get_vocab(self):
+        return {"a": 0, "abcd": 1, " ": 2}
+
+
+def test_a_prompt_too_long_by_its_characters_is_refused_without_tokenizing():
+    """A prompt of more than 3 x (longest token) x limit characters cannot fit: refused at once
+    (the tokenizer, which would block, is never called)."""
+    tok = VocabTokenizer()
+    budget = PromptBudget(backend(tok, limit=100))
+    huge = [{"role": "user", "content": "a " * 1000}]  # 2000 chars >= 2000 // 12 = 166 tokens > 100
+    with pytest.raises(RequestError, match="at least 166 tokens"):
+        asyncio.run(budget.acheck([huge], 4))
+    assert not tok.started.is_set()
+    budget.close()
+
+
+def test_counts_run_in_parallel():
+    """One slow count does not hold up another: two counts are in the tokenizer at once."""
+    inside = threading.Barrier(2, timeout=5)
+
+    class Meeting:
+        def __deepcopy__(self, memo):
+            return self
+
+        def apply_chat_template(self, conversation, **kwargs):
+            inside.wait()  # breaks (BrokenBarrierError) unless a second count arrives meanwhile
+            return [0, 1]
+
+    budget = PromptBudget(backend(Meeting(), limit=100))
+
+    async def main() -> None:
+        await asyncio.gather(budget.acheck([CONV], 4), budget.acheck([CONV], 4))
+
+    try:
+        asyncio.run(main())
+    finally:
+        budget.close()

@@ -44,7 +44,9 @@ def test_llm_http_backend_speaks_to_the_openai_route(server, monkeypatch):
 
     monkeypatch.setenv("CELLO_TEST_KEY", TOKEN)
     with make_backend(f"{server.url}/openai/v1", api_key_env="CELLO_TEST_KEY", max_retries=0) as backend:
-        (gen,) = backend.generate_full([[{"role": "user", "content": "Cell 1: CD3E"}]], SamplingParams(max_new_tokens=3))
+        (gen,) = backend.generate_full(
+            [[{"role": "user", "content": "Cell 1: CD3E"}]], SamplingParams(max_new_tokens=3)
+        )
     assert backend.model == "cello" and gen.completion_tokens == 3 and gen.finish_reasons == ["length"]
 
 
@@ -59,7 +61,11 @@ def test_valid_upstream_answer_is_kept(servers, fake_upstream):
     assert r.status_code == 200, r.text
     (result,) = r.json()["predictions"]
     assert result["valid"] is True and result["repaired"] is False
-    assert result["assignment"] == {"c1": "B cell", "c2": "CD4-positive, alpha-beta T cell", "cell_3": "classical monocyte"}
+    assert result["assignment"] == {
+        "c1": "B cell",
+        "c2": "CD4-positive, alpha-beta T cell",
+        "cell_3": "classical monocyte",
+    }
     sent = fake_upstream["requests"][-1]
     assert sent["model"] == "fake" and sent["max_tokens"] == 16 and sent["temperature"] == 0.0
     assert sent["messages"][0]["role"] == "system" and "Cell 1: MS4A1, CD79A, CD19" in sent["messages"][1]["content"]
@@ -97,8 +103,17 @@ def test_text_that_is_not_unicode_never_reaches_the_upstream(servers, fake_upstr
     before = len(fake_upstream["requests"])
     for name in ("transformer", "gateway"):
         url = servers[name].url + "/v1/models/cello:predict"
-        for bad in (puzzle(cells=[["\ud800"], ["X"], ["Y"]]), puzzle(context="donor \udfff"), puzzle(candidates=["B cell", "x\u2028y", "z"])):
-            r = httpx.post(url, content=json.dumps({"instances": [bad]}).encode(), headers={"Content-Type": "application/json"}, timeout=30)
+        for bad in (
+            puzzle(cells=[["\ud800"], ["X"], ["Y"]]),
+            puzzle(context="donor \udfff"),
+            puzzle(candidates=["B cell", "x\u2028y", "z"]),
+        ):
+            r = httpx.post(
+                url,
+                content=json.dumps({"instances": [bad]}).encode(),
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            )
             assert r.status_code == 400, (name, r.text)
             assert "not valid Unicode" in r.json()["error"] or "would break the prompt" in r.json()["error"]
     assert len(fake_upstream["requests"]) == before
@@ -109,7 +124,9 @@ def test_upstream_url_keeps_the_scheme():
 
     assert upstream_url(None, "cello-predictor.ml") == "http://cello-predictor.ml/openai/v1"
     assert upstream_url(None, "http://cello-predictor.ml/") == "http://cello-predictor.ml/openai/v1"
-    assert upstream_url(None, "https://cello-predictor.ml") == "https://cello-predictor.ml/openai/v1"  # was http://https://...
+    assert (
+        upstream_url(None, "https://cello-predictor.ml") == "https://cello-predictor.ml/openai/v1"
+    )  # was http://https://...
     assert upstream_url(None, " HTTPS://h:8443/ ") == "https://h:8443/openai/v1"
     assert upstream_url("https://h/openai/v1/", "ignored") == "https://h/openai/v1"
     assert upstream_url("models/tiny", None) is None
