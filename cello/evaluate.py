@@ -61,15 +61,23 @@ def _as_list(value: Any) -> list:
 
 def _item_from_record(rec: dict, where: str, template: PromptTemplate) -> dict[str, Any]:
     messages = rec.get("messages") or rec.get("prompt")
-    missing = [k for k, ok in (("id", "id" in rec), ("messages", bool(messages)), ("answer", bool(rec.get("answer")))) if not ok]
+    missing = [
+        k
+        for k, ok in (("id", "id" in rec), ("messages", bool(messages)), ("answer", bool(rec.get("answer"))))
+        if not ok
+    ]
     if missing:
         msg = f"{where}: missing field(s) {missing}; expected eval records from `cello data export --format eval`."
         raise InputError(msg)
     messages = template.arrange([m for m in messages if m.get("role") != "assistant"])  # a target is no prompt
     answer = [str(a) for a in rec["answer"]]
     return {
-        "id": str(rec["id"]), "dataset": str(rec.get("dataset") or ""), "group": str(rec.get("group") or ""),
-        "n": int(rec.get("n") or len(answer)), "messages": messages, "answer": answer,
+        "id": str(rec["id"]),
+        "dataset": str(rec.get("dataset") or ""),
+        "group": str(rec.get("group") or ""),
+        "n": int(rec.get("n") or len(answer)),
+        "messages": messages,
+        "answer": answer,
         "candidates": [str(c) for c in _as_list(rec.get("candidates"))] or sorted(answer),
     }
 
@@ -79,13 +87,20 @@ def _item_from_row(row: dict, template: PromptTemplate) -> dict[str, Any]:
     candidates = [str(c) for c in _as_list(row[S.CANDIDATES])]
     answer = [str(a) for a in _as_list(row[S.ANSWER])]
     return {
-        "id": str(row[S.PUZZLE_ID]), "dataset": str(row.get(S.DATASET) or ""), "group": str(row.get(S.GROUP) or ""),
-        "n": len(answer), "messages": template.messages(puzzle_context(row, template.profile), genes, candidates),
-        "answer": answer, "candidates": candidates, S.CELL_GENES: genes,
+        "id": str(row[S.PUZZLE_ID]),
+        "dataset": str(row.get(S.DATASET) or ""),
+        "group": str(row.get(S.GROUP) or ""),
+        "n": len(answer),
+        "messages": template.messages(puzzle_context(row, template.profile), genes, candidates),
+        "answer": answer,
+        "candidates": candidates,
+        S.CELL_GENES: genes,
     }
 
 
-def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def load_eval_items(
+    path: str | os.PathLike, *, template: PromptTemplate | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
     """The puzzles of an eval split, each {id, dataset, group, n, messages, answer, candidates}
     (puzzle rows also keep cell_genes), in file order; the first `limit` only when given.
 
@@ -104,8 +119,10 @@ def load_eval_items(path: str | os.PathLike, *, template: PromptTemplate | None 
             raise InputError(msg)
         path = found[0]
     if not path.is_file():
-        msg = (f"{path}: no such file; pass eval records (`cello data export --format eval`), published "
-               "CellPuzzles records or a split (.parquet).")
+        msg = (
+            f"{path}: no such file; pass eval records (`cello data export --format eval`), published "
+            "CellPuzzles records or a split (.parquet)."
+        )
         raise InputError(msg)
     if is_parquet(path) and S.CELL_GENES in parquet_columns(path):
         import pandas as pd
@@ -154,7 +171,9 @@ class Predictor(Protocol):
     kind: str
     chunk_size: int
 
-    def predict(self, items: list[dict[str, Any]], progress: Progress | None = None) -> list[tuple[str, dict[str, Any]]]: ...
+    def predict(
+        self, items: list[dict[str, Any]], progress: Progress | None = None
+    ) -> list[tuple[str, dict[str, Any]]]: ...
 
     def close(self) -> None: ...
 
@@ -165,10 +184,20 @@ class BackendPredictor:
     def __init__(self, backend: Any, sampling: SamplingParams, *, name: str, kind: str, chunk_size: int) -> None:
         self.backend, self.sampling, self.name, self.kind, self.chunk_size = backend, sampling, name, kind, chunk_size
 
-    def predict(self, items: list[dict[str, Any]], progress: Progress | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def predict(
+        self, items: list[dict[str, Any]], progress: Progress | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         gens = self.backend.generate_full([it["messages"] for it in items], self.sampling, progress=progress)
-        return [(g.texts[0], {"completion_tokens": g.completion_tokens,
-                              "finish_reason": g.finish_reasons[0] if g.finish_reasons else None}) for g in gens]
+        return [
+            (
+                g.texts[0],
+                {
+                    "completion_tokens": g.completion_tokens,
+                    "finish_reason": g.finish_reasons[0] if g.finish_reasons else None,
+                },
+            )
+            for g in gens
+        ]
 
     def close(self) -> None:
         self.backend.close()
@@ -181,7 +210,9 @@ class BaselinePredictor:
         self.solver, self.name, self.template, self.chunk_size = solver, name, template, chunk_size
         self.kind = "baseline"
 
-    def predict(self, items: list[dict[str, Any]], progress: Progress | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def predict(
+        self, items: list[dict[str, Any]], progress: Progress | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         from cello.baselines import MarkerBaseline
 
         out = []
@@ -190,8 +221,17 @@ class BaselinePredictor:
                 labels = self.solver.predict(it, template=self.template)
                 out.append((MarkerBaseline.completion(labels, template=self.template), {}))
             else:  # chance needs only the candidates
-                labels = self.solver.predict({"id": it["id"], S.CELL_GENES: [[]] * len(it["candidates"]), S.CANDIDATES: it["candidates"]})
-                out.append((self.template.render_answer(labels, reasoning="Chance baseline: a uniformly random valid assignment."), {}))
+                labels = self.solver.predict(
+                    {"id": it["id"], S.CELL_GENES: [[]] * len(it["candidates"]), S.CANDIDATES: it["candidates"]}
+                )
+                out.append(
+                    (
+                        self.template.render_answer(
+                            labels, reasoning="Chance baseline: a uniformly random valid assignment."
+                        ),
+                        {},
+                    )
+                )
             if progress is not None:
                 progress(1)
         return out
@@ -201,9 +241,14 @@ class BaselinePredictor:
 
 
 def make_predictor(
-    *, model: str | None = None, baseline: str | os.PathLike | None = None, name: str | None = None,
-    backend: BackendConfig | None = None, sampling: SamplingParams | None = None,
-    template: PromptTemplate | None = None, seed: int = 0,
+    *,
+    model: str | None = None,
+    baseline: str | os.PathLike | None = None,
+    name: str | None = None,
+    backend: BackendConfig | None = None,
+    sampling: SamplingParams | None = None,
+    template: PromptTemplate | None = None,
+    seed: int = 0,
 ) -> Predictor:
     """A predictor for `model` (a backend spec: DIR, hf:DIR, URL, openai:M@URL, vllm:DIR) or
     `baseline` (a baseline.json from `cello baseline fit`, or 'chance'); exactly one of them."""
@@ -238,8 +283,9 @@ def read_predictions(path: str | os.PathLike, *, fix_truncated: bool = False) ->
     """Records of a predictions.jsonl (a journal: `cello._io.read_journal`). A last line that is
     not valid JSON (a crash mid-write) is skipped with a warning, and cut from the file when
     `fix_truncated`; a bad line elsewhere is an error."""
-    return read_journal(path, repair=fix_truncated, what="prediction record",
-                        fix="remove that line or rerun with --overwrite")
+    return read_journal(
+        path, repair=fix_truncated, what="prediction record", fix="remove that line or rerun with --overwrite"
+    )
 
 
 def _record(item: dict[str, Any], completion: str, extra: dict[str, Any], *, model: str) -> dict[str, Any]:
@@ -247,12 +293,23 @@ def _record(item: dict[str, Any], completion: str, extra: dict[str, Any], *, mod
 
     fixed = repair(completion, item["candidates"])
     return prediction_record(
-        completion, item["answer"], id=item["id"], dataset=item["dataset"], n=item["n"], candidates=item["candidates"],
-        group=item["group"], model=model, repaired_labels=fixed.labels, repaired=fixed.repaired, **extra,
+        completion,
+        item["answer"],
+        id=item["id"],
+        dataset=item["dataset"],
+        n=item["n"],
+        candidates=item["candidates"],
+        group=item["group"],
+        model=model,
+        repaired_labels=fixed.labels,
+        repaired=fixed.repaired,
+        **extra,
     )
 
 
-def _resume(journal: Path, items: list[dict[str, Any]], name: str, *, split: Any, overwrite: bool) -> dict[str, dict[str, Any]]:
+def _resume(
+    journal: Path, items: list[dict[str, Any]], name: str, *, split: Any, overwrite: bool
+) -> dict[str, dict[str, Any]]:
     """The records already in the journal, by id, after checking they belong to this model and split."""
     journal.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
@@ -265,10 +322,17 @@ def _resume(journal: Path, items: list[dict[str, Any]], name: str, *, split: Any
     gold = {it["id"]: it["answer"] for it in items}
     stale = [i for i, r in done.items() if i in gold and [str(a) for a in r.get("answer", [])] != gold[i]]
     if stale:
-        msg = f"{journal}: the gold answer of puzzle {stale[0]!r} ({len(stale)} in all) differs from {split}; the predictions come from another split. Use another --out, or --overwrite."
+        msg = (
+            f"{journal}: the gold answer of puzzle {stale[0]!r} ({len(stale)} in all) differs from {split}; "
+            "the predictions come from another split. Use another --out, or --overwrite."
+        )
         raise InputError(msg)
     if set(done) - set(gold):
-        log.warning("%s: %d prediction(s) for puzzles outside this split are kept but not scored", journal, len(set(done) - set(gold)))
+        log.warning(
+            "%s: %d prediction(s) for puzzles outside this split are kept but not scored",
+            journal,
+            len(set(done) - set(gold)),
+        )
     if done:
         log.info("%s: resuming, %d of %d puzzles already predicted", journal, len(set(done) & set(gold)), len(gold))
     return done
@@ -288,7 +352,8 @@ class EvalResult:
         o, m, t = self.metrics["overall"], self.metrics, self.metrics["timing"]
         lines = [
             f"{m['model']}: {o['count']} puzzles ({self.generated} new, {self.resumed} resumed) -> {self.out}",
-            f"  batch accuracy {o['batch_accuracy']:.3f} [{o['batch_accuracy_ci'][0]:.3f}, {o['batch_accuracy_ci'][1]:.3f}]"
+            f"  batch accuracy {o['batch_accuracy']:.3f} "
+            f"[{o['batch_accuracy_ci'][0]:.3f}, {o['batch_accuracy_ci'][1]:.3f}]"
             f"  cell accuracy {o['cell_accuracy']:.3f} [{o['cell_accuracy_ci'][0]:.3f}, {o['cell_accuracy_ci'][1]:.3f}]"
             f"  format {o['format_rate']:.1%}, valid {o['valid_rate']:.1%}",
             f"  repaired: batch {o['repaired_batch_accuracy']:.3f}, cell {o['repaired_cell_accuracy']:.3f}"
@@ -300,10 +365,20 @@ class EvalResult:
 
 
 def evaluate(
-    split: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, baseline: str | os.PathLike | None = None,
-    predictor: Predictor | None = None, name: str | None = None, backend: BackendConfig | None = None,
-    sampling: SamplingParams | None = None, cfg: EvalConfig | None = None, template: PromptTemplate | None = None,
-    compare: Sequence[str | os.PathLike] = (), overwrite: bool = False, progress: bool = True,
+    split: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    baseline: str | os.PathLike | None = None,
+    predictor: Predictor | None = None,
+    name: str | None = None,
+    backend: BackendConfig | None = None,
+    sampling: SamplingParams | None = None,
+    cfg: EvalConfig | None = None,
+    template: PromptTemplate | None = None,
+    compare: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> EvalResult:
     """Run `model`, `baseline` or a ready `predictor` over `split`; write predictions, metrics,
     report and plot into `out` (see the module doc). Resumes from `out/predictions.jsonl`
@@ -320,10 +395,19 @@ def evaluate(
     out = Path(out)
     items = load_eval_items(split, template=template, limit=cfg.limit)
     card_dir = find_card_dir(model)
-    others = [(R.model_label(m, p), m) for p, m in ((p, R.load_metrics(p)) for p in compare)]  # fail before the model loads
+    others = [
+        (R.model_label(m, p), m) for p, m in ((p, R.load_metrics(p)) for p in compare)
+    ]  # fail before the model loads
     if predictor is None:
-        predictor = make_predictor(model=model, baseline=baseline, name=name, backend=backend, sampling=sampling,
-                                   template=template, seed=cfg.seed)
+        predictor = make_predictor(
+            model=model,
+            baseline=baseline,
+            name=name,
+            backend=backend,
+            sampling=sampling,
+            template=template,
+            seed=cfg.seed,
+        )
     elif name:
         predictor.name = name
     load_s = time.perf_counter() - t0
@@ -334,38 +418,58 @@ def evaluate(
         todo = [it for it in items if it["id"] not in done]
         chunk = cfg.chunk_size or predictor.chunk_size
         with tqdm(
-            total=len(items), initial=len(items) - len(todo), desc=f"eval {predictor.name}", unit="puzzle",
-            disable=not progress, dynamic_ncols=True,
+            total=len(items),
+            initial=len(items) - len(todo),
+            desc=f"eval {predictor.name}",
+            unit="puzzle",
+            disable=not progress,
+            dynamic_ncols=True,
         ) as bar:
             for start in range(0, len(todo), chunk):
-                batch = todo[start:start + chunk]
+                batch = todo[start : start + chunk]
                 t = time.perf_counter()
                 answers = predictor.predict(batch, progress=bar.update)
                 gen_s += time.perf_counter() - t
-                recs = [_record(it, text, extra, model=predictor.name) for it, (text, extra) in zip(batch, answers, strict=True)]
+                recs = [
+                    _record(it, text, extra, model=predictor.name)
+                    for it, (text, extra) in zip(batch, answers, strict=True)
+                ]
                 append_journal(journal, recs)
                 done.update((r["id"], r) for r in recs)
     finally:
         predictor.close()
     ordered = [done[it["id"]] for it in items]  # split order: metrics do not depend on resume history
     metrics = compute_metrics(ordered, n_boot=cfg.n_boot, seed=cfg.seed, ci=cfg.ci)
-    metrics.update({
-        "model": predictor.name, "kind": predictor.kind, "split": str(split), "predictions": PREDICTIONS,
-        "puzzles": puzzle_fingerprint([it["id"] for it in items]), "limit": cfg.limit,
-        "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
-        "chance": chance_set_accuracy([it["n"] for it in items]),  # expected figures of a random assignment
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "data_version": data_version_of(split),  # the DVC md5 of the eval records; None: not versioned
-        "model_dir": None if card_dir is None else str(card_dir),  # the checkpoint whose card gets the metrics
-    })
+    metrics.update(
+        {
+            "model": predictor.name,
+            "kind": predictor.kind,
+            "split": str(split),
+            "predictions": PREDICTIONS,
+            "puzzles": puzzle_fingerprint([it["id"] for it in items]),
+            "limit": cfg.limit,
+            "sampling": getattr(predictor, "sampling", None) and predictor.sampling.model_dump(),
+            "chance": chance_set_accuracy([it["n"] for it in items]),  # expected figures of a random assignment
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data_version": data_version_of(split),  # the DVC md5 of the eval records; None: not versioned
+            "model_dir": None if card_dir is None else str(card_dir),  # the checkpoint whose card gets the metrics
+        }
+    )
     runs = [(predictor.name, metrics), *others]
     R.plot_accuracy_by_n(runs, out / PLOT)
     wall = time.perf_counter() - t0
     metrics["timing"] = {
-        "wall_s": wall, "load_s": load_s, "generation_s": gen_s, "scoring_io_s": max(wall - load_s - gen_s, 0.0),
+        "wall_s": wall,
+        "load_s": load_s,
+        "generation_s": gen_s,
+        "scoring_io_s": max(wall - load_s - gen_s, 0.0),
         "outside_generation_share": (wall - gen_s) / wall if wall > 0 else 0.0,
-        "generated": len(todo), "resumed": len(items) - len(todo),
-        "note": "wall_s: start to plot written (excludes writing metrics.json and report.md); outside generation = load + scoring/IO",
+        "generated": len(todo),
+        "resumed": len(items) - len(todo),
+        "note": (
+            "wall_s: start to plot written (excludes writing metrics.json and report.md); "
+            "outside generation = load + scoring/IO"
+        ),
     }
     write_json(metrics, out / METRICS)
     with atomic_path(out / REPORT) as tmp:

@@ -34,8 +34,26 @@ try:
 except ImportError:  # tests/ is a package
     from tests.llm_server import build_test_model, serve_openai
 
-FIELDS = ("id", "dataset", "n", "completion", "labels", "answer", "candidates", "valid", "legitimate", "reason", "reward",
-          "correct", "cell_accuracy", "exact", "repaired_labels", "repaired", "model", "group")
+FIELDS = (
+    "id",
+    "dataset",
+    "n",
+    "completion",
+    "labels",
+    "answer",
+    "candidates",
+    "valid",
+    "legitimate",
+    "reason",
+    "reward",
+    "correct",
+    "cell_accuracy",
+    "exact",
+    "repaired_labels",
+    "repaired",
+    "model",
+    "group",
+)
 SCORED = ("overall", "by_n", "by_dataset")
 
 
@@ -43,11 +61,29 @@ SCORED = ("overall", "by_n", "by_dataset")
 def demo(demo_data, tmp_path_factory):
     """The demo split as eval records, plus the marker baseline fitted on its train split."""
     root = tmp_path_factory.mktemp("eval-demo")
-    assert main(["data", "export", str(demo_data / "splits"), "-o", str(root / "eval"), "--format", "eval",
-                 "--params", defaults_params(root)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "export",
+                str(demo_data / "splits"),
+                "-o",
+                str(root / "eval"),
+                "--format",
+                "eval",
+                "--params",
+                defaults_params(root),
+            ]
+        )
+        == 0
+    )
     fit_baseline(demo_data / "splits" / "train.parquet", root / "baseline.json")
-    return {"records": root / "eval" / "test.jsonl", "parquet": demo_data / "splits" / "test.parquet",
-            "baseline": root / "baseline.json", "none": defaults_params(root)}
+    return {
+        "records": root / "eval" / "test.jsonl",
+        "parquet": demo_data / "splits" / "test.parquet",
+        "baseline": root / "baseline.json",
+        "none": defaults_params(root),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +95,22 @@ def tiny_model(tmp_path_factory):
 def baseline_run(demo, tmp_path_factory):
     """`cello eval` (the default sub-command) of the marker baseline over the whole demo test split."""
     out = tmp_path_factory.mktemp("runs") / "baseline"
-    assert main(["eval", str(demo["records"]), "--baseline", str(demo["baseline"]), "-o", str(out),
-                 "--no-progress", "--params", demo["none"]]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(demo["records"]),
+                "--baseline",
+                str(demo["baseline"]),
+                "-o",
+                str(out),
+                "--no-progress",
+                "--params",
+                demo["none"],
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -141,17 +191,36 @@ def test_baseline_eval_writes_predictions_metrics_report_plot(baseline_run, demo
 
 def test_chance_run_compared_with_the_baseline(baseline_run, demo, tmp_path, capsys):
     out = tmp_path / "chance"
-    assert main(["eval", "run", str(demo["parquet"]), "--baseline", "chance", "-o", str(out), "--no-progress",
-                 "--compare", str(baseline_run / METRICS), "--params", demo["none"]]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "run",
+                str(demo["parquet"]),
+                "--baseline",
+                "chance",
+                "-o",
+                str(out),
+                "--no-progress",
+                "--compare",
+                str(baseline_run / METRICS),
+                "--params",
+                demo["none"],
+            ]
+        )
+        == 0
+    )
     chance, base = (json.loads((d / METRICS).read_text()) for d in (out, baseline_run))
     assert chance["puzzles"] == base["puzzles"]  # same puzzles from .parquet and .jsonl
     assert chance["overall"]["cell_accuracy"] < base["overall"]["cell_accuracy"] - 0.3
     assert "## Compared runs" in (out / REPORT).read_text()
     with capsys.disabled():
-        print(f"\ndemo test split ({base['overall']['count']} puzzles): marker baseline batch "
-              f"{base['overall']['batch_accuracy']:.3f} cell {base['overall']['cell_accuracy']:.3f}; chance run batch "
-              f"{chance['overall']['batch_accuracy']:.3f} cell {chance['overall']['cell_accuracy']:.3f} (expected batch "
-              f"{base['chance']['batch_accuracy']:.4f}, cell {base['chance']['cell_accuracy']:.3f})")
+        print(
+            f"\ndemo test split ({base['overall']['count']} puzzles): marker baseline batch "
+            f"{base['overall']['batch_accuracy']:.3f} cell {base['overall']['cell_accuracy']:.3f}; chance run batch "
+            f"{chance['overall']['batch_accuracy']:.3f} cell {chance['overall']['cell_accuracy']:.3f} (expected batch "
+            f"{base['chance']['batch_accuracy']:.4f}, cell {base['chance']['cell_accuracy']:.3f})"
+        )
 
 
 def test_plot_command(baseline_run, tmp_path):
@@ -233,12 +302,54 @@ def test_read_predictions_journal_rules(tmp_path):
 def test_tiny_model_through_transformers_and_http_backends(tiny_model, demo, tmp_path, capsys):
     k, tokens = 3, 8
     local, served = tmp_path / "hf", tmp_path / "http"
-    assert main(["eval", str(demo["records"]), "--model", str(tiny_model), "-o", str(local), "--limit", str(k),
-                 "--max-new-tokens", str(tokens), "--batch-size", "1", "--no-progress", "--params", demo["none"]]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(demo["records"]),
+                "--model",
+                str(tiny_model),
+                "-o",
+                str(local),
+                "--limit",
+                str(k),
+                "--max-new-tokens",
+                str(tokens),
+                "--batch-size",
+                "1",
+                "--no-progress",
+                "--params",
+                demo["none"],
+            ]
+        )
+        == 0
+    )
     with serve_openai(model_dir=tiny_model) as url:
-        assert main(["eval", "run", str(demo["records"]), "--model", url, "-o", str(served), "--limit", str(k),
-                     "--max-new-tokens", str(tokens), "--concurrency", "2", "--no-progress",
-                     "--compare", str(local / METRICS), "--params", demo["none"]]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "run",
+                    str(demo["records"]),
+                    "--model",
+                    url,
+                    "-o",
+                    str(served),
+                    "--limit",
+                    str(k),
+                    "--max-new-tokens",
+                    str(tokens),
+                    "--concurrency",
+                    "2",
+                    "--no-progress",
+                    "--compare",
+                    str(local / METRICS),
+                    "--params",
+                    demo["none"],
+                ]
+            )
+            == 0
+        )
         bodies = [r.body for r in url.chat_requests]
     assert len(bodies) == k and all(b["max_tokens"] == tokens and b["temperature"] == 0 for b in bodies)
     a, b = _lines(local / PREDICTIONS), _lines(served / PREDICTIONS)
@@ -253,5 +364,7 @@ def test_tiny_model_through_transformers_and_http_backends(tiny_model, demo, tmp
     assert ma["timing"]["generation_s"] > 0 and (served / PLOT).exists()
     with capsys.disabled():
         o = ma["overall"]
-        print(f"\ntiny random model, {k} demo puzzles: batch {o['batch_accuracy']:.3f}, cell {o['cell_accuracy']:.3f}, "
-              f"format {o['format_rate']:.0%}, repaired cell {o['repaired_cell_accuracy']:.3f}")
+        print(
+            f"\ntiny random model, {k} demo puzzles: batch {o['batch_accuracy']:.3f}, cell {o['cell_accuracy']:.3f}, "
+            f"format {o['format_rate']:.0%}, repaired cell {o['repaired_cell_accuracy']:.3f}"
+        )

@@ -65,10 +65,17 @@ def runs(split, tmp_path_factory):
               "cand40": 32, "base70": 56}
     out = {}
     for name, right in shares.items():
-        evaluate(split, root / name, predictor=Oracle(name, set(range(right))), cfg=EvalConfig(n_boot=200), progress=False)
+        evaluate(
+            split, root / name, predictor=Oracle(name, set(range(right))), cfg=EvalConfig(n_boot=200), progress=False
+        )
         out[name] = root / name / METRICS
-    evaluate(split, root / "cand_limited", predictor=Oracle("cand_limited", set(range(40))),
-             cfg=EvalConfig(n_boot=200, limit=40), progress=False)
+    evaluate(
+        split,
+        root / "cand_limited",
+        predictor=Oracle("cand_limited", set(range(40))),
+        cfg=EvalConfig(n_boot=200, limit=40),
+        progress=False,
+    )
     out["cand_limited"] = root / "cand_limited" / METRICS
     return out
 
@@ -113,7 +120,9 @@ def test_a_drop_within_noise_passes_significant_but_not_non_inferiority(runs):
     sig = _by_rule(gate(runs["cand70"], incumbent=runs["inc_plus1"], baseline=runs["base30"], cfg=CFG))["no_regression"]
     assert sig.passed and sig.detail["diff"]["mean"] == pytest.approx(-1 / K)
     strict = CFG.model_copy(update={"regression_test": "non_inferiority"})
-    ni = _by_rule(gate(runs["cand70"], incumbent=runs["inc_plus1"], baseline=runs["base30"], cfg=strict))["no_regression"]
+    ni = _by_rule(gate(runs["cand70"], incumbent=runs["inc_plus1"], baseline=runs["base30"], cfg=strict))[
+        "no_regression"
+    ]
     assert not ni.passed and ni.value == ni.detail["diff"]["lo"] < -CFG.regression_tolerance
 
 
@@ -123,7 +132,10 @@ def test_fail_against_the_baseline(runs):
     assert not d.passed and not rules["beats_baseline"].passed
     assert rules["beats_baseline"].threshold == pytest.approx(0.70)
     assert all(rules[r].passed for r in ("coverage", "min_accuracy", "no_regression"))
-    assert gate(runs["cand70"], baseline=runs["base30"], cfg=CFG.model_copy(update={"baseline_margin": 0.5})).passed is False
+    assert (
+        gate(runs["cand70"], baseline=runs["base30"], cfg=CFG.model_copy(update={"baseline_margin": 0.5})).passed
+        is False
+    )
     assert not _by_rule(gate(runs["cand70"], cfg=CFG))["beats_baseline"].passed  # no baseline given
 
 
@@ -139,13 +151,22 @@ def test_missing_predictions_and_other_puzzles(runs, tmp_path):
     lone.write_text(runs["inc65"].read_text())
     d = gate(runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG)
     assert not _by_rule(d)["no_regression"].passed and "incumbent" in _by_rule(d)["no_regression"].message
-    given = gate(runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG,
-                 incumbent_predictions=runs["inc65"].parent / PREDICTIONS)
+    given = gate(
+        runs["cand70"],
+        incumbent=lone,
+        baseline=runs["base30"],
+        cfg=CFG,
+        incumbent_predictions=runs["inc65"].parent / PREDICTIONS,
+    )
     assert given.passed
-    lax = gate(runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG.model_copy(update={"require_paired": False}))
+    lax = gate(
+        runs["cand70"], incumbent=lone, baseline=runs["base30"], cfg=CFG.model_copy(update={"require_paired": False})
+    )
     assert lax.passed and _by_rule(lax)["no_regression"].detail["method"] == "point_estimate"
     # a --limit run covers other puzzles than the baseline, and too few
-    cov = _by_rule(gate(runs["cand_limited"], baseline=runs["base30"], cfg=CFG.model_copy(update={"min_puzzles": 50})))["coverage"]
+    cov = _by_rule(gate(runs["cand_limited"], baseline=runs["base30"], cfg=CFG.model_copy(update={"min_puzzles": 50})))[
+        "coverage"
+    ]
     assert not cov.passed and cov.detail["fingerprint_mismatch"] == ["baseline"]
 
 
@@ -159,11 +180,23 @@ def mixed_runs(tmp_path_factory):
     with open(root / "test.jsonl", "w") as fh:
         for i in range(40):
             answer = types[:2] if i % 2 == 0 else types
-            fh.write(json.dumps({"id": f"q{i}", "n": len(answer), "answer": answer, "candidates": sorted(answer),
-                                 "messages": p.messages("", [["G1"]] * len(answer), sorted(answer))}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "n": len(answer),
+                        "answer": answer,
+                        "candidates": sorted(answer),
+                        "messages": p.messages("", [["G1"]] * len(answer), sorted(answer)),
+                    }
+                )
+                + "\n"
+            )
     out = {}
     for name, right in (("cand", set(range(1, 40, 2))), ("inc", set(range(0, 40, 2)))):
-        evaluate(root / "test.jsonl", root / name, predictor=Oracle(name, right), cfg=EvalConfig(n_boot=200), progress=False)
+        evaluate(
+            root / "test.jsonl", root / name, predictor=Oracle(name, right), cfg=EvalConfig(n_boot=200), progress=False
+        )
         out[name] = root / name / METRICS
     return out
 
@@ -185,13 +218,37 @@ def test_cell_accuracy_gate_uses_the_ratio_of_sums(mixed_runs):
 def test_cli_exit_codes_and_decision_file(runs, tmp_path):
     none = defaults_params(tmp_path)
     out = tmp_path / "decision.json"
-    args = ["eval", "gate", "--candidate", str(runs["cand55"]), "--incumbent", str(runs["inc90"]),
-            "--baseline", str(runs["base30"]), "-o", str(out), "--params", none, "--min-accuracy", "0.5"]
+    args = [
+        "eval",
+        "gate",
+        "--candidate",
+        str(runs["cand55"]),
+        "--incumbent",
+        str(runs["inc90"]),
+        "--baseline",
+        str(runs["base30"]),
+        "-o",
+        str(out),
+        "--params",
+        none,
+        "--min-accuracy",
+        "0.5",
+    ]
     assert main(args) == 0  # rejected, but the decision itself succeeded
     saved = json.loads(out.read_text())
     assert saved["passed"] is False and saved["config"]["min_accuracy"] == 0.5
     assert main([*args, "--fail-on-reject"]) == 1
-    ok = ["eval", "gate", "--candidate", str(runs["cand70"]), "--baseline", str(runs["base30"]), "--params", none, "--fail-on-reject"]
+    ok = [
+        "eval",
+        "gate",
+        "--candidate",
+        str(runs["cand70"]),
+        "--baseline",
+        str(runs["base30"]),
+        "--params",
+        none,
+        "--fail-on-reject",
+    ]
     assert main(ok) == 0 and json.loads((runs["cand70"].parent / "decision.json").read_text())["passed"] is True
     assert main(["eval", "gate", "--candidate", str(tmp_path / "nope.json"), "--params", none]) == 2
     assert main(["eval", "gate", "--candidate", str(runs["cand70"]), "--metric", "bogus", "--params", none]) == 2
@@ -212,12 +269,26 @@ def test_eval_and_gate_write_the_card_and_name_the_data_version(split, tmp_path)
     write_card(model, stage="grpo", base_model=None, records=None)
     version = dvc_data_version(tmp_path / "project" / "dvc.lock")["version"]
     for _ in range(2):
-        evaluate(versioned, tmp_path / "cand", predictor=Oracle("cand", set(range(60))), model=str(model.parent),
-                 cfg=EvalConfig(n_boot=200), progress=False, overwrite=True)
-        evaluate(versioned, tmp_path / "base", predictor=Oracle("base", set(range(20))), cfg=EvalConfig(n_boot=200),
-                 progress=False, overwrite=True)
-        decision = gate(tmp_path / "cand" / METRICS, baseline=tmp_path / "base" / METRICS, cfg=CFG,
-                        out=tmp_path / "decision.json")
+        evaluate(
+            versioned,
+            tmp_path / "cand",
+            predictor=Oracle("cand", set(range(60))),
+            model=str(model.parent),
+            cfg=EvalConfig(n_boot=200),
+            progress=False,
+            overwrite=True,
+        )
+        evaluate(
+            versioned,
+            tmp_path / "base",
+            predictor=Oracle("base", set(range(20))),
+            cfg=EvalConfig(n_boot=200),
+            progress=False,
+            overwrite=True,
+        )
+        decision = gate(
+            tmp_path / "cand" / METRICS, baseline=tmp_path / "base" / METRICS, cfg=CFG, out=tmp_path / "decision.json"
+        )
     metrics = json.loads((tmp_path / "cand" / METRICS).read_text())
     assert metrics["data_version"]["version"] == version and metrics["model_dir"] == str(model)
     assert f"data version: `{version}`" in (tmp_path / "cand" / "report.md").read_text()
@@ -233,13 +304,33 @@ def test_eval_and_gate_write_the_card_and_name_the_data_version(split, tmp_path)
 def test_a_hub_model_as_incumbent_is_evaluated_on_the_candidates_puzzles(split, hub_model, tmp_path):
     """`--incumbent hf://ORG/NAME`: the model (here the tiny model in a Hub cache, offline) is
     evaluated first on the candidate's split and puzzles, then compared puzzle by puzzle."""
-    evaluate(split, tmp_path / "cand", predictor=Oracle("cand", set(range(6))), cfg=EvalConfig(n_boot=200, limit=6),
-             progress=False)
+    evaluate(
+        split,
+        tmp_path / "cand",
+        predictor=Oracle("cand", set(range(6))),
+        cfg=EvalConfig(n_boot=200, limit=6),
+        progress=False,
+    )
     params = tmp_path / "params.yaml"
     params.write_text("generation:\n  sampling:\n    max_new_tokens: 4\neval:\n  n_boot: 200\n")
     out = tmp_path / "gate" / "decision.json"
-    assert main(["eval", "gate", "--candidate", str(tmp_path / "cand" / METRICS), "--incumbent", hub_model,
-                 "-o", str(out), "--params", str(params)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "gate",
+                "--candidate",
+                str(tmp_path / "cand" / METRICS),
+                "--incumbent",
+                hub_model,
+                "-o",
+                str(out),
+                "--params",
+                str(params),
+            ]
+        )
+        == 0
+    )
     inc = json.loads((tmp_path / "gate" / "incumbent" / METRICS).read_text())
     cand = json.loads((tmp_path / "cand" / METRICS).read_text())
     assert inc["model"] == "tiny-cell" and inc["overall"]["count"] == 6 and inc["puzzles"] == cand["puzzles"]

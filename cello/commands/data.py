@@ -146,11 +146,16 @@ def export(
 @app.command("import")
 def import_(
     source: str = typer.Argument(
-        ..., help="Published CellPuzzles: a JSON list, JSON lines or Parquet file (told apart by content), hf://ORG/NAME[@REVISION][:SPLIT] "
-                  "(e.g. hf://ncbi/CellPuzzles), or a local directory in the Hub's dataset layout.",
+        ...,
+        help="Published CellPuzzles: a JSON list, JSON lines or Parquet file (told apart by content), "
+        "hf://ORG/NAME[@REVISION][:SPLIT] (e.g. hf://ncbi/CellPuzzles), or a local directory in the Hub's "
+        "dataset layout.",
     ),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Output puzzles.parquet (a file source), or a directory (a Hub source).",
+        ...,
+        "--out",
+        "-o",
+        help="Output puzzles.parquet (a file source), or a directory (a Hub source).",
     ),
     dataset: str = typer.Option("cellpuzzles", help="Dataset name given to the imported puzzles."),
     prompt: str | None = prompt_option(),

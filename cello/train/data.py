@@ -78,24 +78,37 @@ def read_records(path: str | os.PathLike, *, kind: Kind, split: str = "train",
             rec = _from_published(rec, lineno, where, kind=kind, template=template or PromptTemplate())
         if kind == "sft":
             msgs = rec.get("messages")
-            if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
-                msg = f"{where}: no `messages` ending with an assistant turn; export SFT records (`--format sft`) or run `cello train distill`."
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not isinstance(msgs[-1], dict)
+                or msgs[-1].get("role") != "assistant"
+            ):
+                msg = (
+                    f"{where}: no `messages` ending with an assistant turn; export SFT records (`--format sft`) "
+                    "or run `cello train distill`."
+                )
                 raise InputError(msg)
             out.append(rec)
             continue
         prompt = _prompt_of(rec)
         answer = rec.get("answer")
         if prompt is None or not isinstance(answer, list) or not answer:
-            msg = f"{where}: needs a [system, user] `prompt` (or eval `messages`) and a gold `answer` list; export GRPO or eval records."
+            msg = (
+                f"{where}: needs a [system, user] `prompt` (or eval `messages`) and a gold `answer` list; "
+                "export GRPO or eval records."
+            )
             raise InputError(msg)
-        out.append({
-            "id": str(rec.get("id", lineno)),
-            "dataset": str(rec.get("dataset") or ""),
-            "n": int(rec.get("n") or len(answer)),
-            "prompt": prompt,
-            "answer": [str(a) for a in answer],
-            "candidates": [str(c) for c in rec.get("candidates") or sorted(answer)],
-        })
+        out.append(
+            {
+                "id": str(rec.get("id", lineno)),
+                "dataset": str(rec.get("dataset") or ""),
+                "n": int(rec.get("n") or len(answer)),
+                "prompt": prompt,
+                "answer": [str(a) for a in answer],
+                "candidates": [str(c) for c in rec.get("candidates") or sorted(answer)],
+            }
+        )
     return out
 
 
@@ -108,9 +121,11 @@ def _from_published(rec: dict, index: int, where: str, *, kind: Kind, template: 
         raise InputError(msg) from exc
     last = chat["messages"][-1]
     if kind == "sft" and (last["role"] != "assistant" or "<think>" not in last["content"]):
-        msg = (f"{where}: the assistant_msg is a bare answer, not a <think>...</think><answer>...</answer> "
-               "completion; SFT needs reasoning traces (the published `reasoning` split, `cello train distill`, "
-               "or `cello data export --format sft`).")
+        msg = (
+            f"{where}: the assistant_msg is a bare answer, not a <think>...</think><answer>...</answer> "
+            "completion; SFT needs reasoning traces (the published `reasoning` split, `cello train distill`, "
+            "or `cello data export --format sft`)."
+        )
         raise InputError(msg)
     return chat
 

@@ -81,14 +81,22 @@ class DistillSummary:
         return self.puzzles_kept / self.puzzles if self.puzzles else 0.0
 
     def render(self) -> str:
-        return (f"distill ({self.mode}): {self.records} SFT records from {self.puzzles_kept}/{self.puzzles} puzzles "
-                f"({self.acceptance:.0%} kept; {self.valid_samples}/{self.samples} samples valid; "
-                f"{self.skipped_done} done before) tokens: {self.prompt_tokens} prompt, {self.completion_tokens} completion -> {self.out}")
+        return (
+            f"distill ({self.mode}): {self.records} SFT records from {self.puzzles_kept}/{self.puzzles} puzzles "
+            f"({self.acceptance:.0%} kept; {self.valid_samples}/{self.samples} samples valid; "
+            f"{self.skipped_done} done before) tokens: {self.prompt_tokens} prompt, "
+            f"{self.completion_tokens} completion -> {self.out}"
+        )
 
 
 def _sft_record(rec: dict, text: str, **extra: Any) -> dict:
-    return {"id": rec["id"], "dataset": rec["dataset"], "n": rec["n"],
-            "messages": [*rec["prompt"], {"role": "assistant", "content": text}], **extra}
+    return {
+        "id": rec["id"],
+        "dataset": rec["dataset"],
+        "n": rec["n"],
+        "messages": [*rec["prompt"], {"role": "assistant", "content": text}],
+        **extra,
+    }
 
 
 def distill(
@@ -103,9 +111,16 @@ def distill(
     """Write SFT records with teacher traces (or, `use_template`, format-only traces from the gold answers)."""
     out = Path(out_dir)
     records = read_records(source, kind="prompt")[:limit]
-    summary = DistillSummary(out=str(out), mode="template" if use_template else "teacher",
-                             rule={"valid_format": True, "min_reward": cfg.min_reward, "keep_per_puzzle": cfg.keep_per_puzzle,
-                                   "samples": cfg.samples})
+    summary = DistillSummary(
+        out=str(out),
+        mode="template" if use_template else "teacher",
+        rule={
+            "valid_format": True,
+            "min_reward": cfg.min_reward,
+            "keep_per_puzzle": cfg.keep_per_puzzle,
+            "samples": cfg.samples,
+        },
+    )
     if use_template:
         template = template or PromptTemplate()
         rows = [_sft_record(r, template.render_answer(r["answer"]), source="template") for r in records]
@@ -125,23 +140,42 @@ def distill(
     todo = [r for r in records if r["id"] not in ledger]
     summary.skipped_done = len(records) - len(todo)
     params = SamplingParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, n=cfg.samples, seed=cfg.seed)
-    backend_cfg = BackendConfig(spec=cfg.teacher, model=cfg.teacher_model, api_key_env=cfg.api_key_env,
-                                concurrency=cfg.concurrency, timeout_s=cfg.timeout, max_retries=cfg.retries)
+    backend_cfg = BackendConfig(
+        spec=cfg.teacher,
+        model=cfg.teacher_model,
+        api_key_env=cfg.api_key_env,
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout,
+        max_retries=cfg.retries,
+    )
     if todo:
-        log.info("distill: %d puzzles to do (%d done before), %d samples each, teacher %s",
-                 len(todo), summary.skipped_done, cfg.samples, cfg.teacher)
+        log.info(
+            "distill: %d puzzles to do (%d done before), %d samples each, teacher %s",
+            len(todo),
+            summary.skipped_done,
+            cfg.samples,
+            cfg.teacher,
+        )
         with make_backend(backend_cfg) as backend:
             for start in range(0, len(todo), cfg.chunk):
-                chunk = todo[start:start + cfg.chunk]
+                chunk = todo[start : start + cfg.chunk]
                 gens = backend.generate_full([r["prompt"] for r in chunk], params)
                 kept_rows, ledger_rows = [], []
                 for rec, gen in zip(chunk, gens, strict=True):
                     rewards = [score(t, rec["answer"]).reward for t in gen.texts]
-                    keep = select_traces(gen.texts, rec["answer"], min_reward=cfg.min_reward,
-                                         keep_per_puzzle=cfg.keep_per_puzzle)
+                    keep = select_traces(
+                        gen.texts, rec["answer"], min_reward=cfg.min_reward, keep_per_puzzle=cfg.keep_per_puzzle
+                    )
                     kept_rows += [_sft_record(rec, gen.texts[i], reward=rewards[i], source="teacher") for i in keep]
-                    ledger_rows.append({"id": rec["id"], "rewards": rewards, "kept": keep,
-                                        "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
+                    ledger_rows.append(
+                        {
+                            "id": rec["id"],
+                            "rewards": rewards,
+                            "kept": keep,
+                            "prompt_tokens": gen.prompt_tokens,
+                            "completion_tokens": gen.completion_tokens,
+                        }
+                    )
                 append_journal(rec_path, kept_rows)  # records first: a crash between the two redoes the chunk
                 append_journal(ledger_path, ledger_rows)
                 ledger.update({row["id"]: row for row in ledger_rows})

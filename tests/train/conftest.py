@@ -66,9 +66,18 @@ def sft_cfg(model: Path, **kw):
     from cello.config import SFTStageConfig
 
     base = dict(
-        model=str(model), lora={"r": 8, "alpha": 16, "dropout": 0.0, "use_dora": False, "modules_to_save": ["embed_tokens"]},
-        learning_rate=5e-3, epochs=1, max_length=512, effective_batch_size=4, per_device_batch_size=4,
-        gradient_checkpointing=False, report_to=["none"], logging_steps=1, save_steps=1000, eval_fraction=0.0,
+        model=str(model),
+        lora={"r": 8, "alpha": 16, "dropout": 0.0, "use_dora": False, "modules_to_save": ["embed_tokens"]},
+        learning_rate=5e-3,
+        epochs=1,
+        max_length=512,
+        effective_batch_size=4,
+        per_device_batch_size=4,
+        gradient_checkpointing=False,
+        report_to=["none"],
+        logging_steps=1,
+        save_steps=1000,
+        eval_fraction=0.0,
     )
     base.update(kw)
     return SFTStageConfig(**base)
@@ -78,9 +87,19 @@ def grpo_cfg(model: Path, **kw):
     from cello.config import GRPOStageConfig
 
     base = dict(
-        model=str(model), learning_rate=1e-3, max_steps=2, per_device_batch_size=4, num_generations=2, prompts_per_step=2,
-        max_completion_length=12, beta=0.01, gradient_checkpointing=False, report_to=["none"], logging_steps=1,
-        save_steps=1000, format_weight=0.5,
+        model=str(model),
+        learning_rate=1e-3,
+        max_steps=2,
+        per_device_batch_size=4,
+        num_generations=2,
+        prompts_per_step=2,
+        max_completion_length=12,
+        beta=0.01,
+        gradient_checkpointing=False,
+        report_to=["none"],
+        logging_steps=1,
+        save_steps=1000,
+        format_weight=0.5,
     )
     base.update(kw)
     return GRPOStageConfig(**base)

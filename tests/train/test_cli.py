@@ -32,12 +32,28 @@ def test_cpu_chain_on_demo_data(tmp_path, demo_data):
     doc = yaml.safe_load((REPO / "params.yaml").read_text())
     doc.pop("profiles", None)
     doc["train"] = {
-        "sft": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens"]},
-                "learning_rate": 5e-3, "max_steps": 6, "effective_batch_size": 2, "per_device_batch_size": 2,
-                "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 1, "eval_fraction": 0.0},
-        "grpo": {"learning_rate": 1e-4, "max_steps": 2, "per_device_batch_size": 4, "num_generations": 2,
-                 "prompts_per_step": 2, "max_completion_length": 8, "gradient_checkpointing": False,
-                 "report_to": ["none"], "logging_steps": 1},
+        "sft": {
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens"]},
+            "learning_rate": 5e-3,
+            "max_steps": 6,
+            "effective_batch_size": 2,
+            "per_device_batch_size": 2,
+            "gradient_checkpointing": False,
+            "report_to": ["tensorboard"],
+            "logging_steps": 1,
+            "eval_fraction": 0.0,
+        },
+        "grpo": {
+            "learning_rate": 1e-4,
+            "max_steps": 2,
+            "per_device_batch_size": 4,
+            "num_generations": 2,
+            "prompts_per_step": 2,
+            "max_completion_length": 8,
+            "gradient_checkpointing": False,
+            "report_to": ["none"],
+            "logging_steps": 1,
+        },
     }
     params.write_text(yaml.safe_dump(doc))
     p = ["--params", str(params)]
@@ -45,9 +61,17 @@ def test_cpu_chain_on_demo_data(tmp_path, demo_data):
     for fmt in ("sft", "grpo"):
         assert main(["data", "export", str(demo_data / "splits"), "-o", str(rec / fmt), "-f", fmt, *p]) == 0
     assert main(["model", "tiny", "-o", str(tmp_path / "tiny"), "--corpus", str(rec / "sft" / "train.jsonl"), *p]) == 0
-    assert main(["train", "sft", str(rec / "sft"), "-o", str(tmp_path / "sft"), "--model", str(tmp_path / "tiny"), *p]) == 0
+    assert (
+        main(["train", "sft", str(rec / "sft"), "-o", str(tmp_path / "sft"), "--model", str(tmp_path / "tiny"), *p])
+        == 0
+    )
     assert main(["train", "merge", str(tmp_path / "sft"), "-o", str(tmp_path / "merged")]) == 0
-    assert main(["train", "grpo", str(rec / "grpo"), "-o", str(tmp_path / "grpo"), "--model", str(tmp_path / "merged"), *p]) == 0
+    assert (
+        main(
+            ["train", "grpo", str(rec / "grpo"), "-o", str(tmp_path / "grpo"), "--model", str(tmp_path / "merged"), *p]
+        )
+        == 0
+    )
 
     sft = json.loads((tmp_path / "sft" / "summary.json").read_text())
     loss = [v for _, v in sft["curves"]["loss"]]

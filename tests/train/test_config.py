@@ -15,7 +15,13 @@ def test_defaults_are_the_papers():
     assert (sft.lora.r, sft.lora.alpha, sft.lora.dropout, sft.lora.target_modules) == (256, 512, 0.05, "all-linear")
     assert (sft.learning_rate, sft.epochs, sft.max_length, sft.effective_batch_size) == (5e-5, 1, 4096, 96)
     assert sft.assistant_only_loss and sft.report_to == ["tensorboard"]
-    assert (grpo.num_generations, grpo.learning_rate, grpo.beta, grpo.max_completion_length, grpo.prompts_per_step) == (5, 1e-6, 0.001, 3000, 64)
+    assert (grpo.num_generations, grpo.learning_rate, grpo.beta, grpo.max_completion_length, grpo.prompts_per_step) == (
+        5,
+        1e-6,
+        0.001,
+        3000,
+        64,
+    )
     assert not grpo.lora.enabled and grpo.max_n is None and grpo.format_weight == 0.0
 
 
@@ -68,7 +74,9 @@ def test_owned_keys_are_exactly_what_the_trainers_set(monkeypatch, tmp_path, tin
     # DeepSpeed config, a GPU extra), and generation_batch_size (TRL forbids it next to
     # steps_per_generation, which Cello sets)
     assert reserved - owned == renamed | {"deepspeed", "generation_batch_size"}
-    owned, reserved = _owned(monkeypatch, lambda: build_sft_trainer(records["sft"], tmp_path / "s", cfg=sft_cfg(tiny_model_dir)))
+    owned, reserved = _owned(
+        monkeypatch, lambda: build_sft_trainer(records["sft"], tmp_path / "s", cfg=sft_cfg(tiny_model_dir))
+    )
     assert reserved - owned == renamed | {"deepspeed"}
 
 
@@ -95,7 +103,9 @@ def test_a_params_file_given_but_missing_is_an_error_regression(tmp_path, monkey
 
     with pytest.raises(ConfigError, match="typo.yaml: no such params file"):
         load_params(tmp_path / "typo.yaml")
-    assert main(["train", "sft", str(tmp_path), "-o", str(tmp_path / "out"), "--params", str(tmp_path / "typo.yaml")]) == 2
+    assert (
+        main(["train", "sft", str(tmp_path), "-o", str(tmp_path / "out"), "--params", str(tmp_path / "typo.yaml")]) == 2
+    )
     assert "typo.yaml: no such params file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the implicit default may be absent, and says so

@@ -21,7 +21,15 @@ def test_read_records_directory_and_kinds(records, puzzles):
 def test_eval_and_sft_records_give_prompts(tmp_path, puzzles):
     p = puzzles[0]
     rows = [
-        {"id": "e", "dataset": "d", "group": "g", "n": 3, "messages": p["prompt"], "answer": p["answer"], "candidates": p["candidates"]},
+        {
+            "id": "e",
+            "dataset": "d",
+            "group": "g",
+            "n": 3,
+            "messages": p["prompt"],
+            "answer": p["answer"],
+            "candidates": p["candidates"],
+        },
         {"id": "s", "messages": [*p["prompt"], {"role": "assistant", "content": "x"}], "answer": p["answer"]},
     ]
     path = tmp_path / "mixed.jsonl"

@@ -89,14 +89,36 @@ def test_template_traces_need_no_teacher(tmp_path, records, puzzles):
                  "--params", defaults_params(tmp_path)]) == 0
     rows = [json.loads(line) for line in (tmp_path / "t" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == len(puzzles)
-    assert all(score(r["messages"][-1]["content"], p["answer"]).reward == 1.0 for r, p in zip(rows, puzzles, strict=True))
+    assert all(
+        score(r["messages"][-1]["content"], p["answer"]).reward == 1.0 for r, p in zip(rows, puzzles, strict=True)
+    )
 
 
 def test_cli_distill_from_a_teacher_url(tmp_path, records, puzzles, capsys):
     from cello.cli import main
 
     with serve_openai(responder=_scripted(puzzles), model_name="teacher-7b") as url:
-        assert main(["train", "distill", str(records["grpo"]), "-o", str(tmp_path / "d"), "--teacher", url,
-                     "--teacher-model", "teacher-7b", "-k", "4", "--limit", "3", "--params", defaults_params(tmp_path)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "distill",
+                    str(records["grpo"]),
+                    "-o",
+                    str(tmp_path / "d"),
+                    "--teacher",
+                    url,
+                    "--teacher-model",
+                    "teacher-7b",
+                    "-k",
+                    "4",
+                    "--limit",
+                    "3",
+                    "--params",
+                    defaults_params(tmp_path),
+                ]
+            )
+            == 0
+        )
         assert {r.body["model"] for r in url.chat_requests} == {"teacher-7b"}
     assert "3 SFT records from 3/3 puzzles" in capsys.readouterr().out

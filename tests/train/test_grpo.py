@@ -32,7 +32,12 @@ def test_batch_reward_scores_and_logs():
     rewards = batch_reward(completions, gold, log_metric=lambda k, v: logged.__setitem__(k, v))
     assert rewards == [1.0, 0.0, -1.0, -1.0]
     assert logged == {"format_rate": 0.75, "valid_rate": 0.5, "batch_accuracy": 0.25, "cell_accuracy": 0.5 / 4 + 0.25}
-    assert format_reward(completions, gold) == [1.0, 1.0, 1.0, 0.0]  # the layout only: the repeat is the batch reward's concern
+    assert format_reward(completions, gold) == [
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+    ]  # the layout only: the repeat is the batch reward's concern
 
 
 def test_reward_gets_the_gold_answers_of_the_generated_prompts(tmp_path, tiny_model_dir, records, puzzles):
@@ -43,7 +48,10 @@ def test_reward_gets_the_gold_answers_of_the_generated_prompts(tmp_path, tiny_mo
         calls.append((prompts, completions, answer, id))
         # the paper's reward is -1 for every completion of an untrained model: add a length
         # term so that the group advantages are not all zero and the policy must move
-        return [r + 0.01 * len(c[0]["content"]) for r, c in zip(batch_reward(completions, answer, **kwargs), completions, strict=True)]
+        return [
+            r + 0.01 * len(c[0]["content"])
+            for r, c in zip(batch_reward(completions, answer, **kwargs), completions, strict=True)
+        ]
 
     spy.__name__ = "batch_reward"
     cfg = grpo_cfg(tiny_model_dir, max_steps=2)
@@ -63,8 +71,17 @@ def test_reward_gets_the_gold_answers_of_the_generated_prompts(tmp_path, tiny_mo
         assert ids[0::2] == ids[1::2]  # each prompt's num_generations completions sit together
 
     logs = {k for entry in trainer.state.log_history for k in entry}
-    assert {"reward", "reward_std", "kl", "format_rate", "valid_rate", "batch_accuracy", "cell_accuracy",
-            "rewards/batch_reward/mean", "rewards/format_reward/mean"} <= logs
+    assert {
+        "reward",
+        "reward_std",
+        "kl",
+        "format_rate",
+        "valid_rate",
+        "batch_accuracy",
+        "cell_accuracy",
+        "rewards/batch_reward/mean",
+        "rewards/format_reward/mean",
+    } <= logs
 
 
 def test_run_grpo_writes_model_and_curves(tmp_path, tiny_model_dir, records):
@@ -78,7 +95,9 @@ def test_run_grpo_writes_model_and_curves(tmp_path, tiny_model_dir, records):
     card = read_card(tmp_path / "grpo" / "model")
     assert card["library_name"] == "transformers" and card["cello"]["stage"] == "grpo"
     assert card["cello"]["curves_last"]["reward"] == result.curves["reward"][-1][1]
-    resumed = run_grpo(records["grpo"], tmp_path / "grpo", cfg=grpo_cfg(tiny_model_dir, max_steps=3, save_steps=1), resume=True)
+    resumed = run_grpo(
+        records["grpo"], tmp_path / "grpo", cfg=grpo_cfg(tiny_model_dir, max_steps=3, save_steps=1), resume=True
+    )
     assert resumed.global_step == 3 and resumed.resumed_from.endswith("checkpoint-2")
 
 
@@ -99,8 +118,11 @@ def test_released_optimizer_settings_reach_trl(tmp_path, tiny_model_dir):
     cfg = grpo_cfg(tiny_model_dir)
     args = grpo_args(tmp_path, cfg=cfg, world_size=1, settings=device_settings("fp32", "sdpa"))
     default = GRPOStageConfig()
-    assert (args.loss_type, args.weight_decay, str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))) \
-        == (default.loss_type, default.weight_decay, default.lr_scheduler_type) == ("bnpo", 0.01, "constant")
+    assert (
+        (args.loss_type, args.weight_decay, str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)))
+        == (default.loss_type, default.weight_decay, default.lr_scheduler_type)
+        == ("bnpo", 0.01, "constant")
+    )
     assert args.num_train_epochs == 20 and args.epsilon == 0.2 and args.num_iterations == 1
 
 
@@ -111,8 +133,14 @@ def test_overlong_prompts_are_dropped_like_verls_filter(tiny_model_dir, records)
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     recs = read_records(records["grpo"], kind="prompt")
-    lengths = sorted(len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)["input_ids"]) for r in recs)
+    lengths = sorted(
+        len(
+            tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+        for r in recs
+    )
     assert drop_overlong(recs, tok, None) is recs
     cut = lengths[len(lengths) // 2]
     kept = drop_overlong(recs, tok, cut)
@@ -154,8 +182,10 @@ def test_grpo_with_a_real_vllm_server(tmp_path, tiny_model_dir, records):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([trl, "vllm-serve", "--model", str(tiny_model_dir), "--port", str(port),
-                             "--gpu-memory-utilization", "0.3"], env={**os.environ})
+    proc = subprocess.Popen(
+        [trl, "vllm-serve", "--model", str(tiny_model_dir), "--port", str(port), "--gpu-memory-utilization", "0.3"],
+        env={**os.environ},
+    )
     try:
         cfg = grpo_cfg(tiny_model_dir, vllm_server=f"http://127.0.0.1:{port}", vllm_health_timeout=300)
         result = run_grpo(records["grpo"], tmp_path / "grpo", cfg=cfg)

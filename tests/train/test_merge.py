@@ -32,7 +32,9 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
 
 
 def _logits(model, tokenizer):
-    enc = tokenizer(["Cell 1: CD3E, LYZ\nB cell", "<answer>T cell | NK cell</answer>"], return_tensors="pt", padding=True)
+    enc = tokenizer(
+        ["Cell 1: CD3E, LYZ\nB cell", "<answer>T cell | NK cell</answer>"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         return model.eval()(**enc).logits
 
@@ -61,8 +63,10 @@ def test_full_model_is_resaved(tmp_path, tiny_model_dir):
 
     out = merge_adapter(tiny_model_dir, tmp_path / "copy")
     tok = AutoTokenizer.from_pretrained(out)
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tok),
-                               _logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok))
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out), tok),
+        _logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok),
+    )
 
 
 def test_not_a_model_dir(tmp_path):

@@ -159,7 +159,8 @@ def test_bf16_and_flash_attention_on_gpu(tmp_path, tiny_model_dir, records):
     s = device_settings("auto", "auto")
     assert s["bf16"] == torch.cuda.is_bf16_supported() and not s["use_cpu"]
     assert s["attn_implementation"] == ("flash_attention_2" if is_available("flash_attn") else "sdpa")
-    result = run_sft(records["sft"], tmp_path / "gpu", cfg=sft_cfg(tiny_model_dir, max_steps=3, padding_free=True, packing=True))
+    cfg = sft_cfg(tiny_model_dir, max_steps=3, padding_free=True, packing=True)
+    result = run_sft(records["sft"], tmp_path / "gpu", cfg=cfg)
     assert result.global_step == 3
 
 
@@ -170,7 +171,13 @@ def test_cpu_settings_are_fp32_and_sdpa(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     s = device_settings("auto", "auto")
-    assert (s["bf16"], s["fp16"], s["use_cpu"], s["attn_implementation"], s["dtype"]) == (False, False, True, "sdpa", torch.float32)
+    assert (s["bf16"], s["fp16"], s["use_cpu"], s["attn_implementation"], s["dtype"]) == (
+        False,
+        False,
+        True,
+        "sdpa",
+        torch.float32,
+    )
     with pytest.raises(ConfigError, match="flash-attn"):
         device_settings("auto", "flash_attention_2")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
@@ -182,7 +189,12 @@ def test_deepspeed_configs_defer_to_the_trainer(name, stage):
     cfg = json.loads((REPO / "configs" / "deepspeed" / name).read_text())
     assert cfg["zero_optimization"]["stage"] == stage
     # batch sizes, accumulation, clipping and precision come from Cello's config through TRL ("auto")
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert cfg[key] == "auto"
     assert cfg["bf16"]["enabled"] == "auto"
 
