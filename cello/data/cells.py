@@ -38,7 +38,7 @@ from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
-from cello.data.topgenes import top_genes
+from cello.data.topgenes import pad_unexpressed, top_genes
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,14 @@ class FileSummary:
 class CellsSummary:
     out: str
     files: list[FileSummary] = field(default_factory=list)
+    padded: bool = False  # gene lists filled up to top_n with unexpressed genes
 
     @property
     def kept(self) -> int:
         return sum(f.kept for f in self.files)
 
     def to_dict(self) -> dict:
-        return {"out": self.out, "cells": self.kept, "files": [asdict(f) for f in self.files]}
+        return {"out": self.out, "cells": self.kept, "padded": self.padded, "files": [asdict(f) for f in self.files]}
 
     def render(self) -> str:
         lines = [f"{self.kept} cells from {len(self.files)} file(s) -> {self.out}"]
@@ -88,7 +89,8 @@ class CellsSummary:
                 f"  {f.dataset}: {f.kept}/{f.cells_in_file} cells, {f.donors} donors, "
                 f"{f.groups} groups, {f.cell_types} cell types"
                 + (f"; dropped {dropped}" if dropped else "")
-                + (f"; {f.fewer_than_top_n} cells with fewer expressed genes than top_n" if f.fewer_than_top_n else "")
+                + (f"; {f.fewer_than_top_n} cells with fewer expressed genes than top_n"
+                   + (" (padded with unexpressed genes)" if self.padded else "") if f.fewer_than_top_n else "")
             )
         return "\n".join(lines)
 
@@ -247,8 +249,10 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             ok = expressed > 0
             counts = {"dropped_no_expression": int((~ok).sum()),
                       "fewer_than_top_n": int((ok & (expressed < cfg.top_n)).sum())}
-            rows = r0 + local[ok]
-            return _cells_table(rows, tops[ok], genes, labels, obs_names, ctx, context, dataset), counts
+            rows, tops = r0 + local[ok], tops[ok]
+            if cfg.pad_genes:
+                tops = pad_unexpressed(tops, len(names))
+            return _cells_table(rows, tops, genes, labels, obs_names, ctx, context, dataset), counts
 
         writer = None
 
@@ -323,7 +327,7 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
     """Build cells from .h5ad files/directories (or builtin:pbmc68k): one `out` .parquet file,
     or, when `out` has no .parquet suffix, a directory with one part per input."""
     sources = resolve_inputs(list(inputs))
-    summary = CellsSummary(out=str(out))
+    summary = CellsSummary(out=str(out), padded=cfg.pad_genes)
     parts_dir = is_parts_dir(out)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     # Parts live next to the output, so a single part can become the output by a rename.

@@ -5,6 +5,11 @@ finite value, highest value first, ties broken by the lower gene index; a cell w
 expressed genes gets fewer genes. Zeros are never ranked: a dense row's zero entries carry no
 information, and an arbitrary pick among them would make the output depend on the format.
 
+`pad_unexpressed` gives the original Cell-o1 shape on request: always N genes. A cell with k < N
+expressed genes is filled up with the first N - k unexpressed genes in the file's gene order
+(lowest gene index first). The original takes them from `np.argpartition` over the zeros, whose
+order is an accident of the algorithm; a fixed order keeps the lists reproducible.
+
 The trick that makes this one vectorised pass: each (value, gene) pair becomes one uint64 key
 whose order is (value, then lower gene index first), so "top N by value with a deterministic
 tie-break" is "the N largest keys", found with `np.partition` over a padded 2-D block in
@@ -108,9 +113,41 @@ def top_genes(block, top_n: int) -> np.ndarray:
     return top_genes_dense(block, top_n)
 
 
-def top_genes_reference(row: np.ndarray, top_n: int) -> list[int]:
+def pad_unexpressed(tops: np.ndarray, n_genes: int) -> np.ndarray:
+    """Fill the -1 slots of `top_genes` output with unexpressed genes, lowest gene index first.
+
+    A row with k expressed genes needs N - k fillers, and they all lie among the first
+    N + k <= 2N gene indices, so one boolean block of width 2N finds them without a per-cell loop.
+    """
+    top_n = tops.shape[1]
+    missing = (tops < 0).sum(axis=1)
+    rows = np.flatnonzero(missing)
+    if rows.size == 0:
+        return tops
+    if n_genes < top_n:
+        msg = f"cannot pad to {top_n} genes from {n_genes}: lower top_n to at most {n_genes}."
+        raise ValueError(msg)
+    width = min(n_genes, 2 * top_n)
+    sub = tops[rows]
+    taken = np.zeros((len(rows), width), dtype=bool)
+    r, c = np.nonzero((sub >= 0) & (sub < width))
+    taken[r, sub[r, c]] = True
+    free = ~taken
+    # The j-th free gene of a row goes to its j-th empty slot (empty slots are the row's last ones).
+    rank = np.cumsum(free, axis=1)
+    r, gene = np.nonzero(free & (rank <= missing[rows, None]))
+    out = tops.copy()
+    out[rows[r], top_n - missing[rows[r]] + rank[r, gene] - 1] = gene
+    return out
+
+
+def top_genes_reference(row: np.ndarray, top_n: int, *, pad: bool = False) -> list[int]:
     """Per-cell reference of the same rule (tests and the benchmark baseline use it)."""
     row = np.asarray(row, dtype=np.float32).ravel()
-    nz = np.flatnonzero((row != 0) & np.isfinite(row))
+    ranked = (row != 0) & np.isfinite(row)
+    nz = np.flatnonzero(ranked)
     order = np.lexsort((nz, -row[nz]))  # value descending, then gene index ascending
-    return nz[order[:top_n]].tolist()
+    out = nz[order[:top_n]].tolist()
+    if pad:
+        out += np.flatnonzero(~ranked)[: top_n - len(out)].tolist()
+    return out
