@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -182,24 +183,40 @@ def _gene_names(var: pd.DataFrame, cfg: CellsConfig, source: str) -> np.ndarray:
     return strip_ensembl(names)
 
 
-def _cells_table(rows: np.ndarray, tops: np.ndarray, genes: pa.Array, labels: dict, obs_names: np.ndarray,
-                 ctx: pd.DataFrame, context: np.ndarray, dataset: str) -> pa.Table:
-    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
-    valid = tops >= 0
-    lengths = valid.sum(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = genes.take(pa.array(tops[valid]))
-    cols = {
-        S.CELL_ID: pa.array([f"{dataset}:{n}" for n in obs_names[rows]], pa.string()),
-        S.DATASET: pa.array(np.full(len(rows), dataset, dtype=object), pa.string()),
-        S.DONOR: pa.array(labels[S.DONOR][rows].astype(str), pa.string()),
-        S.BATCH: pa.array(labels[S.BATCH][rows].astype(str), pa.string()),
-        S.CELL_TYPE: pa.array(labels[S.CELL_TYPE][rows].astype(str), pa.string()),
-        S.TOP_GENES: pa.ListArray.from_arrays(pa.array(offsets), values),
-        S.CONTEXT: pa.array(context[rows].astype(str), pa.string()),
+def _codes(values: np.ndarray) -> pa.DictionaryArray:
+    """A string column as codes into its distinct values: 4 bytes a cell, whatever the strings."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques.astype(str)))
+
+
+def _file_columns(obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray,
+                  dataset: str) -> dict[str, pa.Array | None]:
+    """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
+    columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
+    of converting Python strings chunk by chunk."""
+    cols: dict[str, pa.Array | None] = {
+        S.CELL_ID: pa.array(obs_names, pa.string()),  # "<dataset>:" is prefixed per chunk
+        S.DATASET: pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(obs_names), np.int32)), [dataset]),
+        S.DONOR: _codes(labels[S.DONOR]),
+        S.BATCH: _codes(labels[S.BATCH]),
+        S.CELL_TYPE: _codes(labels[S.CELL_TYPE]),
+        S.TOP_GENES: None,  # per chunk, in this position
+        S.CONTEXT: _codes(context),
     }
     for name in ctx.columns:
-        cols[S.CTX_PREFIX + name] = pa.array(ctx[name].to_numpy()[rows].astype(str), pa.string())
+        cols[S.CTX_PREFIX + name] = _codes(ctx[name].to_numpy())
+    return cols
+
+
+def _cells_table(rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None],
+                 dataset: str) -> pa.Table:
+    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
+    valid = tops >= 0
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+    take = pa.array(rows)
+    cols = {name: None if col is None else col.take(take).cast(pa.string()) for name, col in columns.items()}
+    cols[S.CELL_ID] = pc.binary_join_element_wise(f"{dataset}:", cols[S.CELL_ID], "")
+    cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), genes.take(pa.array(tops[valid])))
     return pa.table(cols)
 
 
@@ -242,6 +259,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             dup = obs.index.duplicated(keep=False)
             obs_names = np.where(dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names)
             log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
+        columns = _file_columns(obs_names, labels, ctx, context, dataset)
         def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
             """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
             tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n)
@@ -252,7 +270,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             rows, tops = r0 + local[ok], tops[ok]
             if cfg.pad_genes:
                 tops = pad_unexpressed(tops, len(names))
-            return _cells_table(rows, tops, genes, labels, obs_names, ctx, context, dataset), counts
+            return _cells_table(rows, tops, genes, columns, dataset), counts
 
         writer = None
 
