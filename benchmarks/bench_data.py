@@ -236,6 +236,25 @@ def run_size(tmp: Path, n_cells: int, n_genes: int, baseline_cells: int, *, repe
     return out
 
 
+def run_real(paths: list[Path], *, repeat: int, threads: int, tmp: Path) -> list[dict]:
+    """Floor and cello on real files as they are (the stage's defaults: cell_type, donor_id)."""
+    out = []
+    for path in paths:
+        floors, cellos = [], []
+        for _ in range(repeat):
+            floors.append(measure(_floor, str(path)))
+            cellos.append(measure(_cello, str(path), str(tmp / f"{path.stem}.parquet"), threads))
+        row = {"file": path.name, "cells": cellos[0]["cells"], "floor_read_seconds": _median(floors),
+               "cello_seconds": _median(cellos), "runs": {"floor": [r["seconds"] for r in floors],
+                                                          "cello": [r["seconds"] for r in cellos]}}
+        row["cello_over_floor"] = row["cello_seconds"] / row["floor_read_seconds"]
+        print(f"  {path.name}: {row['cells']} cells, floor {row['floor_read_seconds']:.3f} s "
+              f"({_fmt(row['runs']['floor'], 3)}), cello {row['cello_seconds']:.2f} s ({_fmt(row['runs']['cello'])}): "
+              f"{row['cello_over_floor']:.0f}x (a small file: the fixed costs, reading obs and var, dominate)")
+        out.append(row)
+    return out
+
+
 def _fmt(values: list[float], digits: int = 2) -> str:
     return "/".join(f"{v:.{digits}f}" for v in values)
 
@@ -247,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-cells", type=int, default=5_000, help="cells the per-cell loop is timed on")
     parser.add_argument("--repeat", type=int, default=3, help="runs of floor, AnnData read and cello (medians)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="ranking threads of cello")
+    parser.add_argument("--real", type=Path, nargs="*", default=[],
+                        help="real CSR .h5ad files (CELLxGENE columns) to time as well, floor vs cello")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_data.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cello-bench-") as tmp:
+        real = run_real(args.real, repeat=args.repeat, threads=args.threads, tmp=Path(tmp)) if args.real else []
         sizes = [args.cells // 2, args.cells]
         runs = [run_size(Path(tmp), n, args.genes, args.baseline_cells, repeat=args.repeat, threads=args.threads)
                 for n in sizes]
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_per_cell": big["speedup_vs_per_cell"],
         "cello_over_floor": big["cello_over_floor"],
         "cello_over_anndata_read": big["cello_over_anndata_read"],
-        "cpu_count": os.cpu_count(), "threads": args.threads, "repeat": args.repeat,
+        "cpu_count": os.cpu_count(), "threads": args.threads, "repeat": args.repeat, "real_files": real,
         "cello_memory_growth_mib": big["cello_max_rss_mib"] - small["cello_max_rss_mib"],
         "speedup_vs_in_memory_per_cell": big["speedup_vs_in_memory_per_cell"],
         "per_cell_memory_growth_mib": big["per_cell_max_rss_mib"] - small["per_cell_max_rss_mib"],

@@ -348,3 +348,13 @@ def test_parts_errors_name_the_part_and_the_fix(tmp_path):
     shutil.copy(tmp_path / "twice" / "part-00000.parquet", tmp_path / "twice" / "part-00001.parquet")
     with pytest.raises(InputError, match="share a dataset name"):
         read_cells(tmp_path / "twice")
+
+
+def test_long_rows_next_to_empty_rows_at_the_end_of_a_block():
+    x = sp.random(40, 2000, density=0.4, format="lil", random_state=6, dtype=np.float32)
+    x[30:] = 0  # trailing cells with nothing stored
+    x = sp.csr_matrix(x)
+    dense = x.toarray()
+    got = top_genes(x, 5)
+    assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, 5) for r in dense]
+    assert (got[30:] == -1).all()
