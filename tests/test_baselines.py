@@ -22,6 +22,7 @@ from cello.baselines import (
     normalize_type,
     predict_baseline,
 )
+from cello.baselines.names import markers, words
 from cello.cli import main
 from cello.config import BaselineConfig
 from cello.data.prompt import PromptTemplate
@@ -107,8 +108,8 @@ def test_score_matrix_unseen_type_and_gene_are_neutral(fitted):
     cands = ["type A", "never seen", "TYPE  b"]  # case and whitespace are normalised
     s = fitted.score_matrix(cells, cands)
     assert s.shape == (3, 3)
-    assert np.all(s[:, 1] == 0.0)  # unseen type: neutral column
-    assert np.all(s[1] == 0.0)  # unseen genes: no evidence
+    assert np.all(s[:, 1] == -math.log(len(fitted.types)))  # unseen type, nothing in its name: uniform
+    np.testing.assert_allclose(s[1], fitted.score_matrix([[]], cands)[0])  # unseen genes: no evidence
     assert s[0, 0] > s[0, 2] and s[2, 2] > s[2, 0]
     assert fitted.assign(cells, cands) == ["type A", "never seen", "TYPE  b"]
     assert normalize_type("  CD4+   T Cell ") == "cd4+ t cell"
@@ -117,11 +118,103 @@ def test_score_matrix_unseen_type_and_gene_are_neutral(fitted):
 
 
 def test_rank_weighting_counts_top_genes_more():
-    one = [{"cell_genes": [["X", "Y"]], "candidates": ["t"], "answer": ["t"]}]
+    one = [{"cell_genes": [["X", "Y"], ["Z"]], "candidates": ["s", "t"], "answer": ["t", "s"]}]
     model = MarkerBaseline(BaselineConfig(rank_weighting="log")).fit(one)
-    assert model.counts["t"]["X"] > model.counts["t"]["Y"]
+    t = model.types.index("t")
+    assert model.weights[t, model.vocab["X"]] > model.weights[t, model.vocab["Y"]] > 0
     top1 = MarkerBaseline(BaselineConfig(top_k=1)).fit(one)
-    assert set(top1.counts["t"]) == {"X"}
+    assert set(top1.vocab) == {"X", "Z"}
+
+
+# ------------------------------------------------------------------ where ranks carry the signal
+POOL = [f"S{i}" for i in range(30)]
+
+
+def ranked_puzzles(k: int, *, seed: int, prefix: str, noise: float = 3.0) -> pd.DataFrame:
+    """Every cell lists all 30 pool genes: only their order, a noisy sort of its type's fixed
+    expression profile, tells the types apart."""
+    rng = np.random.default_rng(seed)
+    profiles = np.random.default_rng(99).normal(size=(8, len(POOL)))
+    rows = []
+    for i in range(k):
+        n = int(rng.integers(4, 9))
+        picked = rng.choice(8, size=n, replace=False)
+        cells = [[POOL[j] for j in np.argsort(-(profiles[t] + noise * rng.normal(size=len(POOL))))] for t in picked]
+        answer = [TYPES[t] for t in picked]
+        rows.append({"puzzle_id": f"{prefix}{i}", "cell_ids": [f"{prefix}{i}c{j}" for j in range(n)],
+                     "cell_genes": cells, "candidates": sorted(answer), "answer": answer, "n": n})
+    return pd.DataFrame(rows)
+
+
+def log_lift_reference(train: pd.DataFrame):
+    """The previous solver, as a yardstick: smoothed log-lift of rank-weighted gene counts per type
+    (multinomial naive Bayes), summed over a cell's genes with the same rank weights."""
+    from scipy.optimize import linear_sum_assignment
+
+    types = sorted({t for a in train["answer"] for t in a})
+    index = {g: i for i, g in enumerate(POOL)}
+    c = np.zeros((len(types), len(POOL)))
+    for cells, answer in zip(train["cell_genes"], train["answer"], strict=True):
+        for cell, t in zip(cells, answer, strict=True):
+            c[types.index(t), [index[g] for g in cell]] += 1 / np.log2(np.arange(len(cell)) + 2)
+    lift = np.log((c + 0.1) / (c.sum(1, keepdims=True) + 0.1 * len(POOL))) - np.log(
+        (c.sum(0) + 0.1) / (c.sum() + 0.1 * len(POOL)))
+
+    def assign(cells, candidates):
+        s = np.array([[sum(lift[types.index(t), index[g]] / np.log2(r + 2) for r, g in enumerate(cell))
+                       for t in candidates] for cell in cells])
+        rows, cols = linear_sum_assignment(s, maximize=True)
+        return [candidates[c] for _, c in sorted(zip(rows, cols, strict=True))]
+
+    return assign
+
+
+def test_beats_the_log_lift_solver_where_only_ranks_carry_signal_and_is_deterministic():
+    train, test = ranked_puzzles(200, seed=0, prefix="p"), ranked_puzzles(150, seed=1, prefix="t")
+    model = MarkerBaseline().fit(train)
+    ours = _accuracy(lambda p: model.assign(p["cell_genes"], p["candidates"]), test)
+    reference = log_lift_reference(train)
+    before = _accuracy(lambda p: reference(p["cell_genes"], p["candidates"]), test)
+    print(f"ranks only: cell {ours['cell_accuracy']:.3f} vs log-lift {before['cell_accuracy']:.3f}; "
+          f"batch {ours['batch_accuracy']:.3f} vs {before['batch_accuracy']:.3f}")
+    assert ours["cell_accuracy"] >= before["cell_accuracy"] + 0.02
+    assert ours["batch_accuracy"] >= before["batch_accuracy"]
+    assert ours["cell_accuracy"] > 0.4  # chance: about 0.17
+    again = MarkerBaseline().fit(train.sample(frac=1.0, random_state=3))  # same cells, another order
+    cells, cands = list(test.iloc[0]["cell_genes"]), list(test.iloc[0]["candidates"])
+    np.testing.assert_allclose(again.score_matrix(cells, cands), model.score_matrix(cells, cands), atol=1e-4)
+    assert [model.predict(p) for p in test.to_dict("records")] == [again.predict(p) for p in test.to_dict("records")]
+
+
+# ------------------------------------------------------------------ candidates never seen in training
+def test_names_give_markers_with_their_sign_and_the_words_they_share():
+    assert markers("CD14-low, CD16-positive monocyte") == {"CD14": -1.0, "FCGR3A": 1.0}
+    assert markers("CD4+/CD25 T Reg") == {"CD4": 1.0, "IL2RA": 1.0}
+    assert markers("CD56+ NK") == {"NCAM1": 1.0}
+    assert markers("GATA3-negative cell", genes=["GATA3"]) == {"GATA3": -1.0}
+    assert markers("B cell", genes=["B"]) == {}  # one letter is a word, not a gene
+    assert words("CD8-positive, alpha-beta T cell") == {"alpha-beta", "t"}
+    assert words("CD14-positive monocyte") == words("CD14-low, CD16-positive monocyte") == {"monocyte"}
+
+
+def test_unseen_types_are_scored_from_their_names():
+    def cell(*head):
+        return [*head, "G1", "G2", "G3"]
+
+    train = [{"cell_genes": [cell("LYZ", "CD14"), cell("MS4A1", "CD79A"), cell("CD3E", "IL7R")],
+              "candidates": ["B cell", "CD14-positive monocyte", "T cell"],
+              "answer": ["CD14-positive monocyte", "B cell", "T cell"]}] * 1
+    model = MarkerBaseline().fit([{**p, "cell_ids": [f"c{i}{j}" for j in range(3)]} for i, p in enumerate(train * 20)])
+    cells = [cell("LYZ", "FCGR3A"), cell("MS4A1", "CD79A"), cell("NKG7", "CD8A"), cell("LYZ", "CD14")]
+    cands = ["CD14-low, CD16-positive monocyte", "B cell", "CD8-positive cytotoxic cell", "CD14-positive monocyte"]
+    assert model.assign(cells, cands) == cands
+    s = model.score_matrix(cells, cands)
+    assert s[0, 0] > s[1, 0] and s[0, 0] > s[3, 0]  # the monocyte word and CD16 up, CD14 down
+    neutral = MarkerBaseline(BaselineConfig(name_prior=0)).fit(train)
+    assert np.all(neutral.score_matrix(cells, cands)[:, [0, 2]] == -math.log(3))
+    # a name that differs from a trained one only in punctuation is that type
+    same = model.score_matrix(cells, ["CD14 positive monocyte"])
+    assert same.tolist() == model.score_matrix(cells, cands[3:]).tolist()
 
 
 def test_fit_counts_a_reused_cell_once():
@@ -142,6 +235,9 @@ def test_save_load_roundtrip(tmp_path, fitted):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(InputError, match="not a marker baseline"):
         MarkerBaseline.load(tmp_path / "bad.json")
+    (tmp_path / "v1.json").write_text(json.dumps({"format": "cello-marker-baseline", "version": 1, "types": []}))
+    with pytest.raises(InputError, match="fit it again"):
+        MarkerBaseline.load(tmp_path / "v1.json")
 
 
 def test_completion_is_scored_like_an_llm(fitted):

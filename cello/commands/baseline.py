@@ -22,19 +22,20 @@ app = typer.Typer(
 def fit(
     train: Path = typer.Argument(..., help="Train puzzles (.parquet from `cello data split`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output baseline.json."),
-    alpha: float | None = option(BaselineConfig, "alpha"),
+    l2: float | None = option(BaselineConfig, "l2"),
     rank_weighting: str | None = option(BaselineConfig, "rank_weighting"),
     top_k: int | None = option(BaselineConfig, "top_k"),
+    name_prior: float | None = option(BaselineConfig, "name_prior"),
     params: Path | None = PARAMS,
     profile: str | None = PROFILE,
 ) -> None:
-    """Learn gene-to-cell-type association weights from the train puzzles."""
+    """Learn per-type log-odds of the ranked genes from the train puzzles."""
     from cello.baselines import fit_baseline
 
     p = load_params(params, profile=profile)
-    cfg = override(p.baseline, alpha=alpha, rank_weighting=rank_weighting, top_k=top_k)
+    cfg = override(p.baseline, l2=l2, rank_weighting=rank_weighting, top_k=top_k, name_prior=name_prior)
     model = fit_baseline(train, out, cfg=cfg)
-    typer.echo(f"marker baseline: {len(model.counts)} cell types, {sum(model.cells.values())} cells -> {out}")
+    typer.echo(f"marker baseline: {len(model.types)} cell types, {sum(model.cells.values())} cells -> {out}")
 
 
 @app.command("predict")

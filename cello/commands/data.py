@@ -36,6 +36,7 @@ def cells(
     gene_symbols: str | None = option(CellsConfig, "gene_symbols", note=NONE_NOTE),
     matrix: str | None = option(CellsConfig, "matrix"),
     top_n: int | None = option(CellsConfig, "top_n"),
+    pad_genes: bool | None = option(CellsConfig, "pad_genes", "--pad-genes/--no-pad-genes"),
     keep_suspension: str | None = option(CellsConfig, "keep_suspension", note=NONE_NOTE),
     max_cells: int | None = option(CellsConfig, "max_cells"),
     extra_context: list[str] | None = option(
@@ -52,7 +53,8 @@ def cells(
     none = lambda v: "" if v is not None and v.lower() == "none" else v  # noqa: E731
     cfg = override(
         p.data.cells, cell_type_key=cell_type_key, donor_key=none(donor_key), batch_key=none(batch_key),
-        gene_symbols=none(gene_symbols), matrix=matrix, top_n=top_n, keep_suspension=none(keep_suspension),
+        gene_symbols=none(gene_symbols), matrix=matrix, top_n=top_n, pad_genes=pad_genes,
+        keep_suspension=none(keep_suspension),
         max_cells=max_cells, extra_context_fields=extra_context or None, workers=workers,
     )
     summary = make_cells(inputs or p.data.inputs, out, cfg=cfg)

@@ -28,6 +28,13 @@ class CellsConfig(Section):
     )
     matrix: str = Field("X", description="Expression matrix to rank: 'X', 'raw' (adata.raw.X) or a layer name.")
     top_n: int = Field(50, ge=1, description="Genes per cell, highest expression first (the paper: 50).")
+    pad_genes: bool = Field(
+        False,
+        description=(
+            "Always list top_n genes, filling up with unexpressed ones (lowest gene index first), as the "
+            "original Cell-o1 scripts do; false: expressed genes only."
+        ),
+    )
     suspension_key: str = Field(
         "suspension_type",
         description="obs column filtered on `keep_suspension` where present.",

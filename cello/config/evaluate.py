@@ -11,11 +11,11 @@ from cello.config.base import Section
 
 
 class BaselineConfig(Section):
-    """`cello baseline`: the non-LLM marker-gene solver (gene-type association + Hungarian assignment)."""
+    """`cello baseline`: the non-LLM marker-gene solver (per-type log-odds of ranked genes + optimal assignment)."""
 
-    alpha: float = Field(
-        0.1, gt=0,
-        description="Additive smoothing of the gene-given-type frequencies (log-lift weights).",
+    l2: float = Field(
+        1.0, gt=0,
+        description="L2 penalty on the per-type gene weights (logistic regression): larger is smoother.",
     )
     rank_weighting: Literal["log", "linear", "uniform"] = Field(
         "log",
@@ -24,6 +24,13 @@ class BaselineConfig(Section):
         ),
     )
     top_k: int | None = Field(None, ge=1, description="Use only each cell's first top_k genes; null: all of them.")
+    name_prior: float = Field(
+        1.0, ge=0,
+        description=(
+            "For candidate types never seen in training: weight of the markers their names call up or down "
+            "(CD16-positive, CD14-low), added to what related seen types say; 0: such types score neutrally."
+        ),
+    )
     seed: int = Field(0, description="Seed of the chance baseline.")
 
 

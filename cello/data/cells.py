@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -38,7 +39,7 @@ from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
-from cello.data.topgenes import top_genes
+from cello.data.topgenes import pad_unexpressed, top_genes
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,14 @@ class FileSummary:
 class CellsSummary:
     out: str
     files: list[FileSummary] = field(default_factory=list)
+    padded: bool = False  # gene lists filled up to top_n with unexpressed genes
 
     @property
     def kept(self) -> int:
         return sum(f.kept for f in self.files)
 
     def to_dict(self) -> dict:
-        return {"out": self.out, "cells": self.kept, "files": [asdict(f) for f in self.files]}
+        return {"out": self.out, "cells": self.kept, "padded": self.padded, "files": [asdict(f) for f in self.files]}
 
     def render(self) -> str:
         lines = [f"{self.kept} cells from {len(self.files)} file(s) -> {self.out}"]
@@ -88,7 +90,8 @@ class CellsSummary:
                 f"  {f.dataset}: {f.kept}/{f.cells_in_file} cells, {f.donors} donors, "
                 f"{f.groups} groups, {f.cell_types} cell types"
                 + (f"; dropped {dropped}" if dropped else "")
-                + (f"; {f.fewer_than_top_n} cells with fewer expressed genes than top_n" if f.fewer_than_top_n else "")
+                + (f"; {f.fewer_than_top_n} cells with fewer expressed genes than top_n"
+                   + (" (padded with unexpressed genes)" if self.padded else "") if f.fewer_than_top_n else "")
             )
         return "\n".join(lines)
 
@@ -180,24 +183,40 @@ def _gene_names(var: pd.DataFrame, cfg: CellsConfig, source: str) -> np.ndarray:
     return strip_ensembl(names)
 
 
-def _cells_table(rows: np.ndarray, tops: np.ndarray, genes: pa.Array, labels: dict, obs_names: np.ndarray,
-                 ctx: pd.DataFrame, context: np.ndarray, dataset: str) -> pa.Table:
-    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
-    valid = tops >= 0
-    lengths = valid.sum(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = genes.take(pa.array(tops[valid]))
-    cols = {
-        S.CELL_ID: pa.array([f"{dataset}:{n}" for n in obs_names[rows]], pa.string()),
-        S.DATASET: pa.array(np.full(len(rows), dataset, dtype=object), pa.string()),
-        S.DONOR: pa.array(labels[S.DONOR][rows].astype(str), pa.string()),
-        S.BATCH: pa.array(labels[S.BATCH][rows].astype(str), pa.string()),
-        S.CELL_TYPE: pa.array(labels[S.CELL_TYPE][rows].astype(str), pa.string()),
-        S.TOP_GENES: pa.ListArray.from_arrays(pa.array(offsets), values),
-        S.CONTEXT: pa.array(context[rows].astype(str), pa.string()),
+def _codes(values: np.ndarray) -> pa.DictionaryArray:
+    """A string column as codes into its distinct values: 4 bytes a cell, whatever the strings."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques.astype(str)))
+
+
+def _file_columns(obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray,
+                  dataset: str) -> dict[str, pa.Array | None]:
+    """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
+    columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
+    of converting Python strings chunk by chunk."""
+    cols: dict[str, pa.Array | None] = {
+        S.CELL_ID: pa.array(obs_names, pa.string()),  # "<dataset>:" is prefixed per chunk
+        S.DATASET: pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(obs_names), np.int32)), [dataset]),
+        S.DONOR: _codes(labels[S.DONOR]),
+        S.BATCH: _codes(labels[S.BATCH]),
+        S.CELL_TYPE: _codes(labels[S.CELL_TYPE]),
+        S.TOP_GENES: None,  # per chunk, in this position
+        S.CONTEXT: _codes(context),
     }
     for name in ctx.columns:
-        cols[S.CTX_PREFIX + name] = pa.array(ctx[name].to_numpy()[rows].astype(str), pa.string())
+        cols[S.CTX_PREFIX + name] = _codes(ctx[name].to_numpy())
+    return cols
+
+
+def _cells_table(rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None],
+                 dataset: str) -> pa.Table:
+    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
+    valid = tops >= 0
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+    take = pa.array(rows)
+    cols = {name: None if col is None else col.take(take).cast(pa.string()) for name, col in columns.items()}
+    cols[S.CELL_ID] = pc.binary_join_element_wise(f"{dataset}:", cols[S.CELL_ID], "")
+    cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), genes.take(pa.array(tops[valid])))
     return pa.table(cols)
 
 
@@ -240,6 +259,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             dup = obs.index.duplicated(keep=False)
             obs_names = np.where(dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names)
             log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
+        columns = _file_columns(obs_names, labels, ctx, context, dataset)
         def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
             """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
             tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n)
@@ -247,8 +267,10 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             ok = expressed > 0
             counts = {"dropped_no_expression": int((~ok).sum()),
                       "fewer_than_top_n": int((ok & (expressed < cfg.top_n)).sum())}
-            rows = r0 + local[ok]
-            return _cells_table(rows, tops[ok], genes, labels, obs_names, ctx, context, dataset), counts
+            rows, tops = r0 + local[ok], tops[ok]
+            if cfg.pad_genes:
+                tops = pad_unexpressed(tops, len(names))
+            return _cells_table(rows, tops, genes, columns, dataset), counts
 
         writer = None
 
@@ -323,7 +345,7 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
     """Build cells from .h5ad files/directories (or builtin:pbmc68k): one `out` .parquet file,
     or, when `out` has no .parquet suffix, a directory with one part per input."""
     sources = resolve_inputs(list(inputs))
-    summary = CellsSummary(out=str(out))
+    summary = CellsSummary(out=str(out), padded=cfg.pad_genes)
     parts_dir = is_parts_dir(out)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     # Parts live next to the output, so a single part can become the output by a rename.

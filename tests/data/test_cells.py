@@ -11,7 +11,7 @@ from cello.cli import main
 from cello.config import CellsConfig
 from cello.data.cells import make_cells, strip_ensembl
 from cello.data.context import clean, clean_column, sentence
-from cello.data.topgenes import top_genes, top_genes_reference
+from cello.data.topgenes import pad_unexpressed, top_genes, top_genes_reference
 from cello.errors import InputError
 from tests.conftest import defaults_params, make_adata
 
@@ -48,6 +48,20 @@ def test_top_genes_matches_per_cell_reference(density):
         for i in rng.choice(150, 40, replace=False):
             assert [g for g in got[i] if g >= 0] == top_genes_reference(dense[i], top_n)
         assert (top_genes(dense, top_n) == got).all()
+
+
+def test_long_rows_with_every_kind_of_value_match_the_reference():
+    """Rows far longer than 2N go through the coarse pre-filter first: it must never drop a
+    value of the top N, whatever the signs, ties, zeros, NaN or inf in the row."""
+    rng = np.random.default_rng(4)
+    x = sp.random(60, 3000, density=0.3, format="csr", random_state=5, dtype=np.float32)
+    x.data = np.round(rng.normal(0, 3, x.nnz)).astype(np.float32)  # signs, many ties, explicit zeros
+    x.data[rng.choice(x.nnz, 50, replace=False)] = rng.choice([np.nan, np.inf, -np.inf, 1e30, -1e-30], 50)
+    x.data[: x.indptr[1]] = 7.0  # one row all ties
+    dense = x.toarray()
+    for top_n in (1, 5, 50):
+        got = top_genes(x, top_n)
+        assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, top_n) for r in dense]
 
 
 def test_negative_values_rank_below_positive():
@@ -248,6 +262,45 @@ def test_nan_and_inf_are_never_ranked():
     assert top_genes_reference(x[0], 4) == [3, 1]
 
 
+# ------------------------------------------------------------------ padded lists (the original's shape)
+def test_padding_fills_with_unexpressed_genes_lowest_index_first():
+    x = np.array(
+        [
+            [0, 5, 5, 1, 0],  # 3 expressed: nothing to pad
+            [0, 0, 0, 0, 0],  # nothing expressed: the first genes
+            [2, 0, np.nan, 0, 3],  # 2 expressed; NaN counts as unexpressed
+        ],
+        dtype=np.float32,
+    )
+    padded = pad_unexpressed(top_genes(x, 3), x.shape[1])
+    assert padded.tolist() == [[1, 2, 3], [0, 1, 2], [4, 0, 1]]
+    assert pad_unexpressed(top_genes(x, 4), 5).tolist()[2] == [4, 0, 1, 2]
+    assert [top_genes_reference(row, 3, pad=True) for row in x] == padded.tolist()
+
+
+def test_padding_matches_the_per_cell_reference_and_never_repeats_a_gene():
+    x = sp.random(120, 300, density=0.05, format="csr", random_state=3, dtype=np.float32)
+    x.data = np.round(x.data * 3)  # ties and explicit zeros
+    dense = x.toarray()
+    for top_n in (5, 20, 50):
+        padded = pad_unexpressed(top_genes(x, top_n), x.shape[1])
+        assert (padded >= 0).all()
+        assert all(len(set(row)) == top_n for row in padded.tolist())
+        assert padded.tolist() == [top_genes_reference(row, top_n, pad=True) for row in dense]
+
+
+def test_pad_genes_from_the_cli_lists_top_n_for_every_cell(tmp_path):
+    path = _write(make_adata(n_cells=30), tmp_path / "t.h5ad")
+    args = ["data", "cells", path, "--top-n", "50", "--params", defaults_params(tmp_path)]
+    assert main([*args, "-o", str(tmp_path / "plain.parquet")]) == 0
+    assert main([*args, "-o", str(tmp_path / "padded.parquet"), "--pad-genes"]) == 0
+    plain = pd.read_parquet(tmp_path / "plain.parquet").set_index("cell_id").top_genes
+    padded = pd.read_parquet(tmp_path / "padded.parquet").set_index("cell_id").top_genes
+    assert plain.map(len).max() < 50 and (padded.map(len) == 50).all()
+    for cell, genes in plain.items():  # the expressed genes first, in the same order
+        assert list(padded[cell][: len(genes)]) == list(genes)
+
+
 def test_batch_key_none_from_the_cli(tmp_path):
     path = _write(make_adata(n_cells=20), tmp_path / "t.h5ad")
     assert main(["data", "cells", path, "-o", str(tmp_path / "c.parquet"), "--batch-key", "none", "--top-n", "3",
@@ -295,3 +348,13 @@ def test_parts_errors_name_the_part_and_the_fix(tmp_path):
     shutil.copy(tmp_path / "twice" / "part-00000.parquet", tmp_path / "twice" / "part-00001.parquet")
     with pytest.raises(InputError, match="share a dataset name"):
         read_cells(tmp_path / "twice")
+
+
+def test_long_rows_next_to_empty_rows_at_the_end_of_a_block():
+    x = sp.random(40, 2000, density=0.4, format="lil", random_state=6, dtype=np.float32)
+    x[30:] = 0  # trailing cells with nothing stored
+    x = sp.csr_matrix(x)
+    dense = x.toarray()
+    got = top_genes(x, 5)
+    assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, 5) for r in dense]
+    assert (got[30:] == -1).all()
