@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cello._io import read_jsonl, write_json, write_jsonl
+from cello._io import write_json, write_jsonl
 from cello.baselines.solver import ChanceBaseline, MarkerBaseline, normalize_type, puzzle_fields
 from cello.config import BaselineConfig
 from cello.data import schema as S
@@ -36,24 +36,36 @@ __all__ = [
 
 # ---------------------------------------------------------------- files (the CLI's library calls)
 def load_puzzles(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Puzzles from puzzles.parquet (rows) or from eval/GRPO records (.jsonl)."""
+    """Puzzles from puzzles.parquet (rows) or from records (eval/GRPO or published CellPuzzles: a JSON
+    list, JSON lines or Parquet, told apart by content, as `cello.data.records.load_records` reads them)."""
+    from cello.data.records import is_parquet, is_published, load_records, parquet_columns, published_chat
+
     path = Path(path)
-    if not path.exists():
-        msg = f"{path}: no such file; give a puzzles .parquet (from `cello data split`) or eval records .jsonl."
+    if not path.is_file():
+        msg = f"{path}: no such file; give a puzzles .parquet (from `cello data split`) or eval records."
         raise InputError(msg)
-    if path.suffix == ".parquet":
+    if is_parquet(path) and S.CELL_GENES in parquet_columns(path):
         import pandas as pd
 
         df = pd.read_parquet(path)
-        missing = [c for c in (S.CELL_GENES, S.CANDIDATES, S.ANSWER) if c not in df.columns]
+        missing = [c for c in (S.CANDIDATES, S.ANSWER) if c not in df.columns]
         if missing:
-            msg = f"{path}: missing column(s) {missing}; expected a puzzles table from `cello data puzzles`/`split`."
+            msg = f"{path}: missing column(s) {missing}; expected a puzzles table from `cello data split`."
             raise InputError(msg)
         return df.to_dict("records")
-    if path.suffix in {".jsonl", ".json"}:
-        return read_jsonl(path)
-    msg = f"{path}: unknown file type {path.suffix!r}; use .parquet (puzzles) or .jsonl (eval records)."
-    raise InputError(msg)
+    records = load_records(path)
+    template = PromptTemplate()
+    out = []
+    for i, rec in enumerate(records):
+        if not is_published(rec):
+            out.append(rec)
+            continue
+        try:
+            out.append(published_chat(rec, index=i, template=template))
+        except ValueError as exc:
+            msg = f"{path}: record {i + 1}: {exc}; fix or remove that record."
+            raise InputError(msg) from exc
+    return out
 
 
 def fit_baseline(train: str | os.PathLike, out: str | os.PathLike, *,

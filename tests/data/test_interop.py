@@ -218,3 +218,14 @@ def test_serve_words_field_contexts_by_the_profile():
     assert p.context_for("cello") == p.context == "The sample was taken from the blood. The donor is healthy."
     (q,) = parse_puzzles([{"context": "A donor.", "cells": [["CD3E"], ["MS4A1"]], "candidates": ["B cell", "T cell"]}])
     assert q.context_for("cell-o1") == "A donor."
+
+
+def test_baseline_solves_published_records(tmp_path):
+    """`cello baseline predict` reads published CellPuzzles (a JSON list) like every other reader."""
+    from cello.baselines import load_puzzles
+
+    puzzles = load_puzzles(PUBLISHED)
+    assert [p["answer"] for p in puzzles] == [[a.strip() for a in r["assistant_msg"].split("|")] for r in published()]
+    jsonl = tmp_path / "test.json"  # JSON lines under a .json name: told apart by content
+    jsonl.write_text("".join(json.dumps(p) + "\n" for p in puzzles), encoding="utf-8")
+    assert [p["id"] for p in load_puzzles(jsonl)] == [p["id"] for p in puzzles]
