@@ -38,7 +38,7 @@ __all__ = [
 def load_puzzles(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Puzzles from puzzles.parquet (rows) or from records (eval/GRPO or published CellPuzzles: a JSON
     list, JSON lines or Parquet, told apart by content, as `cello.data.records.load_records` reads them)."""
-    from cello.data.records import is_parquet, is_published, load_records, parquet_columns, published_chat
+    from cello.data.records import as_chat_record, is_parquet, load_records, parquet_columns
 
     path = Path(path)
     if not path.is_file():
@@ -53,19 +53,9 @@ def load_puzzles(path: str | os.PathLike) -> list[dict[str, Any]]:
             msg = f"{path}: missing column(s) {missing}; expected a puzzles table from `cello data split`."
             raise InputError(msg)
         return df.to_dict("records")
-    records = load_records(path)
     template = PromptTemplate()
-    out = []
-    for i, rec in enumerate(records):
-        if not is_published(rec):
-            out.append(rec)
-            continue
-        try:
-            out.append(published_chat(rec, index=i, template=template))
-        except ValueError as exc:
-            msg = f"{path}: record {i + 1}: {exc}; fix or remove that record."
-            raise InputError(msg) from exc
-    return out
+    return [as_chat_record(rec, index=i, where=f"{path}: record {i + 1}", template=template)
+            for i, rec in enumerate(load_records(path))]
 
 
 def fit_baseline(train: str | os.PathLike, out: str | os.PathLike, *,

@@ -71,7 +71,7 @@ def load_eval_items(
     The split is a puzzles table (Parquet) or records read by `cello.data.records.load_records`
     (JSON list, JSON lines or Parquet, by content): eval/GRPO records, or published CellPuzzles
     records, whose system_msg and user_msg are sent as they are."""
-    from cello.data.records import is_parquet, is_published, load_records, parquet_columns, published_chat
+    from cello.data.records import as_chat_record, is_parquet, load_records, parquet_columns
 
     template = template or PromptTemplate()
     path = Path(path)
@@ -103,12 +103,7 @@ def load_eval_items(
         items = []
         for i, rec in enumerate(recs[:limit] if limit else recs):
             where = f"{path}: record {i + 1}"
-            if is_published(rec):
-                try:
-                    rec = published_chat(rec, index=i, template=template)
-                except ValueError as exc:
-                    msg = f"{where}: {exc}; fix or remove that record."
-                    raise InputError(msg) from exc
+            rec = as_chat_record(rec, index=i, where=where, template=template)
             items.append(_item_from_record(rec, where, template))
     seen: set[str] = set()
     for it in items:

@@ -194,6 +194,18 @@ def published_chat(rec: dict, *, index: int, template: PromptTemplate) -> dict:
             "messages": messages, "answer": p["answer"], "candidates": p["candidates"]}
 
 
+def as_chat_record(rec: dict, *, index: int, where: str, template: PromptTemplate) -> dict:
+    """`rec` as a Cello chat record: a published CellPuzzles record converted (`published_chat`),
+    any other record as it is; an InputError naming `where` when a published record is malformed."""
+    if not is_published(rec):
+        return rec
+    try:
+        return published_chat(rec, index=index, template=template)
+    except ValueError as exc:
+        msg = f"{where}: {exc}; fix or remove that record."
+        raise InputError(msg) from exc
+
+
 def parse_published_answer(text: str) -> list[str]:
     """Labels of a published assistant message: the last <answer>...</answer> block, or the whole
     text when it has no tags; strict (an empty label is an error), unlike the paper's extraction

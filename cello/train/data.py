@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cello.data.prompt import PromptTemplate
-from cello.data.records import is_published, load_records, published_chat
+from cello.data.records import as_chat_record, is_published, load_records
 from cello.errors import InputError
 
 Kind = Literal["sft", "prompt"]
@@ -114,11 +114,7 @@ def read_records(path: str | os.PathLike, *, kind: Kind, split: str = "train",
 
 def _from_published(rec: dict, index: int, where: str, *, kind: Kind, template: PromptTemplate) -> dict:
     """A published CellPuzzles record as a Cello chat record, or an InputError saying why not."""
-    try:
-        chat = published_chat(rec, index=index, template=template)
-    except ValueError as exc:
-        msg = f"{where}: {exc}; fix or remove that record."
-        raise InputError(msg) from exc
+    chat = as_chat_record(rec, index=index, where=where, template=template)
     last = chat["messages"][-1]
     if kind == "sft" and (last["role"] != "assistant" or "<think>" not in last["content"]):
         msg = (
