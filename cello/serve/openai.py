@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from cello.serve.errors import NotFound, RequestError, Unavailable, error_body, status_of
+from cello.serve.offload import off_loop
 from cello.serve.schema import describe, parse_json, utf8
 
 MAX_MESSAGES = 64
@@ -295,7 +296,7 @@ def register_openai_routes(app: Any, model: Any) -> None:
         return card()
 
     async def chat_completions(request: Request):
-        req = parse_chat(await request.body(), max_new_tokens=model.cfg.max_new_tokens)
+        req = await off_loop(parse_chat, await request.body(), max_new_tokens=model.cfg.max_new_tokens)
         if req.model != model.name:
             msg = f"model {req.model[:80]!r} not found; this server serves {model.name!r}"
             raise NotFound(msg)
