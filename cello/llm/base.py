@@ -23,6 +23,7 @@ from cello.errors import InputError
 
 Conversation = list[dict]
 Progress = Callable[[int], None]  # called with the number of conversations just finished
+OnText = Callable[[int, str], None]  # called with (conversation index, text that follows what came before)
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Usage:
 def check_conversations(conversations: Sequence[Conversation]) -> list[Conversation]:
     """Reject shapes every backend would choke on, naming the conversation and message."""
     if isinstance(conversations, dict) or (conversations and isinstance(conversations[0], dict)):
-        msg = "generate() takes a list of conversations (each a list of messages); wrap a single conversation in a list."
+        msg = ("generate() takes a list of conversations (each a list of messages); "
+               "wrap a single conversation in a list.")
         raise InputError(msg)
     out = []
     for i, conv in enumerate(conversations):
@@ -74,30 +76,38 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     abortable: bool = False  # generate_full(..., abort=) can stop conversations mid-generation
+    streams: bool = False  # generate_full(..., on_text=) hands out text as it is generated
 
     def __init__(self) -> None:
         self.usage = Usage()
         self._usage_lock = threading.Lock()
 
     def generate(
-        self, conversations: Sequence[Conversation], params: SamplingParams | None = None, *, progress: Progress | None = None
+        self, conversations: Sequence[Conversation], params: SamplingParams | None = None, *,
+        progress: Progress | None = None,
     ) -> list[list[str]]:
         """One list of `params.n` completions per conversation, in input order."""
         return [g.texts for g in self.generate_full(conversations, params, progress=progress)]
 
     def generate_full(
         self, conversations: Sequence[Conversation], params: SamplingParams | None = None, *,
-        progress: Progress | None = None, abort: Callable[[int], bool] | None = None,
+        progress: Progress | None = None, abort: Callable[[int], bool] | None = None, on_text: OnText | None = None,
     ) -> list[Generation]:
         """Like `generate`, with token counts and finish reasons. `abort(i)` true: conversation i is
         no longer wanted; an `abortable` backend stops generating it at the next step (what it
-        returns for it is then cut short)."""
+        returns for it is then cut short). A `streams` backend calls `on_text(i, piece)` (in the
+        generating thread) as the first completion of conversation i grows; the pieces join to its
+        returned text. Other backends ignore `on_text`: the caller sends the whole text at the end."""
         params = params or SamplingParams()
         convs = check_conversations(conversations)
         if not convs:
             return []
-        out = self._generate(convs, params, progress, abort=abort) if abort and self.abortable else \
-            self._generate(convs, params, progress)
+        hooks: dict = {}
+        if abort and self.abortable:
+            hooks["abort"] = abort
+        if on_text and self.streams:
+            hooks["on_text"] = on_text
+        out = self._generate(convs, params, progress, **hooks)
         with self._usage_lock:
             self.usage.conversations += len(out)
             self.usage.prompt_tokens += sum(g.prompt_tokens or 0 for g in out)
@@ -105,7 +115,8 @@ class Backend(abc.ABC):
         return out
 
     @abc.abstractmethod
-    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:
+    def _generate(self, conversations: list[Conversation], params: SamplingParams,
+                  progress: Progress | None) -> list[Generation]:
         """Generate for validated, non-empty conversations; one Generation each, in order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook

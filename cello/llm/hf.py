@@ -5,9 +5,12 @@
     backend.generate([[{"role": "user", "content": "Cell 1: CD3E"}]], SamplingParams(max_new_tokens=32))
 
 On a GPU the model runs in bfloat16 with flash_attention_2 when the package imports, sdpa
-otherwise; on CPU in float32 with sdpa (the rule lives in `cello.llm.device`). Conversations are sorted by length before batching
-(less padding) and returned in input order. Only the new tokens are decoded, without special
-tokens; stop strings cut the text as an OpenAI server would.
+otherwise; on CPU in float32 with sdpa (the rule lives in `cello.llm.device`). Conversations are
+sorted by length before batching (less padding) and returned in input order. Only the new tokens
+are decoded, without special tokens; stop strings cut the text as an OpenAI server would. With
+`on_text` the text is also handed out as it is generated (a transformers streamer, decoded
+incrementally: a character split over several tokens comes out whole, and text that may be the
+start of a stop string is held back).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from cello.config import SamplingParams
 from cello.errors import ConfigError, InputError
-from cello.llm.base import Backend, Conversation, Generation, Progress, cut_at_stop
+from cello.llm.base import Backend, Conversation, Generation, OnText, Progress, cut_at_stop
 from cello.llm.device import pick_attention, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     abortable = True
+    streams = True
 
     def __init__(
         self,
@@ -45,12 +49,14 @@ class TransformersBackend(Backend):
 
         path = Path(model_dir)
         if not (path / "config.json").is_file():
-            msg = f"{path}: not a model directory (no config.json); build one with `cello model tiny -o {path}` or pass a trained checkpoint."
+            msg = (f"{path}: not a model directory (no config.json); build one with `cello model tiny -o {path}` "
+                   "or pass a trained checkpoint.")
             raise InputError(msg)
         dev = resolve_device(device)
         attn = pick_attention(dev, attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=attn).to(dev)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev),
+                                                     attn_implementation=attn).to(dev)
         self._setup(model, tokenizer, batch_size=batch_size, name=str(path))
         self.attn_implementation = attn
         self.model_dir = path
@@ -72,7 +78,8 @@ class TransformersBackend(Backend):
             msg = f"batch_size={batch_size}; use 1 or more."
             raise ConfigError(msg)
         if not tokenizer.chat_template:
-            msg = f"{name}: the tokenizer has no chat template; use an instruct model or a `cello model tiny` directory."
+            msg = (f"{name}: the tokenizer has no chat template; "
+                   "use an instruct model or a `cello model tiny` directory.")
             raise InputError(msg)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -110,7 +117,7 @@ class TransformersBackend(Backend):
         return kw
 
     def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None,
-                  abort=None) -> list[Generation]:
+                  abort=None, on_text: OnText | None = None) -> list[Generation]:
         torch = self._torch
         if params.seed is not None:
             # torch takes a 64-bit seed; model_copy(update=...) skips SamplingParams' bound check
@@ -122,11 +129,14 @@ class TransformersBackend(Backend):
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer.apply_chat_template(
-                [conversations[i] for i in idx], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+                [conversations[i] for i in idx], add_generation_prompt=True, padding=True, return_tensors="pt",
+                return_dict=True,
             ).to(self.device)
+            stream = _streamer(self, on_text, idx, kw["num_return_sequences"], params.stop) if on_text else None
+            batch_kw = {**kw, "streamer": stream} if stream else kw
             if abort is not None:
                 try:
-                    out = self._generate_abortable(enc, kw, abort, idx)
+                    out = self._generate_abortable(enc, batch_kw, abort, idx)
                 except _Aborted:  # nobody waits for any of them: empty results, dropped by the caller
                     for i in idx:
                         results[i] = Generation(texts=[""] * params.n, completion_tokens=0,
@@ -134,7 +144,7 @@ class TransformersBackend(Backend):
                     continue
             else:
                 with self._lock, torch.inference_mode():
-                    out = self.model.generate(**enc, **kw)
+                    out = self.model.generate(**enc, **batch_kw)
             with self._usage_lock:
                 self.usage.requests += 1
             new = out[:, enc["input_ids"].shape[1] :].cpu()
@@ -144,6 +154,8 @@ class TransformersBackend(Backend):
             for b, i in enumerate(idx):
                 rows = new[b * params.n : (b + 1) * params.n]
                 results[i] = self._decode(rows, int(prompt_lens[b]), params)
+                if stream is not None:
+                    stream.finish(b * params.n, results[i].texts[0])
             if progress is not None:
                 progress(len(idx))
         return results  # type: ignore[return-value]
@@ -169,16 +181,12 @@ class TransformersBackend(Backend):
 
     def _decode(self, rows, prompt_tokens: int, params: SamplingParams) -> Generation:
         texts, reasons, n_tokens = [], [], 0
-        pad = self.tokenizer.pad_token_id
         for row in rows.tolist():
             ids = []
             finish = "length"
             for t in row:
-                if t in self._eos_ids:
-                    n_tokens += 1
-                    finish = "stop"
-                    break
-                if t == pad and pad not in self._eos_ids:  # filler after the sequence ended
+                if self._ends(t):
+                    n_tokens += t in self._eos_ids
                     finish = "stop"
                     break
                 ids.append(t)
@@ -187,6 +195,11 @@ class TransformersBackend(Backend):
             texts.append(text)
             reasons.append("stop" if cut else finish)
         return Generation(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=n_tokens, finish_reasons=reasons)
+
+    def _ends(self, token: int) -> bool:
+        """An end-of-sequence token, or the padding that follows a sequence that has ended."""
+        pad = self.tokenizer.pad_token_id
+        return token in self._eos_ids or (token == pad and pad not in self._eos_ids)
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
@@ -212,3 +225,57 @@ def _aborted(abort, idx: list[int], rows: int):
             return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([Aborted()])
+
+
+def _streamer(backend: TransformersBackend, on_text: OnText, idx: list[int], rows: int, stop: list[str]):
+    """A transformers streamer (`put` gets the prompt once, then one new token per row each step) that
+    calls `on_text(conversation, piece)` for the first completion of each conversation. Each step the
+    row's tokens are decoded whole and only the new suffix goes out: merged tokens and multi-byte
+    characters come out right (a trailing U+FFFD means a character is still incomplete: wait), and the
+    last len(longest stop) - 1 characters wait until they cannot start a stop string."""
+    from transformers.generation.streamers import BaseStreamer
+
+    hold = max((len(s) for s in stop), default=1) - 1
+
+    class Stream(BaseStreamer):
+        def __init__(self) -> None:
+            self.prompt = True
+            self.ids: dict[int, list[int]] = {r: [] for r in range(0, len(idx) * rows, rows)}
+            self.sent = dict.fromkeys(self.ids, "")
+            self.ended: set[int] = set()
+
+        def put(self, value) -> None:
+            if self.prompt:  # the first call hands over the prompt
+                self.prompt = False
+                return
+            tokens = value.reshape(-1).tolist()
+            for r, ids in self.ids.items():
+                if r in self.ended:
+                    continue
+                if backend._ends(tokens[r]):
+                    self.ended.add(r)
+                    continue
+                ids.append(tokens[r])
+                text = backend.tokenizer.decode(ids, skip_special_tokens=True)
+                if text.endswith("\ufffd"):
+                    continue
+                text, cut = cut_at_stop(text, stop)
+                if cut:
+                    self.ended.add(r)
+                elif hold:
+                    text = text[: len(text) - hold]
+                self._send(r, text)
+
+        def end(self) -> None:
+            """Nothing: `finish` sends the rest once the completion's final text is known."""
+
+        def finish(self, r: int, text: str) -> None:
+            self._send(r, text)
+
+        def _send(self, r: int, text: str) -> None:
+            sent = self.sent[r]
+            if len(text) > len(sent) and text.startswith(sent):
+                self.sent[r] = text
+                on_text(idx[r // rows], text[len(sent) :])
+
+    return Stream()

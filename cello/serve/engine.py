@@ -19,7 +19,9 @@ Limits and exits, each with its own error (cello.serve.errors maps them to HTTP 
 - the backend failed: `BackendError` (500; 503 for an unreachable upstream).
 
 A request that sets a seed while sampling runs in a batch of its own: a seed makes a
-completion reproducible only if no other conversation shares its random stream.
+completion reproducible only if no other conversation shares its random stream. So does a
+streamed request (`on_text`): a backend that `streams` calls it, in its thread, with each new
+piece of text; the batcher hands the pieces to the event loop.
 
     batcher = Batcher(backend, max_batch_size=8, wait_s=0.005)
     gens = await batcher.generate(conversations, SamplingParams(max_new_tokens=256), timeout_s=60)
@@ -62,6 +64,7 @@ class _Item:
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
     withdrawn: bool = False  # nobody waits for it any more (read by the generation thread)
+    on_text: Any = None  # streamed: called on the event loop with each new piece of text
 
 
 @dataclass
@@ -97,9 +100,11 @@ class Batcher:
         self._tasks = [asyncio.create_task(self._worker(), name=f"cello-batcher-{i}") for i in range(self.workers)]
 
     async def generate(
-        self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float
+        self, conversations: list[list[dict]], params: SamplingParams, *, timeout_s: float, on_text: Any = None
     ) -> list[Result]:
-        """Generate for `conversations` (in order); raises QueueFull, Draining, GenerationTimeout or BackendError."""
+        """Generate for `conversations` (in order); raises QueueFull, Draining, GenerationTimeout or BackendError.
+        `on_text(piece)` (one conversation only): called on the event loop as its text grows, when the
+        backend streams."""
         if self.draining:
             msg = "the server is shutting down; retry, another replica will answer"
             raise Draining(msg)
@@ -109,7 +114,10 @@ class Batcher:
             msg = f"the server is busy ({self.pending} conversations waiting, limit {self.max_queue}); retry later"
             raise QueueFull(msg)
         loop = asyncio.get_running_loop()
-        items = [_Item(conv, params, loop.create_future()) for conv in conversations]
+        if on_text is not None and len(conversations) != 1:
+            msg = "a streamed request has one conversation"
+            raise ValueError(msg)
+        items = [_Item(conv, params, loop.create_future(), on_text=on_text) for conv in conversations]
         self._items.extend(items)
         assert self._wake is not None
         self._wake.set()
@@ -160,12 +168,12 @@ class Batcher:
         for it in self._items:
             if it.future.done():
                 continue
-            if len(batch) < self.max_batch_size and it.params == first.params and not _seeded(first.params):
+            if len(batch) < self.max_batch_size and it.params == first.params and not _alone(first) and not _alone(it):
                 batch.append(it)
             else:
                 rest.append(it)
         if not batch:
-            batch.append(rest.popleft())  # a seeded request: alone
+            batch.append(rest.popleft())  # a seeded or streamed request: alone
         self._items = rest
         return batch
 
@@ -176,10 +184,12 @@ class Batcher:
                 continue
             self._running.update(batch)
             # a backend that can stop mid-generation is told which conversations nobody waits for
-            abort = {"abort": lambda i, b=batch: b[i].withdrawn} if getattr(self.backend, "abortable", False) else {}
+            hooks = {"abort": lambda i, b=batch: b[i].withdrawn} if getattr(self.backend, "abortable", False) else {}
+            if batch[0].on_text is not None and getattr(self.backend, "streams", False):
+                hooks["on_text"] = _to_loop(batch[0], asyncio.get_running_loop())
             try:
                 gens = await asyncio.to_thread(
-                    self.backend.generate_full, [it.conversation for it in batch], batch[0].params, **abort
+                    self.backend.generate_full, [it.conversation for it in batch], batch[0].params, **hooks
                 )
                 _observe_batch(len(batch))
                 now = time.perf_counter()
@@ -213,6 +223,17 @@ class Batcher:
         self._tasks = []
 
 
-def _seeded(params: SamplingParams) -> bool:
-    """A seed matters only when sampling; such a request is generated alone."""
-    return params.seed is not None and params.temperature > 0
+def _alone(item: _Item) -> bool:
+    """Generated in a batch of its own: a seeded sampled request (a seed matters only when sampling)
+    and a streamed one."""
+    return item.on_text is not None or (item.params.seed is not None and item.params.temperature > 0)
+
+
+def _to_loop(item: _Item, loop: asyncio.AbstractEventLoop):
+    """The backend's `on_text(i, piece)` (generation thread) as `item.on_text(piece)` on the event loop."""
+
+    def on_text(i: int, piece: str) -> None:
+        if not item.withdrawn:
+            loop.call_soon_threadsafe(item.on_text, piece)
+
+    return on_text

@@ -29,6 +29,7 @@ from typing import Any
 from cello.config import SamplingParams, ServeConfig
 from cello.data.prompt import PromptTemplate
 from cello.serve.engine import Batcher, Result
+from cello.serve.offload import off_loop
 from cello.serve.schema import (
     Options,
     Puzzle,
@@ -222,9 +223,9 @@ def _make_model_class():
         async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
             from kserve.protocol.infer_type import InferRequest
 
-            if isinstance(payload, InferRequest):
-                return decode_v2(payload, limits=self.cfg)
-            return decode_v1(payload, limits=self.cfg)
+            # off the event loop (cello.serve.offload): a wave of large bodies must not hold up the loop
+            decode = decode_v2 if isinstance(payload, InferRequest) else decode_v1
+            return await off_loop(decode, payload, limits=self.cfg)
 
         async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
             conversations = [self.prompt.messages(p.context_for(self.prompt.profile), p.cell_genes, p.candidates)

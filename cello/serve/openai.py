@@ -16,14 +16,19 @@ logit_bias, ...) are accepted only at their no-op value and otherwise answered 4
 field; identifiers that do not change the output (user, metadata, service_tier) are accepted;
 any other field is a 400. Errors come in OpenAI's shape, on unknown /openai routes too.
 
-`stream: true` answers server-sent events as OpenAI does (`data: {chunk}` lines, a last chunk
-with the finish reason, the usage chunk when `stream_options.include_usage`, `data: [DONE]`).
-The batcher generates whole completions, so the text arrives in one content chunk once it is
-generated; errors found before generation (limits, queue full, timeout) keep their status.
+`stream: true` answers server-sent events as OpenAI does (`data: {chunk}` lines: the role first,
+then `delta.content` pieces, a chunk with the finish reason, the usage chunk when
+`stream_options.include_usage`, `data: [DONE]`). With the in-process transformers backend the
+text streams token by token (the request is generated in a batch of its own; a client that
+leaves mid-stream stops the generation at the next step, cello.serve.middleware); an upstream
+backend answers whole completions, so its text arrives in one chunk. The status line is sent
+with the first piece of text: errors until then (limits, queue full, timeout) keep their
+status; a failure after it is a last `data: {"error": ...}` event, which the SDK raises.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -41,7 +46,8 @@ from pydantic import (
     model_validator,
 )
 
-from cello.serve.errors import NotFound, RequestError, Unavailable
+from cello.serve.errors import NotFound, RequestError, Unavailable, error_body, status_of
+from cello.serve.offload import off_loop
 from cello.serve.schema import describe, parse_json, utf8
 
 MAX_MESSAGES = 64
@@ -177,20 +183,100 @@ def _chunk(base: dict, delta: dict, finish: str | None, usage: Any = ...) -> str
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
+class Chunks:
+    """The server-sent events of one streamed chat completion: role, content pieces, finish, [usage], [DONE]."""
+
+    def __init__(self, model_name: str, *, include_usage: bool) -> None:
+        self.base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model_name}
+        self.include_usage = include_usage
+        self.none = None if include_usage else ...  # with include_usage every chunk has "usage": null but the last
+
+    def role(self) -> str:
+        return _chunk(self.base, {"role": "assistant", "content": ""}, None, self.none)
+
+    def content(self, piece: str) -> str:
+        return _chunk(self.base, {"content": piece}, None, self.none)
+
+    def end(self, completion: dict) -> list[str]:
+        """The finish reason, the usage (when asked for) and [DONE], from the finished completion."""
+        events = [_chunk(self.base, {}, completion["choices"][0]["finish_reason"], self.none)]
+        if self.include_usage:
+            events.append(f"data: {json.dumps({**self.base, 'choices': [], 'usage': completion['usage']})}\n\n")
+        events.append("data: [DONE]\n\n")
+        return events
+
+
 def sse_events(completion: dict, *, include_usage: bool) -> list[str]:
-    """A finished chat completion as OpenAI's stream: role, content, finish reason, [usage], [DONE]."""
-    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
-            "model": completion["model"]}
-    choice = completion["choices"][0]
-    none = None if include_usage else ...  # with include_usage every chunk carries "usage": null, the last the counts
-    events = [_chunk(base, {"role": "assistant", "content": ""}, None, none)]
-    if choice["message"]["content"]:
-        events.append(_chunk(base, {"content": choice["message"]["content"]}, None, none))
-    events.append(_chunk(base, {}, choice["finish_reason"], none))
-    if include_usage:
-        events.append(f"data: {json.dumps({**base, 'choices': [], 'usage': completion['usage']})}\n\n")
-    events.append("data: [DONE]\n\n")
-    return events
+    """A finished chat completion as OpenAI's stream, its text in one content chunk."""
+    chunks = Chunks(completion["model"], include_usage=include_usage)
+    chunks.base.update(id=completion["id"], created=completion["created"])
+    text = completion["choices"][0]["message"]["content"]
+    return [chunks.role(), *([chunks.content(text)] if text else []), *chunks.end(completion)]
+
+
+def completion_body(model_name: str, gen: Any) -> dict:
+    """An OpenAI chat.completion for one Generation."""
+    prompt_tokens = gen.prompt_tokens or 0
+    completion_tokens = gen.completion_tokens or 0
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": gen.texts[0] if gen.texts else ""},
+            "logprobs": None,
+            "finish_reason": (gen.finish_reasons or ["stop"])[0] or "stop",
+        }],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+async def stream_chat(model: Any, conversation: list[dict], params: Any, *, include_usage: bool) -> StreamingResponse:
+    """Generate `conversation` alone, sending its text as the backend produces it (see the module docstring).
+
+    Pieces arrive on a queue (the batcher calls `put_nowait` on the event loop); None marks the end
+    of the generation, whose result (or error) is then read from its task. Cancelled (the client
+    left): the generation task is cancelled, which withdraws it and aborts the running batch."""
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    task = asyncio.ensure_future(
+        model.batcher.generate([conversation], params, timeout_s=model.cfg.timeout_s, on_text=pieces.put_nowait))
+    task.add_done_callback(lambda _: pieces.put_nowait(None))
+    try:
+        first = await pieces.get()
+        if first is None:
+            task.result()  # an error before any text keeps its status
+    except BaseException:
+        task.cancel()
+        raise
+    chunks = Chunks(model.name, include_usage=include_usage)
+
+    async def events():
+        try:
+            yield chunks.role()
+            sent, piece = [], first
+            while piece is not None:
+                sent.append(piece)
+                yield chunks.content(piece)
+                piece = await pieces.get()
+            try:
+                (result,) = task.result()
+            except Exception as exc:  # after the status line: OpenAI's error event
+                yield f"data: {error_body('/openai/', status_of(exc)[0], str(exc)).decode()}\n\n"
+                return
+            completion = completion_body(model.name, result.generation)
+            text, streamed = completion["choices"][0]["message"]["content"], "".join(sent)
+            if len(text) > len(streamed) and text.startswith(streamed):  # a backend that sent part of it
+                yield chunks.content(text[len(streamed) :])
+            for event in chunks.end(completion):
+                yield event
+        finally:
+            task.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def register_openai_routes(app: Any, model: Any) -> None:
@@ -210,7 +296,7 @@ def register_openai_routes(app: Any, model: Any) -> None:
         return card()
 
     async def chat_completions(request: Request):
-        req = parse_chat(await request.body(), max_new_tokens=model.cfg.max_new_tokens)
+        req = await off_loop(parse_chat, await request.body(), max_new_tokens=model.cfg.max_new_tokens)
         if req.model != model.name:
             msg = f"model {req.model[:80]!r} not found; this server serves {model.name!r}"
             raise NotFound(msg)
@@ -232,27 +318,13 @@ def register_openai_routes(app: Any, model: Any) -> None:
             await model.budget.acheck([conversation], params.max_new_tokens)
         except RequestError as exc:
             raise RequestError(str(exc).replace("puzzle 0: ", "")) from None
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream and getattr(model.backend, "streams", False):
+            return await stream_chat(model, conversation, params, include_usage=usage)
         (result,) = await model.batcher.generate([conversation], params, timeout_s=model.cfg.timeout_s)
-        gen = result.generation
-        prompt_tokens = gen.prompt_tokens or 0
-        completion_tokens = gen.completion_tokens or 0
-        completion = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model.name,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": gen.texts[0] if gen.texts else ""},
-                "logprobs": None,
-                "finish_reason": (gen.finish_reasons or ["stop"])[0] or "stop",
-            }],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
+        completion = completion_body(model.name, result.generation)
         if not req.stream:
             return completion
-        usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(iter(sse_events(completion, include_usage=usage)), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from cello.serve.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
+from cello.serve.offload import off_loop
 from cello.serve.schema import describe, parse_json
 
 
@@ -28,6 +29,17 @@ def register_inference_routes(app: Any, model: Any) -> None:
     """v1 :predict, v2 /infer for `model` (a CelloModel), server metadata, and clear 404/405s."""
     from kserve.protocol.infer_type import InferRequest
     from kserve.protocol.rest.v2_datamodels import InferenceRequest
+
+    def read_v2(body: bytes, model_name: str) -> InferRequest:
+        """The body as a v2 InferRequest (in the parse pool, cello.serve.offload)."""
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            msg = f"the body must be a JSON object with 'inputs', got {type(data).__name__}"
+            raise RequestError(msg)
+        try:
+            return InferRequest.from_inference_request(InferenceRequest.model_validate(data), model_name)
+        except ValidationError as exc:
+            raise RequestError("invalid v2 request: " + describe(exc)) from None
 
     async def ready(model_name: str) -> None:
         if model_name != model.name:
@@ -49,14 +61,7 @@ def register_inference_routes(app: Any, model: Any) -> None:
             msg = ("the binary tensor extension is not supported; send the request as JSON "
                    "(BYTES input 'puzzles', one puzzle JSON string per element)")
             raise RequestError(msg)
-        data = parse_json(await request.body())
-        if not isinstance(data, dict):
-            msg = f"the body must be a JSON object with 'inputs', got {type(data).__name__}"
-            raise RequestError(msg)
-        try:
-            infer_request = InferRequest.from_inference_request(InferenceRequest.model_validate(data), model_name)
-        except ValidationError as exc:
-            raise RequestError("invalid v2 request: " + describe(exc)) from None
+        infer_request = await off_loop(read_v2, await request.body(), model_name)
         response, _ = await model(infer_request, headers=dict(request.headers))
         body, _ = response.to_rest()
         return JSONResponse(body)
