@@ -15,6 +15,8 @@ group it started (the engine core is a child process). vLLM's CPU attention supp
 sizes only: `cello model tiny` builds head_dim 64 for that reason. Chunked prefill is off: with it,
 a seeded sampled request (`seed` + temperature > 0, as the distill teacher client sends) whose
 prompt is prefilled in chunks kills vLLM 0.32's CPU engine ("CPU Generator does not use offset").
+The dtype is float32 by default: vLLM would downcast the tiny model's float32 weights to bfloat16
+on CPU, and its answers would then differ from the transformers backend's (fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class VLLMServer:
     """One vLLM OpenAI server process serving `model_dir` as `name`."""
 
     def __init__(self, model_dir: str | Path, *, python: str | Path | None = None, name: str = "cello",
-                 api_key: str | None = None, max_model_len: int = 2048, log_path: str | Path | None = None,
+                 api_key: str | None = None, max_model_len: int = 2048, dtype: str = "float32",
+                 log_path: str | Path | None = None,
                  extra_args: list[str] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.python = Path(python) if python else vllm_python()
@@ -73,7 +76,7 @@ class VLLMServer:
         self.log_path = Path(log_path) if log_path else self.model_dir.parent / f"vllm-{self.port}.log"
         self.cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                     "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(max_model_len),
-                    "--served-model-name", name, *(["--api-key", api_key] if api_key else []),
+                    "--served-model-name", name, "--dtype", dtype, *(["--api-key", api_key] if api_key else []),
                     # whole prompts only: vLLM 0.32's CPU worker dies ("CPU Generator does not use offset")
                     # when a seeded sampled request is prefilled in chunks
                     "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 4096)),

@@ -47,14 +47,29 @@ def test_greedy_n_sampling_stop_strings_and_usage(vllm, api_key):
     assert b.usage.requests >= 4
 
 
-def test_greedy_matches_transformers_on_the_same_weights(vllm, vllm_model, api_key):
-    from cello.llm.hf import TransformersBackend
+def test_vllm_scores_its_tokens_as_transformers_does(vllm, vllm_model):
+    """The same weights, chat template and tokens both ways: the log-probabilities vLLM reports
+    for its greedy tokens match transformers' on the same ids, and each is (near) the argmax.
+    (Greedy texts themselves may part after a few tokens: a random model has near-ties, and
+    the two runtimes' float kernels break them differently.)"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    convs = [CONV, [{"role": "user", "content": "Cell 1: LYZ, CD14"}], [{"role": "user", "content": "GNLY NKG7"}]]
-    with make_backend(vllm.url, max_retries=0) as served, TransformersBackend(str(vllm_model), batch_size=1) as local:
-        a, b = served.generate(convs, params), local.generate(convs, params)
-    assert a == b
+    body = {"model": SERVED, "messages": CONV, "max_tokens": 8, "temperature": 0.0, "logprobs": True,
+            "top_logprobs": 1, "return_tokens_as_token_ids": True}
+    r = httpx.post(f"{vllm.url}/chat/completions", json=body, headers={"Authorization": f"Bearer {vllm.api_key}"},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    steps = r.json()["choices"][0]["logprobs"]["content"]
+    ids = [int(s["token"].removeprefix("token_id:")) for s in steps]
+    tok, model = AutoTokenizer.from_pretrained(vllm_model), AutoModelForCausalLM.from_pretrained(vllm_model)
+    prompt = tok.apply_chat_template(CONV, add_generation_prompt=True, return_dict=True)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    for i, (tid, step) in enumerate(zip(ids, steps, strict=True)):
+        assert abs(logp[i, tid].item() - step["logprob"]) < 1e-2, (i, logp[i, tid].item(), step["logprob"])
+        assert logp[i, tid].item() >= logp[i].max().item() - 1e-2
 
 
 def test_max_new_tokens_above_the_context_is_capped(vllm, vllm_model, api_key):
