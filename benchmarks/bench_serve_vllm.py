@@ -18,7 +18,10 @@ difference is the transformer's own work: HTTP in and out, validation, prompt re
 batcher, the format check and repair, plus one more loopback hop.
 
 Reported per level: requests/s and p50/p99 latency of each path, the added p50 and p99 (through
-minus direct; goal: under 5 ms at p50) and the throughput lost. The servers are stopped by PID.
+minus direct; goal: under 5 ms at p50), the throughput lost, and the CPU time `cello serve` spent
+per request (from /proc: its own work, whatever the machine's load). On a small shared machine
+the transformer's CPU competes with vLLM's for the same cores, so the wall-clock figures carry
+that contention too; in a cluster the two run in separate pods. The servers are stopped by PID.
 Writes benchmarks/results/bench_serve_vllm.json. Without a vLLM env it says why and exits 0.
 """
 
@@ -119,6 +122,15 @@ def load(send, *, clients: int, seconds: float) -> tuple[list[float], int, float
     return lat, errors[0], time.monotonic() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc); nan elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
@@ -141,7 +153,8 @@ def render(row: dict) -> str:
     return (f"C={row['clients']:<2} direct {d['rps']:6.1f} req/s p50 {d['p50_ms']:7.1f} ms p99 {d['p99_ms']:7.1f} ms"
             f" | through cello serve {t['rps']:6.1f} req/s p50 {t['p50_ms']:7.1f} ms p99 {t['p99_ms']:7.1f} ms"
             f" | added p50 {row['added_p50_ms']:+6.1f} ms p99 {row['added_p99_ms']:+6.1f} ms,"
-            f" throughput lost {row['throughput_lost']:+.1%}, errors {d['errors']}/{t['errors']}")
+            f" throughput lost {row['throughput_lost']:+.1%}, errors {d['errors']}/{t['errors']};"
+            f" cello serve CPU {row['transformer_cpu_ms_per_request']:.1f} ms/request")
 
 
 def main() -> None:
@@ -198,12 +211,18 @@ def main() -> None:
             levels = []
             for clients in (int(x) for x in args.levels.split(",")):
                 res = {"direct": ([], 0, 0.0), "through": ([], 0, 0.0)}
+                cpu = 0.0
                 for _ in range(args.rounds):
                     for name, send in (("direct", direct), ("through", through)):
+                        before = cpu_seconds(proc.pid)
                         lat, err, wall = load(send, clients=clients, seconds=seconds / args.rounds)
+                        if name == "through":
+                            cpu += cpu_seconds(proc.pid) - before
                         old = res[name]
                         res[name] = (old[0] + lat, old[1] + err, old[2] + wall)
                 levels.append(summarize(clients, res))
+                # the transformer's own work, free of the machine's noise: its CPU time per request
+                levels[-1]["transformer_cpu_ms_per_request"] = 1000 * cpu / max(len(res["through"][0]), 1)
                 print(render(levels[-1]))
         finally:
             stop(proc)
