@@ -12,10 +12,14 @@ from cello.config.base import Section
 class TinyModelConfig(Section):
     """A random-weight Qwen2 causal LM + a BPE tokenizer trained on the puzzle corpus (tests, CPU runs)."""
 
-    hidden_size: int = Field(64, ge=8, description="Hidden width (must be a multiple of num_heads).")
+    hidden_size: int = Field(
+        64, ge=8,
+        description="Hidden width (a multiple of num_heads). hidden_size / num_heads is the head size: vLLM's CPU "
+                    "attention serves 32, 64, 80, 96, 112, 128, ... (not 16), so the default is 64.",
+    )
     num_layers: int = Field(2, ge=1, description="Decoder layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention); divides num_heads.")
+    num_heads: int = Field(1, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(1, ge=1, description="Key/value heads (grouped-query attention); divides num_heads.")
     intermediate_size: int = Field(128, ge=8, description="MLP width.")
     max_position_embeddings: int = Field(8192, ge=128, description="Longest sequence (RoPE; costs no parameters).")
     vocab_size: int = Field(

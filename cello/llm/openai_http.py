@@ -10,7 +10,9 @@ and connection errors are retried with exponential backoff and jitter, honouring
 a bounded number of times; then a `CelloError` names the URL, the status and the start of the
 body. Other 4xx answers fail at once (a retry cannot fix them). The API key is read from an
 environment variable (only its name is ever logged). Token usage is summed when the server
-reports it.
+reports it. Two rules a real vLLM server imposes: greedy requests (temperature 0) ask for one
+completion and copy it n times (vLLM refuses n > 1 there), and max_tokens is capped at the
+context the server lists in GET /models (vLLM answers 400 to a max_tokens above it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value) if value is not None else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
 
 
 class OpenAIHTTPBackend(Backend):
@@ -98,6 +107,8 @@ class OpenAIHTTPBackend(Backend):
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._model = model
+        self._max_model_len: int | None = None  # the served context (vLLM lists it in GET /models)
+        self._capped_warned = False
         self._model_lock = threading.Lock()
         self._closed = threading.Event()
 
@@ -155,15 +166,28 @@ class OpenAIHTTPBackend(Backend):
                     msg = f"GET {self.base_url}/models listed no model; pass the model name (openai:MODEL@URL or backend.model)."
                     raise CelloError(msg)
                 self._model = str(data[0]["id"])
-                log.info("%s serves model %r", self.base_url, self._model)
+                self._max_model_len = _int_or_none(data[0].get("max_model_len"))
+                log.info("%s serves model %r (context %s tokens)", self.base_url, self._model, self._max_model_len or "unknown")
             return self._model
+
+    def _max_tokens(self, wanted: int) -> int:
+        """`wanted`, capped at the context the server listed: vLLM refuses a max_tokens above its
+        max_model_len outright (400), while prompt + max_tokens over it is cut at the context."""
+        limit = self._max_model_len
+        if limit is None or wanted <= limit:
+            return wanted
+        if not self._capped_warned:
+            self._capped_warned = True
+            log.warning("max_new_tokens=%d is above the context of %s (%d tokens); asking for %d",
+                        wanted, self.base_url, limit, limit)
+        return limit
 
     # ------------------------------------------------------------ generation
     def _payload(self, conversation: Conversation, params: SamplingParams, n: int) -> dict:
         body: dict = {
             "model": self.model,
             "messages": conversation,
-            "max_tokens": params.max_new_tokens,
+            "max_tokens": self._max_tokens(params.max_new_tokens),
             "temperature": params.temperature,
             "n": n,
         }
@@ -180,14 +204,18 @@ class OpenAIHTTPBackend(Backend):
         reasons: list[str | None] = []
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
-        while len(texts) < params.n:  # some servers ignore n > 1: ask again for the rest
-            body = self._payload(conversation, params, params.n - len(texts))
+        # Greedy: one completion, copied n times (vLLM refuses n > 1 with temperature 0, and the
+        # copies would be identical anyway); the token counts stay those of n completions.
+        copies = params.n if params.temperature == 0 else 1
+        wanted = 1 if copies > 1 else params.n
+        while len(texts) < wanted:  # some servers ignore n > 1: ask again for the rest
+            body = self._payload(conversation, params, wanted - len(texts))
             data = self._request("POST", "chat/completions", body, abort=abort)
             choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
             if not choices:
                 msg = f"POST {self.base_url}/chat/completions answered without choices: {_excerpt(str(data))!r}"
                 raise CelloError(msg)
-            for c in choices[: params.n - len(texts)]:
+            for c in choices[: wanted - len(texts)]:
                 text, cut = cut_at_stop((c.get("message") or {}).get("content") or "", params.stop)
                 texts.append(text)
                 reasons.append("stop" if cut else c.get("finish_reason"))
@@ -196,6 +224,9 @@ class OpenAIHTTPBackend(Backend):
                 prompt_tokens = int(usage["prompt_tokens"])
             if usage.get("completion_tokens") is not None:
                 completion_tokens = (completion_tokens or 0) + int(usage["completion_tokens"])
+        if copies > 1:
+            texts, reasons = texts * copies, reasons * copies
+            completion_tokens = None if completion_tokens is None else completion_tokens * copies
         return Generation(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reasons=reasons)
 
     def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:

@@ -8,7 +8,9 @@ builds such a directory locally in a few seconds:
   names stay whole instead of being shredded into bytes), with the Qwen chat specials
   `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos), left padding, and a Qwen-style
   chat template whose assistant turns sit in `{% generation %}` blocks (assistant-only loss);
-- a Qwen2 model (about 0.1-5M parameters) with seeded random weights.
+- a Qwen2 model (about 0.1-5M parameters) with seeded random weights, one attention head of
+  size 64 by default: vLLM's CPU attention serves head sizes 32, 64, 80, ... but not 16, and the
+  tests run the same directory behind a real vLLM server (tests/vllm).
 
     cello model tiny -o models/tiny                                  # built-in corpus
     cello model tiny -o models/tiny --corpus data/records/sft/train.jsonl

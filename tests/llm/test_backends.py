@@ -242,6 +242,15 @@ def test_http_n_when_server_ignores_it_and_stop_strings():
         assert url.chat_requests[0].body["n"] == 3 and url.chat_requests[0].body["stop"] == ["STOP"]
 
 
+def test_http_greedy_n_asks_once_and_copies():
+    """vLLM answers 400 to n > 1 at temperature 0: greedy asks for one completion, copied n times."""
+    with serve_openai(responder=lambda m, b: "same") as url:
+        b = OpenAIHTTPBackend(url, **FAST)
+        (gen,) = b.generate_full([[{"role": "user", "content": "x"}]], SamplingParams(n=3, temperature=0.0))
+        assert gen.texts == ["same"] * 3 and len(gen.finish_reasons) == 3
+        assert len(url.chat_requests) == 1 and url.chat_requests[0].body["n"] == 1
+
+
 def test_http_kserve_route_prefix():
     with serve_openai(prefix="/openai/v1", model_name="cello") as url:
         assert url.endswith("/openai/v1")

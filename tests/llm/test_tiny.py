@@ -46,6 +46,13 @@ def test_builds_and_reloads_as_hf_dir(tiny_model_dir):
     assert model.generation_config.pad_token_id == tok.pad_token_id
 
 
+def test_default_head_size_is_one_vllm_serves_on_cpu(tmp_path):
+    """vLLM's CPU attention refuses head_dim 16 ("Unsupported CPU attention configuration")."""
+    cfg = json.loads((build_tiny_model(tmp_path / "m", cfg=TinyModelConfig(max_texts=50)) / "config.json").read_text())
+    assert cfg["hidden_size"] // cfg["num_attention_heads"] == 64
+    assert cfg["num_attention_heads"] % cfg["num_key_value_heads"] == 0
+
+
 def test_generates_from_chat_prompt(tiny_model_dir):
     import torch
 
@@ -175,7 +182,8 @@ def test_cli_builds_with_corpus_and_flags(tmp_path):
 
 
 def test_cli_rejects_bad_shape(tmp_path, capsys):
-    rc = main(["model", "tiny", "-o", str(tmp_path / "m"), "--hidden", "30", "--params", defaults_params(tmp_path)])
+    rc = main(["model", "tiny", "-o", str(tmp_path / "m"), "--hidden", "30", "--heads", "4",
+               "--params", defaults_params(tmp_path)])
     assert rc == 2 and not (tmp_path / "m").exists()
     assert "multiple of num_heads" in capsys.readouterr().err
 
