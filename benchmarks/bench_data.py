@@ -77,7 +77,9 @@ def generate(path: Path, n_cells: int, n_genes: int, *, seed: int = 0, donors: i
         },
         index=[f"cell{i}" for i in range(n_cells)],
     )
-    var = pd.DataFrame({"feature_name": [f"GENE{i}" for i in range(n_genes)]}, index=[f"ENSG{i:011d}" for i in range(n_genes)])
+    var = pd.DataFrame(
+        {"feature_name": [f"GENE{i}" for i in range(n_genes)]}, index=[f"ENSG{i:011d}" for i in range(n_genes)]
+    )
     ad.AnnData(X=x, obs=obs, var=var).write_h5ad(path)
     return float(x.nnz / n_cells)
 
@@ -227,12 +229,14 @@ def run_size(tmp: Path, n_cells: int, n_genes: int, baseline_cells: int, *, repe
           f"{out['cello_max_rss_mib']:.0f} MiB ({out['cello_over_floor']:.1f}x the floor, "
           f"{out['cello_over_anndata_read']:.1f}x the AnnData read)")
     print(f"  per-cell           : {out['per_cell_seconds_extrapolated']:.1f} s "
-          f"({out['per_cell_us_per_cell']:.0f} us/cell on {out['per_cell_timed_cells']} cells + {out['per_cell_load_seconds']:.1f} s load), "
+          f"({out['per_cell_us_per_cell']:.0f} us/cell on {out['per_cell_timed_cells']} cells "
+          f"+ {out['per_cell_load_seconds']:.1f} s load), "
           f"{out['per_cell_max_rss_mib']:.0f} MiB")
     print(f"  per-cell, in memory: {out['in_memory_per_cell_seconds_extrapolated']:.1f} s "
           f"({out['in_memory_per_cell_us_per_cell']:.0f} us/cell), {out['in_memory_per_cell_max_rss_mib']:.0f} MiB")
     print(f"  speed-up: {out['speedup_vs_per_cell']:.0f}x vs per-cell (backed), "
-          f"{out['speedup_vs_in_memory_per_cell']:.0f}x vs per-cell in memory; identical top-{TOP_N} lists: {identical}")
+          f"{out['speedup_vs_in_memory_per_cell']:.0f}x vs per-cell in memory; "
+          f"identical top-{TOP_N} lists: {identical}")
     return out
 
 
@@ -286,15 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         "cello_memory_growth_mib": big["cello_max_rss_mib"] - small["cello_max_rss_mib"],
         "speedup_vs_in_memory_per_cell": big["speedup_vs_in_memory_per_cell"],
         "per_cell_memory_growth_mib": big["per_cell_max_rss_mib"] - small["per_cell_max_rss_mib"],
-        "in_memory_per_cell_memory_growth_mib": big["in_memory_per_cell_max_rss_mib"] - small["in_memory_per_cell_max_rss_mib"],
+        "in_memory_per_cell_memory_growth_mib": (
+            big["in_memory_per_cell_max_rss_mib"] - small["in_memory_per_cell_max_rss_mib"]
+        ),
     }
     print(f"\nspeed-up vs per-cell (row read from the file): {result['speedup_vs_per_cell']:.0f}x (target >= 100x); "
           f"vs per-cell on an in-memory matrix: {result['speedup_vs_in_memory_per_cell']:.0f}x; "
           f"cello / read floor: {result['cello_over_floor']:.1f}x (target <= 3x), "
           f"/ AnnData read: {result['cello_over_anndata_read']:.1f}x")
     print(f"peak memory {small['cells']} -> {big['cells']} cells: cello {small['cello_max_rss_mib']:.0f} -> "
-          f"{big['cello_max_rss_mib']:.0f} MiB, per-cell {small['per_cell_max_rss_mib']:.0f} -> {big['per_cell_max_rss_mib']:.0f} MiB, "
-          f"in-memory per-cell {small['in_memory_per_cell_max_rss_mib']:.0f} -> {big['in_memory_per_cell_max_rss_mib']:.0f} MiB")
+          f"{big['cello_max_rss_mib']:.0f} MiB, "
+          f"per-cell {small['per_cell_max_rss_mib']:.0f} -> {big['per_cell_max_rss_mib']:.0f} MiB, "
+          f"in-memory per-cell {small['in_memory_per_cell_max_rss_mib']:.0f} "
+          f"-> {big['in_memory_per_cell_max_rss_mib']:.0f} MiB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

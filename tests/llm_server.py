@@ -154,7 +154,8 @@ def _make_app(state: _State, prefix: str) -> FastAPI:
         status = state.fail_always or (state.fail_first[k] if k < len(state.fail_first) else None)
         if status:
             headers = {"Retry-After": state.retry_after} if state.retry_after is not None else {}
-            return JSONResponse({"error": {"message": f"scripted failure {status} (request {k})", "code": status}}, status_code=status, headers=headers)
+            error = {"message": f"scripted failure {status} (request {k})", "code": status}
+            return JSONResponse({"error": error}, status_code=status, headers=headers)
         if (err := auth_error(request)) is not None:
             return err
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):

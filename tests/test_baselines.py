@@ -249,8 +249,8 @@ def test_completion_is_scored_like_an_llm(fitted):
 
 def test_predict_from_eval_record_matches_puzzle_row(fitted):
     p = synthetic_puzzles(1, seed=6).iloc[0].to_dict()
-    record = {"id": p["puzzle_id"], "messages": PromptTemplate().messages(p["context"], p["cell_genes"], p["candidates"]),
-              "answer": p["answer"]}
+    messages = PromptTemplate().messages(p["context"], p["cell_genes"], p["candidates"])
+    record = {"id": p["puzzle_id"], "messages": messages, "answer": p["answer"]}
     assert fitted.predict(record) == fitted.predict(p)
     with pytest.raises(InputError, match="neither"):
         fitted.predict({"id": "x", "answer": ["a"]})
@@ -261,7 +261,8 @@ def test_files_and_cli(tmp_path, capsys):
     synthetic_puzzles(50, seed=7).to_parquet(train)
     synthetic_puzzles(15, seed=8, prefix="t").to_parquet(test)
     model, preds, metrics = tmp_path / "b.json", tmp_path / "out" / "pred.jsonl", tmp_path / "m.json"
-    assert main(["baseline", "fit", str(train), "-o", str(model), "--params", defaults_params(tmp_path), "--top-k", "15"]) == 0
+    fit = ["baseline", "fit", str(train), "-o", str(model), "--top-k", "15"]
+    assert main([*fit, "--params", defaults_params(tmp_path)]) == 0
     assert json.loads(model.read_text())["config"]["top_k"] == 15
     assert main(["baseline", "predict", str(model), str(test), "-o", str(preds), "--metrics", str(metrics),
                  "--params", defaults_params(tmp_path)]) == 0
@@ -298,7 +299,9 @@ def _missing_data_modules() -> list[str]:
     return [m for m in _DATA_MODULES if importlib.util.find_spec(m) is None]
 
 
-@pytest.mark.skipif(bool(_missing_data_modules()), reason=f"demo data commands not available yet (missing: {_missing_data_modules()})")
+@pytest.mark.skipif(
+    bool(_missing_data_modules()), reason=f"demo data commands not available yet (missing: {_missing_data_modules()})"
+)
 def test_marker_baseline_beats_chance_on_demo_split(tmp_path, capsys):
     """Real PBMCs (scanpy's pbmc68k_reduced): fit on the demo train split, score the test split."""
     if importlib.util.find_spec("scanpy") is None:
@@ -316,7 +319,9 @@ def test_marker_baseline_beats_chance_on_demo_split(tmp_path, capsys):
     marker = summary.metrics["overall"]
     with capsys.disabled():
         print(f"\ndemo split ({marker['count']} test puzzles, N 4-8): marker baseline cell accuracy "
-              f"{marker['cell_accuracy']:.3f} [{marker['cell_accuracy_ci'][0]:.3f}, {marker['cell_accuracy_ci'][1]:.3f}], batch {marker['batch_accuracy']:.3f}; "
+              f"{marker['cell_accuracy']:.3f} "
+              f"[{marker['cell_accuracy_ci'][0]:.3f}, {marker['cell_accuracy_ci'][1]:.3f}], "
+              f"batch {marker['batch_accuracy']:.3f}; "
               f"chance: expected cell {summary.chance_cell:.3f}, observed cell {chance['cell_accuracy']:.3f}, "
               f"expected batch {summary.chance_batch:.4f}")
     assert marker["count"] >= 10

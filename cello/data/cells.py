@@ -129,7 +129,8 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
         hint = [c for c in obs.columns if any(w in c.lower() for w in ("type", "label", "donor", "batch", "sample"))]
         msg = (
             f"{source}: obs has no column {key!r} for the {what}; set --{what.replace(' ', '-')}-key "
-            f"(or data.cells.{what.replace(' ', '_')}_key in params.yaml). Candidate columns: {hint or list(obs.columns)[:20]}."
+            f"(or data.cells.{what.replace(' ', '_')}_key in params.yaml). "
+            f"Candidate columns: {hint or list(obs.columns)[:20]}."
         )
         raise InputError(msg)
     return clean_column(obs[key])
@@ -189,8 +190,9 @@ def _codes(values: np.ndarray) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques.astype(str)))
 
 
-def _file_columns(obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray,
-                  dataset: str) -> dict[str, pa.Array | None]:
+def _file_columns(
+    obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray, dataset: str
+) -> dict[str, pa.Array | None]:
     """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
     columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
     of converting Python strings chunk by chunk."""
@@ -208,8 +210,9 @@ def _file_columns(obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, contex
     return cols
 
 
-def _cells_table(rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None],
-                 dataset: str) -> pa.Table:
+def _cells_table(
+    rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None], dataset: str
+) -> pa.Table:
     """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
     valid = tops >= 0
     offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
@@ -257,16 +260,21 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         obs_names = obs.index.to_numpy().astype(str)
         if obs.index.has_duplicates:  # cell ids must be unique: the split relies on them
             dup = obs.index.duplicated(keep=False)
-            obs_names = np.where(dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names)
+            obs_names = np.where(
+                dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names
+            )
             log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
         columns = _file_columns(obs_names, labels, ctx, context, dataset)
+
         def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
             """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
             tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n)
             expressed = (tops >= 0).sum(axis=1)
             ok = expressed > 0
-            counts = {"dropped_no_expression": int((~ok).sum()),
-                      "fewer_than_top_n": int((ok & (expressed < cfg.top_n)).sum())}
+            counts = {
+                "dropped_no_expression": int((~ok).sum()),
+                "fewer_than_top_n": int((ok & (expressed < cfg.top_n)).sum()),
+            }
             rows, tops = r0 + local[ok], tops[ok]
             if cfg.pad_genes:
                 tops = pad_unexpressed(tops, len(names))

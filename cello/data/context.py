@@ -90,7 +90,9 @@ def sentences(ctx: pd.DataFrame, *, extra: Sequence[str] = ()) -> pd.Series:
         return pd.Series([""] * len(ctx), dtype=object, index=ctx.index)
     cols = list(ctx.columns)
     uniq = ctx.drop_duplicates().reset_index(drop=True)
-    uniq["_sentence"] = [sentence(dict(zip(cols, row, strict=False)), extra=extra) for row in uniq.itertuples(index=False)]
+    uniq["_sentence"] = [
+        sentence(dict(zip(cols, row, strict=False)), extra=extra) for row in uniq.itertuples(index=False)
+    ]
     merged = ctx.reset_index(drop=True).merge(uniq, on=cols, how="left", sort=False)
     return pd.Series(merged["_sentence"].to_numpy(), index=ctx.index, dtype=object)
 
@@ -117,8 +119,11 @@ def cell_o1_sentence(fields: Mapping[str, str], *, extra: Sequence[str] = ()) ->
     intro += f", originating from the {tissue}" if tissue else ""
     if disease:
         healthy = disease.lower() == "normal"
-        intro += ". The patient is healthy with no diagnosed disease." if healthy else \
-            f". The patient has been diagnosed with {disease}."
+        intro += (
+            ". The patient is healthy with no diagnosed disease."
+            if healthy
+            else f". The patient has been diagnosed with {disease}."
+        )
     extras = [f"{name.replace('_', ' ').capitalize()}: {fields[name]}." for name in extra if fields.get(name)]
     return " ".join([intro, *extras]) + " "
 

@@ -74,7 +74,10 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
     try:
         h5 = h5py.File(source, "r")
     except OSError as exc:
-        msg = f"{source}: cannot be read as an .h5ad (HDF5) file ({exc}); the file is corrupt or not h5ad: re-download or re-export it."
+        msg = (
+            f"{source}: cannot be read as an .h5ad (HDF5) file ({exc}); "
+            "the file is corrupt or not h5ad: re-download or re-export it."
+        )
         raise InputError(msg) from exc
     try:
         if matrix == "X":
@@ -87,7 +90,9 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
             layers = list(h5["layers"].keys()) if "layers" in h5 else []
             msg = (
                 f"{source}: no matrix {matrix!r} ({mkey}); choose --matrix X"
-                + (", raw" if "raw" in h5 else "") + "".join(f", {k}" for k in layers) + "."
+                + (", raw" if "raw" in h5 else "")
+                + "".join(f", {k}" for k in layers)
+                + "."
             )
             raise InputError(msg)
         try:
@@ -101,8 +106,12 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
                     raise InputError(msg)
                 data = ad.io.sparse_dataset(elem)
                 if encoding == "csc_matrix":
-                    log.warning("%s: %s is stored column-wise (CSC): each row chunk reads the whole matrix; "
-                                "rewrite it as CSR for large files.", source, mkey)
+                    log.warning(
+                        "%s: %s is stored column-wise (CSC): each row chunk reads the whole matrix; "
+                        "rewrite it as CSR for large files.",
+                        source,
+                        mkey,
+                    )
             else:
                 data = elem
             n_obs, n_vars = data.shape
@@ -110,7 +119,10 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
             msg = f"{source}: the .h5ad file is malformed ({type(exc).__name__}: {exc}); re-export it with anndata."
             raise InputError(msg) from exc
         if n_obs != len(obs) or n_vars != len(var):
-            msg = f"{source}: matrix shape {(n_obs, n_vars)} does not match obs/var ({len(obs)}, {len(var)}); the file is corrupt."
+            msg = (
+                f"{source}: matrix shape {(n_obs, n_vars)} does not match obs/var ({len(obs)}, {len(var)}); "
+                "the file is corrupt."
+            )
             raise InputError(msg)
         csr = isinstance(elem, h5py.Group) and elem.attrs.get("encoding-type", "") == "csr_matrix"
         reader = CSRGroupReader(elem, n_obs, n_vars) if csr else MatrixReader(data, n_obs, n_vars)
@@ -122,7 +134,7 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
 @contextlib.contextmanager
 def open_builtin(spec: str) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, MatrixReader]]:
     """The bundled real dataset in the CELLxGENE shape: cell_type, donor_id, tissue; genes from .raw."""
-    name = spec[len(BUILTIN_PREFIX):]
+    name = spec[len(BUILTIN_PREFIX) :]
     if name not in BUILTINS:
         msg = f"unknown built-in source {spec!r}; available: {', '.join(BUILTIN_PREFIX + k for k in BUILTINS)}."
         raise InputError(msg)

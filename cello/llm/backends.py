@@ -104,5 +104,9 @@ def make_backend(spec: str | BackendConfig, **overrides: Any) -> Backend:
     from cello.llm.hf import TransformersBackend
 
     return TransformersBackend(
-        parsed.target, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation
+        parsed.target,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
     )

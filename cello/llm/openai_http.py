@@ -113,7 +113,9 @@ class OpenAIHTTPBackend(Backend):
         self._closed = threading.Event()
 
     # ------------------------------------------------------------ HTTP with retries
-    def _request(self, method: str, path: str, json: dict | None = None, *, abort: threading.Event | None = None) -> dict:
+    def _request(
+        self, method: str, path: str, json: dict | None = None, *, abort: threading.Event | None = None
+    ) -> dict:
         """One call with bounded retries; `abort` (or close()) stops the waiting between attempts."""
         stop = abort or self._closed
         url = f"{self.base_url}/{path}"
@@ -135,7 +137,10 @@ class OpenAIHTTPBackend(Backend):
                     try:
                         return resp.json()
                     except ValueError as exc:
-                        msg = f"{method} {url} answered {resp.status_code} with a body that is not JSON: {_excerpt(resp.text)!r}"
+                        msg = (
+                            f"{method} {url} answered {resp.status_code} with a body that is not JSON: "
+                            f"{_excerpt(resp.text)!r}"
+                        )
                         raise CelloError(msg) from exc
                 last_status = resp.status_code
                 problem = f"HTTP {resp.status_code}: {_excerpt(resp.text)!r}"
@@ -153,7 +158,10 @@ class OpenAIHTTPBackend(Backend):
             log.warning("%s %s: %s; retry %d/%d in %.2f s", method, url, problem, attempt + 1, self.max_retries, delay)
             if stop.wait(delay) or self._closed.is_set():
                 break
-        msg = f"{method} {url} failed after {attempts} attempt(s); last: {problem}. Is the server up and the model loaded?"
+        msg = (
+            f"{method} {url} failed after {attempts} attempt(s); last: {problem}. "
+            "Is the server up and the model loaded?"
+        )
         raise UpstreamError(msg, status_code=last_status)
 
     @property
@@ -163,11 +171,19 @@ class OpenAIHTTPBackend(Backend):
             if self._model is None:
                 data = self._request("GET", "models").get("data") or []
                 if not data or "id" not in data[0]:
-                    msg = f"GET {self.base_url}/models listed no model; pass the model name (openai:MODEL@URL or backend.model)."
+                    msg = (
+                        f"GET {self.base_url}/models listed no model; "
+                        "pass the model name (openai:MODEL@URL or backend.model)."
+                    )
                     raise CelloError(msg)
                 self._model = str(data[0]["id"])
                 self._max_model_len = _int_or_none(data[0].get("max_model_len"))
-                log.info("%s serves model %r (context %s tokens)", self.base_url, self._model, self._max_model_len or "unknown")
+                log.info(
+                    "%s serves model %r (context %s tokens)",
+                    self.base_url,
+                    self._model,
+                    self._max_model_len or "unknown",
+                )
             return self._model
 
     def _max_tokens(self, wanted: int) -> int:
@@ -178,8 +194,13 @@ class OpenAIHTTPBackend(Backend):
             return wanted
         if not self._capped_warned:
             self._capped_warned = True
-            log.warning("max_new_tokens=%d is above the context of %s (%d tokens); asking for %d",
-                        wanted, self.base_url, limit, limit)
+            log.warning(
+                "max_new_tokens=%d is above the context of %s (%d tokens); asking for %d",
+                wanted,
+                self.base_url,
+                limit,
+                limit,
+            )
         return limit
 
     # ------------------------------------------------------------ generation
@@ -227,13 +248,19 @@ class OpenAIHTTPBackend(Backend):
         if copies > 1:
             texts, reasons = texts * copies, reasons * copies
             completion_tokens = None if completion_tokens is None else completion_tokens * copies
-        return Generation(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reasons=reasons)
+        return Generation(
+            texts=texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reasons=reasons
+        )
 
-    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:
+    def _generate(
+        self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None
+    ) -> list[Generation]:
         _ = self.model  # resolve once before fanning out
         results: list[Generation | None] = [None] * len(conversations)
         abort = threading.Event()  # set on the first failure: the other requests stop retrying
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations)), thread_name_prefix="cello-http") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(self.concurrency, len(conversations)), thread_name_prefix="cello-http"
+        ) as pool:
             futures = {pool.submit(self._one, c, params, abort): i for i, c in enumerate(conversations)}
             pending = set(futures)
             while pending:

@@ -61,7 +61,8 @@ CHAT_TEMPLATE = (
 # Letter runs merge into whole tokens ("LYZ", "monocyte"); digits stay single ("CD3E" is
 # "CD" "3" "E"), as in the real Qwen2.5 tokenizer.
 _PRETOKENIZE = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # Facts used to make a built-in corpus that looks like CellPuzzles (marker genes by type).
@@ -254,5 +255,7 @@ def build_tiny_model(
         tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():  # safetensors writes 0600: a non-root server could not read it
             f.chmod(0o644)
-    log.info("tiny model: %d parameters, vocab %d, %d corpus texts -> %s", n_params, len(tokenizer), len(texts), out_dir)
+    log.info(
+        "tiny model: %d parameters, vocab %d, %d corpus texts -> %s", n_params, len(tokenizer), len(texts), out_dir
+    )
     return Path(out_dir)

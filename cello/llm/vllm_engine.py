@@ -41,7 +41,10 @@ class VLLMBackend(Backend):
         import torch
 
         if not torch.cuda.is_available():
-            msg = "the vLLM backend needs a CUDA GPU and none is visible; use a model dir (transformers) or an HTTP server instead."
+            msg = (
+                "the vLLM backend needs a CUDA GPU and none is visible; "
+                "use a model dir (transformers) or an HTTP server instead."
+            )
             raise ConfigError(msg)
         kwargs = {
             "model": str(Path(model_dir)),
@@ -69,7 +72,9 @@ class VLLMBackend(Backend):
             stop=list(params.stop) or None,
         )
 
-    def _generate(self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None) -> list[Generation]:
+    def _generate(
+        self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None
+    ) -> list[Generation]:
         sp = self.sampling_params(params)
         results: list[Generation] = []
         for start in range(0, len(conversations), self.chunk_size):  # chunks only to report progress

@@ -129,7 +129,8 @@ def test_suspension_filter_and_subsample(tmp_path):
     a = make_cells([path], tmp_path / "a.parquet", cfg=CellsConfig(top_n=3, max_cells=12, seed=5))
     make_cells([path], tmp_path / "b.parquet", cfg=CellsConfig(top_n=3, max_cells=12, seed=5))
     assert a.kept == 12
-    assert pd.read_parquet(tmp_path / "a.parquet").cell_id.tolist() == pd.read_parquet(tmp_path / "b.parquet").cell_id.tolist()
+    a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    assert a.cell_id.tolist() == b.cell_id.tolist()
 
 
 def test_directory_input_in_parallel(tmp_path):
@@ -236,7 +237,9 @@ def test_nullable_extra_context_column_never_prints_na(tmp_path):
     assert ctx.str.contains("Smoker: True.").sum() == 10
 
 
-@pytest.mark.parametrize(("labels", "needle"), [(["T cell", "B|plasma"], "'|'"), (["T cell", "t cell"], "differ only by case")])
+@pytest.mark.parametrize(
+    ("labels", "needle"), [(["T cell", "B|plasma"], "'|'"), (["T cell", "t cell"], "differ only by case")]
+)
 def test_labels_the_answer_format_cannot_carry_are_rejected(tmp_path, labels, needle):
     adata = make_adata(n_cells=20)
     adata.obs["cell_type"] = pd.Categorical([labels[i % 2] for i in range(20)])

@@ -222,7 +222,8 @@ def cell_tables(draw):
        per_n=st.integers(1, 4), seed=st.integers(0, 2**32))
 def test_properties(cells, min_n, extra, per_n, seed):
     config = cfg(min_n=min_n, max_n=min_n + extra, per_n=per_n, seed=seed)
-    types_per_group = cells.assign(g=cells.donor_id + "/" + cells.batch).groupby(["dataset", "g"])["cell_type"].nunique()
+    groups = cells.assign(g=cells.donor_id + "/" + cells.batch).groupby(["dataset", "g"])
+    types_per_group = groups["cell_type"].nunique()
     if types_per_group.max() < min_n:
         with pytest.raises(InputError):
             build_puzzles(cells, cfg=config)
@@ -244,7 +245,8 @@ def test_cli_puzzles(tmp_path, capsys):
     BIG.to_parquet(src)
     none = defaults_params(tmp_path)
     out = tmp_path / "p.parquet"
-    assert main(["data", "puzzles", str(src), "-o", str(out), "--min-n", "3", "--max-n", "4", "--per-n", "2", "--params", none]) == 0
+    argv = ["data", "puzzles", str(src), "-o", str(out), "--min-n", "3", "--max-n", "4", "--per-n", "2"]
+    assert main([*argv, "--params", none]) == 0
     assert "puzzles: 8 from 2 dataset(s)" in capsys.readouterr().out
     assert main(["data", "puzzles", str(src), "-o", str(out), "--min-n", "9", "--max-n", "9", "--params", none]) == 2
     assert "--min-n" in capsys.readouterr().err

@@ -14,11 +14,14 @@ CASES = [
     ("kang2018_pbmc_5donors_4celltypes_2511genes.h5ad", [], (3, 4), 5, 4),
     ("baron2016_pancreas_4donors_5celltypes.h5ad", [], (3, 5), 4, 5),
     # Curator-stage CELLxGENE file: only ontology ids, Ensembl var_names, X normalised.
-    ("cxg_lattice_liver_bcells_4donors.h5ad", ["--cell-type-key", "cell_type_ontology_term_id", "--keep-suspension", "none"], (2, 2), 4, 2),
+    ("cxg_lattice_liver_bcells_4donors.h5ad",
+     ["--cell-type-key", "cell_type_ontology_term_id", "--keep-suspension", "none"], (2, 2), 4, 2),
 ]
 
 
-@pytest.mark.parametrize(("name", "flags", "n_range", "donors", "types"), CASES, ids=[c[0].split("_")[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "flags", "n_range", "donors", "types"), CASES, ids=[c[0].split("_")[0] for c in CASES]
+)
 def test_real_file_to_split(shared_data, tmp_path, name, flags, n_range, donors, types):
     path = shared_data / name
     if not path.exists():

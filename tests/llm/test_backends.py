@@ -21,7 +21,11 @@ CONVS = [
     P.messages("donor B", [["NKG7"]] * 3, ["B cell", "NK cell", "T cell"]),
     [{"role": "user", "content": "Cell 1: LYZ"}],
     P.messages("", [["PPBP", "PF4"], ["HBB"], ["CD14"], ["FCGR3A"]], ["a", "b", "c", "d"]),
-    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "CD3E?"}],
+    [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "CD3E?"},
+    ],
 ]
 GREEDY = SamplingParams(max_new_tokens=8)
 FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05}
@@ -190,7 +194,8 @@ def test_http_client_errors_are_not_retried():
 def test_http_timeout_is_retried_then_reported():
     with serve_openai(delay_s=1.0) as url:
         b = OpenAIHTTPBackend(url, model="tiny", timeout_s=0.2, max_retries=1, **FAST)
-        with pytest.raises(CelloError, match=r"timed out after 0.2 s.*2 attempt\(s\)|2 attempt\(s\).*timed out after 0.2 s"):
+        either_order = r"timed out after 0.2 s.*2 attempt\(s\)|2 attempt\(s\).*timed out after 0.2 s"
+        with pytest.raises(CelloError, match=either_order):
             b.generate([[{"role": "user", "content": "x"}]])
     assert len(url.chat_requests) == 2
 
@@ -291,7 +296,8 @@ def test_vllm_engine_generates(tmp_path):
     from cello.config import TinyModelConfig
     from cello.llm.tiny import build_tiny_model
 
-    model = build_tiny_model(tmp_path / "m", cfg=TinyModelConfig(hidden_size=128, num_heads=2, num_kv_heads=1, init_std=0.2))
+    cfg = TinyModelConfig(hidden_size=128, num_heads=2, num_kv_heads=1, init_std=0.2)
+    model = build_tiny_model(tmp_path / "m", cfg=cfg)
     with make_backend(f"vllm:{model}", gpu_memory_utilization=0.3, max_model_len=2048) as b:
         out = b.generate_full(CONVS, SamplingParams(max_new_tokens=8, temperature=1.0, n=2, seed=0))
     assert [len(g.texts) for g in out] == [2] * len(CONVS)

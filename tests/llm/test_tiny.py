@@ -58,7 +58,11 @@ def test_generates_from_chat_prompt(tiny_model_dir):
 
     tok, model = _load(tiny_model_dir)
     enc = tok.apply_chat_template(
-        [CONVERSATION[:2], CONVERSATION[:4]], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+        [CONVERSATION[:2], CONVERSATION[:4]],
+        add_generation_prompt=True,
+        padding=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=5, do_sample=False)
@@ -131,9 +135,11 @@ def test_deterministic_for_a_seed(tmp_path):
 def _records(tmp_path):
     p = PromptTemplate()
     msgs = p.messages("ctx", GENES, TYPES)
-    sft = {"id": "a", "dataset": "d", "n": 2, "messages": [*msgs, {"role": "assistant", "content": p.render_answer(["T cell", "B cell"])}]}
+    answer = {"role": "assistant", "content": p.render_answer(["T cell", "B cell"])}
+    sft = {"id": "a", "dataset": "d", "n": 2, "messages": [*msgs, answer]}
     grpo = {"id": "a", "dataset": "d", "n": 2, "prompt": msgs, "answer": ["T cell", "B cell"], "candidates": TYPES}
-    ev = {"id": "a", "dataset": "d", "group": "g", "n": 2, "messages": msgs, "answer": ["T cell", "B cell"], "candidates": TYPES}
+    ev = {"id": "a", "dataset": "d", "group": "g", "n": 2, "messages": msgs}
+    ev |= {"answer": ["T cell", "B cell"], "candidates": TYPES}
     for name, rec in [("sft", sft), ("grpo", grpo), ("eval", ev)]:
         (tmp_path / name).mkdir()
         write_jsonl([rec], tmp_path / name / "train.jsonl")
@@ -151,7 +157,8 @@ def test_corpus_from_records(tmp_path, kind):
 
 def test_corpus_from_puzzles_parquet_and_dir(tmp_path):
     table = pa.table({
-        "puzzle_id": ["p1"], "context": ["ctx"], "cell_genes": [GENES], "candidates": [TYPES], "answer": [["T cell", "B cell"]],
+        "puzzle_id": ["p1"], "context": ["ctx"], "cell_genes": [GENES], "candidates": [TYPES],
+        "answer": [["T cell", "B cell"]],
     })
     pq.write_table(table, tmp_path / "puzzles.parquet")
     texts = list(load_corpus(tmp_path / "puzzles.parquet"))
@@ -175,10 +182,12 @@ def test_cli_builds_with_corpus_and_flags(tmp_path):
     _records(tmp_path)
     out = tmp_path / "m"
     rc = main(["model", "tiny", "-o", str(out), "--corpus", str(tmp_path / "sft"), "--hidden", "32",
-               "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab-size", "400", "--params", defaults_params(tmp_path)])
+               "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab-size", "400",
+               "--params", defaults_params(tmp_path)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (32, 1, 2, 1)
+    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    assert tuple(cfg[k] for k in shape) == (32, 1, 2, 1)
 
 
 def test_cli_rejects_bad_shape(tmp_path, capsys):
