@@ -5,8 +5,9 @@
 
 Files are read in row chunks straight from HDF5 (AnnData's on-disk sparse datasets), so peak
 memory depends on `chunk_size`, not on the number of cells; several files are processed in
-parallel processes, each writing its own Parquet part, merged at the end. The ranking itself is
-vectorised (`cello.data.topgenes`). The output appears atomically: on any error nothing is left.
+parallel processes, each writing its own Parquet part, merged at the end. Within a file, reading,
+ranking (a compiled kernel, `cello.data.topgenes`, in threads) and writing overlap. The output
+appears atomically: on any error nothing is left.
 
 The output may also be a directory of parts, one per input file (`part-00000.parquet`, ...,
 numbered by the input's position): `cello data cells atlas/ -o data/cells` writes them all, and
@@ -20,6 +21,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -39,7 +41,7 @@ from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
-from cello.data.topgenes import pad_unexpressed, top_genes
+from cello.data.topgenes import pad_unexpressed, top_genes, warm_up
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,7 @@ def process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool =
     freed chunk buffers, so its footprint would grow with the number of chunks (measured:
     the system pool is also faster here).
     """
+    threading.Thread(target=warm_up, name="cello-warm-up", daemon=True).start()  # overlaps the obs/var read
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
@@ -291,22 +294,35 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             for key, value in counts.items():
                 setattr(summary, key, getattr(summary, key) + value)
 
-        # Read chunk i+1 (HDF5, this thread) while worker threads rank the chunks before it;
-        # at most `threads + 1` chunks are in memory at once.
+        # Read chunk i+1 (HDF5, this thread) while worker threads rank the chunks before it and
+        # one more thread writes the ranked ones in order (Arrow releases the GIL): reading,
+        # ranking and writing overlap. At most `threads + 2` chunks are in memory at once.
         try:
-            with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
-                pending: deque = deque()
+            with (
+                ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="cello-rank") as pool,
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="cello-write") as writing,
+            ):
+                ranked: deque = deque()
+                written: deque = deque()
+
+                def hand_over(limit: int) -> None:
+                    """Pass ranked chunks to the writer until `limit` are left; at most one write waits."""
+                    while len(ranked) > limit:
+                        written.append(writing.submit(write, *ranked.popleft().result()))
+                        while len(written) > 1:
+                            written.popleft().result()  # raises what the write raised
+                    while len(written) > min(limit, 1):
+                        written.popleft().result()
+
                 chunks = range(0, len(obs), cfg.chunk_size)
                 for r0 in tqdm(chunks, desc=dataset, unit="chunk", disable=not progress, leave=False):
                     r1 = min(r0 + cfg.chunk_size, len(obs))
                     local = np.flatnonzero(keep[r0:r1])
                     if local.size == 0:
                         continue
-                    pending.append(pool.submit(rank, r0, local, reader.rows(r0, r1)))
-                    while len(pending) > cfg.threads:
-                        write(*pending.popleft().result())
-                while pending:
-                    write(*pending.popleft().result())
+                    ranked.append(pool.submit(rank, r0, local, reader.rows(r0, r1)))
+                    hand_over(cfg.threads)
+                hand_over(0)
         finally:
             if writer is not None:
                 writer.close()
@@ -314,7 +330,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             kept_rows = np.flatnonzero(keep)
             kept_df = pd.DataFrame({k: labels[k][kept_rows] for k in (S.DONOR, S.BATCH, S.CELL_TYPE)})
             summary.donors = kept_df[S.DONOR].nunique()
-            summary.groups = len(kept_df.groupby([S.DONOR, S.BATCH]))
+            summary.groups = len(kept_df.drop_duplicates([S.DONOR, S.BATCH]))
             summary.cell_types = kept_df[S.CELL_TYPE].nunique()
         return summary
 

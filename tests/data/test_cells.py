@@ -112,6 +112,38 @@ def test_same_output_for_every_layout_and_chunk_size(tmp_path):
         assert [list(g) for g in other.top_genes] == [list(g) for g in frames[0].top_genes]
 
 
+def test_a_failed_write_is_raised_and_leaves_nothing(tmp_path, monkeypatch):
+    """Chunks are written by their own thread while the next ones are read and ranked: a write
+    that fails (disk full) still stops the stage with its error, and no output is left."""
+    import pyarrow.parquet as pq
+
+    path = _write(make_adata(sparse="csr", seed=3), tmp_path / "toy.h5ad")
+    real_write, calls = pq.ParquetWriter.write_table, []
+
+    def failing_write(self, table, *args, **kwargs):
+        calls.append(table.num_rows)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_write(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing_write)
+    out = tmp_path / "cells.parquet"
+    with pytest.raises(OSError, match="No space left"):
+        make_cells([path], out, cfg=CellsConfig(top_n=5, chunk_size=4, threads=2))
+    assert 3 <= len(calls) < 15 and not out.exists()  # stopped early (15 chunks in the file)
+    assert [p.name for p in tmp_path.iterdir()] == ["toy.h5ad"]
+
+
+def test_ranking_kernel_compiles_where_it_cannot_be_cached():
+    """Code numba cannot cache (here: no source file; in a container: no writable cache
+    directory) is compiled in memory instead of failing."""
+    from cello.data.topgenes import _jit
+
+    namespace: dict = {}
+    exec("def double(x):\n    return 2 * x\n", namespace)  # no file: numba has no cache locator
+    assert _jit(namespace["double"])(21) == 42
+
+
 def test_batch_column_and_ensembl_names(tmp_path):
     path = _write(make_adata(with_batch=True, ensembl_suffix=True), tmp_path / "b.h5ad")
     make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3, batch_key="batch"))
