@@ -6,7 +6,7 @@
 Files are read in row chunks straight from HDF5 (AnnData's on-disk sparse datasets), so peak
 memory depends on `chunk_size`, not on the number of cells; several files are processed in
 parallel processes, each writing its own Parquet part, merged at the end. Within a file, reading,
-ranking (a compiled kernel, `cello.data.topgenes`, in threads) and writing overlap. The output
+ranking (`cello.data.topgenes`, in threads; compiled for large files) and writing overlap. The output
 appears atomically: on any error nothing is left.
 
 The output may also be a directory of parts, one per input file (`part-00000.parquet`, ...,
@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import tempfile
-import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
-from cello.data.topgenes import pad_unexpressed, top_genes, warm_up
+from cello.data.topgenes import COMPILED_FROM_CELLS, pad_unexpressed, top_genes
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -212,14 +211,23 @@ def _file_columns(
     return cols
 
 
+def _writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer that does not store the Arrow schema: the dictionary-encoded columns of
+    `_cells_table` are then read back as the plain strings the data contract names (Parquet's
+    dictionary encoding is invisible to readers), as every other Cello table is."""
+    return pq.ParquetWriter(path, schema, store_schema=False)
+
+
 def _cells_table(
     rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None], dataset: str
 ) -> pa.Table:
-    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop."""
+    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop. The
+    label and context columns stay dictionary-encoded: Parquet stores them as they are (no
+    per-cell strings are made), and a reader gets plain strings (see `_writer`)."""
     valid = tops >= 0
     offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
     take = pa.array(rows)
-    cols = {name: None if col is None else col.take(take).cast(pa.string()) for name, col in columns.items()}
+    cols = {name: None if col is None else col.take(take) for name, col in columns.items()}
     cols[S.CELL_ID] = pc.binary_join_element_wise(f"{dataset}:", cols[S.CELL_ID], "")
     cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), genes.take(pa.array(tops[valid])))
     return pa.table(cols)
@@ -232,7 +240,6 @@ def process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool =
     freed chunk buffers, so its footprint would grow with the number of chunks (measured:
     the system pool is also faster here).
     """
-    threading.Thread(target=warm_up, name="cello-warm-up", daemon=True).start()  # overlaps the obs/var read
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
@@ -268,10 +275,11 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             )
             log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
         columns = _file_columns(obs_names, labels, ctx, context, dataset)
+        compiled = len(obs) >= COMPILED_FROM_CELLS
 
         def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
             """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
-            tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n)
+            tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n, compiled=compiled)
             expressed = (tops >= 0).sum(axis=1)
             ok = expressed > 0
             counts = {
@@ -288,7 +296,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         def write(table: pa.Table, counts: dict) -> None:
             nonlocal writer
             if writer is None:
-                writer = pq.ParquetWriter(part, table.schema)
+                writer = _writer(part, table.schema)
             writer.write_table(table)
             summary.kept += table.num_rows
             for key, value in counts.items():

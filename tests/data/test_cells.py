@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,9 @@ from cello.data.topgenes import pad_unexpressed, top_genes, top_genes_reference
 from cello.errors import InputError
 from tests.conftest import defaults_params, make_adata
 
+# The numpy path and the compiled kernel (cello.data._kernels) must give the same output.
+BOTH_PATHS = pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
+
 
 def _write(adata, path):
     adata.write_h5ad(path)
@@ -22,7 +27,9 @@ def _write(adata, path):
 
 
 # ------------------------------------------------------------------ ranking
-def test_top_genes_literal_matrix_with_ties():
+@BOTH_PATHS
+def test_top_genes_literal_matrix_with_ties(compiled):
+    rank = partial(top_genes, compiled=compiled)
     x = np.array(
         [
             [0, 5, 5, 1, 0],  # tie 5/5: lower gene index first
@@ -31,28 +38,32 @@ def test_top_genes_literal_matrix_with_ties():
         ],
         dtype=np.float32,
     )
-    got = top_genes(x, 3)
+    got = rank(x, 3)
     assert got.tolist() == [[1, 2, 3], [-1, -1, -1], [4, 0, -1]]
-    assert (top_genes(sp.csr_matrix(x), 3) == got).all()
-    assert (top_genes(sp.csc_matrix(x), 3) == got).all()
+    assert (rank(sp.csr_matrix(x), 3) == got).all()
+    assert (rank(sp.csc_matrix(x), 3) == got).all()
 
 
 @pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
-def test_top_genes_matches_per_cell_reference(density):
+@BOTH_PATHS
+def test_top_genes_matches_per_cell_reference(density, compiled):
+    rank = partial(top_genes, compiled=compiled)
     rng = np.random.default_rng(1)
     x = sp.random(150, 400, density=density, format="csr", random_state=2, dtype=np.float32)
     x.data = np.round(x.data * 4)  # many ties and explicit zeros
     dense = x.toarray()
     for top_n in (1, 10, 50):
-        got = top_genes(x, top_n)
+        got = rank(x, top_n)
         for i in rng.choice(150, 40, replace=False):
             assert [g for g in got[i] if g >= 0] == top_genes_reference(dense[i], top_n)
-        assert (top_genes(dense, top_n) == got).all()
+        assert (rank(dense, top_n) == got).all()
 
 
-def test_long_rows_with_every_kind_of_value_match_the_reference():
+@BOTH_PATHS
+def test_long_rows_with_every_kind_of_value_match_the_reference(compiled):
     """Rows far longer than 2N go through the coarse pre-filter first: it must never drop a
     value of the top N, whatever the signs, ties, zeros, NaN or inf in the row."""
+    rank = partial(top_genes, compiled=compiled)
     rng = np.random.default_rng(4)
     x = sp.random(60, 3000, density=0.3, format="csr", random_state=5, dtype=np.float32)
     x.data = np.round(rng.normal(0, 3, x.nnz)).astype(np.float32)  # signs, many ties, explicit zeros
@@ -60,13 +71,15 @@ def test_long_rows_with_every_kind_of_value_match_the_reference():
     x.data[: x.indptr[1]] = 7.0  # one row all ties
     dense = x.toarray()
     for top_n in (1, 5, 50):
-        got = top_genes(x, top_n)
+        got = rank(x, top_n)
         assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, top_n) for r in dense]
 
 
-def test_negative_values_rank_below_positive():
+@BOTH_PATHS
+def test_negative_values_rank_below_positive(compiled):
+    rank = partial(top_genes, compiled=compiled)
     x = np.array([[-1.0, 0.5, -0.2, 2.0]], dtype=np.float32)
-    assert top_genes(x, 4).tolist() == [[3, 1, 2, 0]]
+    assert rank(x, 4).tolist() == [[3, 1, 2, 0]]
 
 
 def test_strip_ensembl_suffix():
@@ -134,10 +147,37 @@ def test_a_failed_write_is_raised_and_leaves_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["toy.h5ad"]
 
 
+def test_large_files_rank_with_the_compiled_kernel_and_the_same_output(tmp_path, monkeypatch):
+    """From COMPILED_FROM_CELLS cells on, the stage ranks with the compiled kernel; the output
+    does not change. Where the kernel cannot load, the stage says so and ranks with numpy."""
+    import sys
+
+    import cello.data.cells as cells_mod
+    import cello.data.topgenes as topgenes
+
+    path = _write(make_adata(sparse="csr", seed=3), tmp_path / "toy.h5ad")
+    cfg = CellsConfig(top_n=20, chunk_size=4)
+    make_cells([path], tmp_path / "numpy.parquet", cfg=cfg)
+    monkeypatch.setattr(cells_mod, "COMPILED_FROM_CELLS", 1)
+    make_cells([path], tmp_path / "compiled.parquet", cfg=cfg)
+    assert topgenes._compiled_kernels() is not None
+    topgenes._compiled_kernels.cache_clear()
+    monkeypatch.setitem(sys.modules, "cello.data._kernels", None)  # as if numba could not be imported
+    monkeypatch.delattr(sys.modules["cello.data"], "_kernels")
+    try:
+        make_cells([path], tmp_path / "fallback.parquet", cfg=cfg)
+        assert topgenes._compiled_kernels() is None
+    finally:
+        topgenes._compiled_kernels.cache_clear()
+    frames = [pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("numpy", "compiled", "fallback")]
+    for other in frames[1:]:
+        pd.testing.assert_frame_equal(other, frames[0])
+
+
 def test_ranking_kernel_compiles_where_it_cannot_be_cached():
     """Code numba cannot cache (here: no source file; in a container: no writable cache
     directory) is compiled in memory instead of failing."""
-    from cello.data.topgenes import _jit
+    from cello.data._kernels import _jit
 
     namespace: dict = {}
     exec("def double(x):\n    return 2 * x\n", namespace)  # no file: numba has no cache locator
@@ -290,10 +330,12 @@ def test_duplicate_obs_names_get_unique_cell_ids(tmp_path):
     assert ids.is_unique and ids.str.startswith("dup:same#").sum() == 5
 
 
-def test_nan_and_inf_are_never_ranked():
+@BOTH_PATHS
+def test_nan_and_inf_are_never_ranked(compiled):
+    rank = partial(top_genes, compiled=compiled)
     x = np.array([[np.nan, 1.0, np.inf, 2.0]], dtype=np.float32)
-    assert top_genes(x, 4).tolist() == [[3, 1, -1, -1]]
-    assert (top_genes(sp.csr_matrix(x), 4) == top_genes(x, 4)).all()
+    assert rank(x, 4).tolist() == [[3, 1, -1, -1]]
+    assert (rank(sp.csr_matrix(x), 4) == rank(x, 4)).all()
     assert top_genes_reference(x[0], 4) == [3, 1]
 
 
