@@ -36,7 +36,10 @@ class ServeConfig(Section):
         8, ge=1,
         description="Conversations generated together (requests are batched, not dropped).",
     )
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0,
+        description="How long the batcher waits to fill a batch (in-process models; an upstream batches itself).",
+    )
     max_queue: int = Field(
         1024, ge=1,
         description="Conversations waiting for generation; beyond it the client gets 429.",

@@ -176,7 +176,8 @@ def _make_model_class():
             self.batcher = Batcher(
                 self.backend,
                 max_batch_size=self.cfg.max_batch_size,
-                wait_s=self.cfg.batch_wait_ms / 1000,
+                # An upstream server (vLLM) batches continuously itself: waiting here only adds latency.
+                wait_s=0.0 if self._health is not None else self.cfg.batch_wait_ms / 1000,
                 max_queue=self.cfg.max_queue,
                 workers=self._workers,
             )
