@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from cello._io import atomic_path
 from cello.config import CellsConfig
 from cello.data import schema as S
+from cello.data.cells_table import chunk_table, conform, file_columns, parquet_writer
 from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_column, context_columns, sentences
 from cello.data.seeds import stable_seed
@@ -185,54 +185,6 @@ def _gene_names(var: pd.DataFrame, cfg: CellsConfig, source: str) -> np.ndarray:
     return strip_ensembl(names)
 
 
-def _codes(values: np.ndarray) -> pa.DictionaryArray:
-    """A string column as codes into its distinct values: 4 bytes a cell, whatever the strings."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques.astype(str)))
-
-
-def _file_columns(
-    obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray, dataset: str
-) -> dict[str, pa.Array | None]:
-    """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
-    columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
-    of converting Python strings chunk by chunk."""
-    cols: dict[str, pa.Array | None] = {
-        S.CELL_ID: pa.array(obs_names, pa.string()),  # "<dataset>:" is prefixed per chunk
-        S.DATASET: pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(obs_names), np.int32)), [dataset]),
-        S.DONOR: _codes(labels[S.DONOR]),
-        S.BATCH: _codes(labels[S.BATCH]),
-        S.CELL_TYPE: _codes(labels[S.CELL_TYPE]),
-        S.TOP_GENES: None,  # per chunk, in this position
-        S.CONTEXT: _codes(context),
-    }
-    for name in ctx.columns:
-        cols[S.CTX_PREFIX + name] = _codes(ctx[name].to_numpy())
-    return cols
-
-
-def _writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
-    """A Parquet writer that does not store the Arrow schema: the dictionary-encoded columns of
-    `_cells_table` are then read back as the plain strings the data contract names (Parquet's
-    dictionary encoding is invisible to readers), as every other Cello table is."""
-    return pq.ParquetWriter(path, schema, store_schema=False)
-
-
-def _cells_table(
-    rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None], dataset: str
-) -> pa.Table:
-    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop. The
-    label and context columns stay dictionary-encoded: Parquet stores them as they are (no
-    per-cell strings are made), and a reader gets plain strings (see `_writer`)."""
-    valid = tops >= 0
-    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
-    take = pa.array(rows)
-    cols = {name: None if col is None else col.take(take) for name, col in columns.items()}
-    cols[S.CELL_ID] = pc.binary_join_element_wise(f"{dataset}:", cols[S.CELL_ID], "")
-    cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), genes.take(pa.array(tops[valid])))
-    return pa.table(cols)
-
-
 def process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool = False) -> FileSummary:
     """Rank the cells of one input and write them to the Parquet file `part`.
 
@@ -274,7 +226,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
                 dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names
             )
             log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
-        columns = _file_columns(obs_names, labels, ctx, context, dataset)
+        columns = file_columns(obs_names, labels, ctx, context, dataset)
         compiled = len(obs) >= COMPILED_FROM_CELLS
 
         def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
@@ -289,14 +241,14 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             rows, tops = r0 + local[ok], tops[ok]
             if cfg.pad_genes:
                 tops = pad_unexpressed(tops, len(names))
-            return _cells_table(rows, tops, genes, columns, dataset), counts
+            return chunk_table(rows, tops, genes, columns, dataset), counts
 
         writer = None
 
         def write(table: pa.Table, counts: dict) -> None:
             nonlocal writer
             if writer is None:
-                writer = _writer(part, table.schema)
+                writer = parquet_writer(part, table.schema)
             writer.write_table(table)
             summary.kept += table.num_rows
             for key, value in counts.items():
@@ -416,14 +368,6 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
                 with pq.ParquetWriter(tmp_out, schema) as writer:
                     for p in written:
                         for batch in pq.ParquetFile(p).iter_batches():
-                            writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+                            writer.write_table(conform(pa.Table.from_batches([batch]), schema))
     log.info("wrote %d cells to %s", summary.kept, out)
     return summary
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Add missing context columns (files may have different extra fields) as empty strings."""
-    for name in schema.names:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.array([""] * table.num_rows, pa.string()))
-    return table.select(schema.names)

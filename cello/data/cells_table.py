@@ -1,0 +1,72 @@
+"""The Arrow side of `cello data cells`: a file's per-cell columns, one chunk's table, its writer.
+
+Label and context columns are built once per file as dictionaries (codes into the distinct
+values: bytes per cell, whatever the strings); a chunk takes its rows in C, and Parquet stores
+the dictionaries as they are, so no per-cell Python strings are ever made.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cello.data import schema as S
+
+
+def codes(values: np.ndarray) -> pa.DictionaryArray:
+    """A string column as codes into its distinct values: 4 bytes a cell, whatever the strings."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques.astype(str)))
+
+
+def file_columns(
+    obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray, dataset: str
+) -> dict[str, pa.Array | None]:
+    """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
+    columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
+    of converting Python strings chunk by chunk."""
+    cols: dict[str, pa.Array | None] = {
+        S.CELL_ID: pa.array(obs_names, pa.string()),  # "<dataset>:" is prefixed per chunk
+        S.DATASET: pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(obs_names), np.int32)), [dataset]),
+        S.DONOR: codes(labels[S.DONOR]),
+        S.BATCH: codes(labels[S.BATCH]),
+        S.CELL_TYPE: codes(labels[S.CELL_TYPE]),
+        S.TOP_GENES: None,  # per chunk, in this position
+        S.CONTEXT: codes(context),
+    }
+    for name in ctx.columns:
+        cols[S.CTX_PREFIX + name] = codes(ctx[name].to_numpy())
+    return cols
+
+
+def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer that does not store the Arrow schema: the dictionary-encoded columns of
+    `chunk_table` are then read back as the plain strings the data contract names (Parquet's
+    dictionary encoding is invisible to readers), as every other Cello table is."""
+    return pq.ParquetWriter(path, schema, store_schema=False)
+
+
+def chunk_table(
+    rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None], dataset: str
+) -> pa.Table:
+    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop. The
+    label and context columns stay dictionary-encoded: Parquet stores them as they are (no
+    per-cell strings are made), and a reader gets plain strings (see `parquet_writer`)."""
+    valid = tops >= 0
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+    take = pa.array(rows)
+    cols = {name: None if col is None else col.take(take) for name, col in columns.items()}
+    cols[S.CELL_ID] = pc.binary_join_element_wise(f"{dataset}:", cols[S.CELL_ID], "")
+    cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), genes.take(pa.array(tops[valid])))
+    return pa.table(cols)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Add missing context columns (files may have different extra fields) as empty strings."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([""] * table.num_rows, pa.string()))
+    return table.select(schema.names)
