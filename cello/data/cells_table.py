@@ -52,15 +52,17 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
 def chunk_table(
     rows: np.ndarray, tops: np.ndarray, genes: pa.Array, columns: dict[str, pa.Array | None], dataset: str
 ) -> pa.Table:
-    """Arrow table of one chunk; the gene lists are built without a per-cell Python loop. The
-    label and context columns stay dictionary-encoded: Parquet stores them as they are (no
-    per-cell strings are made), and a reader gets plain strings (see `parquet_writer`)."""
+    """Arrow table of one chunk, without a per-cell Python loop. The gene lists are codes into
+    the file's gene names and the label and context columns stay dictionary-encoded: Parquet
+    stores them as they are (no per-cell strings are made, nothing is hashed again), and a
+    reader gets plain strings (see `parquet_writer`)."""
     valid = tops >= 0
     offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
     take = pa.array(rows)
     cols = {name: None if col is None else col.take(take) for name, col in columns.items()}
     cols[S.CELL_ID] = pc.binary_join_element_wise(f"{dataset}:", cols[S.CELL_ID], "")
-    cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), genes.take(pa.array(tops[valid])))
+    names = pa.DictionaryArray.from_arrays(pa.array(tops[valid].astype(np.int32)), genes)  # no string copies
+    cols[S.TOP_GENES] = pa.ListArray.from_arrays(pa.array(offsets), names)
     return pa.table(cols)
 
 
