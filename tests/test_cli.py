@@ -4,7 +4,10 @@ config field shows that field's description and built-in default, so the two can
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import typer.rich_utils
@@ -14,6 +17,7 @@ from typer.main import get_command
 from cello.cli import app, main
 from cello.commands._common import option, shown_default
 from cello.config import CellsConfig, DeployConfig, GateConfig, SFTStageConfig
+from tests.conftest import REPO
 
 
 def _commands(group, path: tuple[str, ...] = ()):
@@ -131,3 +135,29 @@ def test_a_bad_flag_value_names_the_field_the_rule_and_the_value(tmp_path, capsy
     assert main(["k8s", "render", "runtime", "--params", str(params), "--namespace", "Not_A_Label"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "namespace: String should match pattern" in err and "(got 'Not_A_Label')" in err
+
+
+def _run_entry_point(body: str, *args: str) -> subprocess.CompletedProcess:
+    """The `cello` entry point (`cello.cli.run`) in a fresh interpreter, with `main` replaced."""
+    code = f"import atexit, pathlib, sys\nimport cello.cli\n{body}\ncello.cli.run()\n"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_the_command_exits_with_mains_code_after_every_other_exit_handler(tmp_path):
+    """`run` ends the process with os._exit (Arrow's thread pool can abort a normal exit), but only
+    after the handlers the command registered ran: temp-dir cleanups, log flushes."""
+    marker = tmp_path / "handler-ran"
+    body = ("def fake_main():\n"
+            "    atexit.register(pathlib.Path(sys.argv[1]).write_text, 'yes')\n"
+            "    print('output before exit')\n"
+            "    return 3\n"
+            "cello.cli.main = fake_main")
+    proc = _run_entry_point(body, str(marker))
+    assert proc.returncode == 3 and proc.stdout == "output before exit\n"
+    assert marker.read_text() == "yes"
+
+
+def test_an_unexpected_exception_still_exits_1_with_its_traceback():
+    proc = _run_entry_point("def fake_main():\n    raise RuntimeError('boom')\ncello.cli.main = fake_main")
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
