@@ -256,8 +256,13 @@ class OpenAIHTTPBackend(Backend):
         self, conversations: list[Conversation], params: SamplingParams, progress: Progress | None
     ) -> list[Generation]:
         _ = self.model  # resolve once before fanning out
-        results: list[Generation | None] = [None] * len(conversations)
         abort = threading.Event()  # set on the first failure: the other requests stop retrying
+        if len(conversations) == 1:  # one request (a served client's usual batch): no thread of its own
+            result = self._one(conversations[0], params, abort)
+            if progress is not None:
+                progress(1)
+            return [result]
+        results: list[Generation | None] = [None] * len(conversations)
         with ThreadPoolExecutor(
             max_workers=min(self.concurrency, len(conversations)), thread_name_prefix="cello-http"
         ) as pool:
