@@ -62,7 +62,7 @@ def make_puzzle(*, cells: int = 8, genes: int = 50, seed: int = 0) -> dict:
 
 
 def start_transformer(upstream: str, *, workdir: Path, max_new_tokens: int) -> tuple[subprocess.Popen, str]:
-    from tests.vllm_server import free_port
+    from tests.conftest import free_port
 
     port = free_port()
     (workdir / "defaults.yaml").write_text("{}\n")

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-vllm"
@@ -51,12 +52,6 @@ def vllm_python() -> Path:
     if not (VENV / ".installed").exists():
         raise VLLMUnavailable(f"no vLLM env at {VENV.name}/ (make vllm creates it, ~2 min; make test does too)")
     return VENV / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VLLMServer:

@@ -10,8 +10,6 @@ next to this file, else the user's cache directory; without either it compiles i
 
 from __future__ import annotations
 
-import warnings
-
 import numba
 import numpy as np
 import scipy.sparse as sp
@@ -22,9 +20,7 @@ def _jit(fn):
     try:
         return numba.njit(nogil=True, cache=True)(fn)
     except RuntimeError:  # read-only install and no writable user cache: compile in memory
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", numba.NumbaWarning)
-            return numba.njit(nogil=True)(fn)
+        return numba.njit(nogil=True)(fn)
 
 
 @_jit

@@ -269,10 +269,8 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
                     """Pass ranked chunks to the writer until `limit` are left; at most one write waits."""
                     while len(ranked) > limit:
                         written.append(writing.submit(write, *ranked.popleft().result()))
-                        while len(written) > 1:
-                            written.popleft().result()  # raises what the write raised
                     while len(written) > min(limit, 1):
-                        written.popleft().result()
+                        written.popleft().result()  # raises what the write raised
 
                 chunks = range(0, len(obs), cfg.chunk_size)
                 for r0 in tqdm(chunks, desc=dataset, unit="chunk", disable=not progress, leave=False):

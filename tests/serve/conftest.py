@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,18 +24,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import defaults_params
+from tests.conftest import defaults_params, free_port
 from tests.llm_server import build_test_model, serve_openai
 
 TOKEN = "test-token-4f1c"
 MAX_NEW_TOKENS = 8
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -15,7 +15,7 @@ from cello.config import SamplingParams, ServeConfig
 from cello.data.prompt import PromptTemplate
 from cello.llm.hf import TransformersBackend, _streamer
 from cello.serve.engine import Batcher
-from tests.serve.conftest import free_port
+from tests.conftest import free_port
 
 HI = [{"role": "user", "content": "Cell 1: CD3E, CD4"}]
 
