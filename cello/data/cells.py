@@ -137,12 +137,20 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
     return clean_column(obs[key])
 
 
+def _equals_ignoring_case(col: pd.Series, value: str) -> np.ndarray:
+    """Per cell: does the column's text equal `value`, ignoring case (a categorical: per category)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        match = np.append(col.cat.categories.astype(str).str.lower() == value.lower(), False)  # -1: missing
+        return match[col.cat.codes.to_numpy()]
+    return col.astype(str).str.lower().to_numpy() == value.lower()
+
+
 def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> tuple[np.ndarray, dict]:
     """Boolean mask of the cells to keep, and their label arrays."""
     n = len(obs)
     keep = np.ones(n, dtype=bool)
     if cfg.keep_suspension and cfg.suspension_key in obs.columns:
-        ok = obs[cfg.suspension_key].astype(str).str.lower().to_numpy() == cfg.keep_suspension.lower()
+        ok = _equals_ignoring_case(obs[cfg.suspension_key], cfg.keep_suspension)
         summary.dropped_suspension = int((~ok).sum())
         keep &= ok
     cell_type = _labels(obs, cfg.cell_type_key, "cell type", summary.source)
@@ -217,7 +225,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             raise InputError(msg)
         keep, labels = _select_rows(obs, cfg, summary)
         ctx = context_columns(obs, cfg.context_fields, cfg.extra_context_fields)
-        context = sentences(ctx, extra=cfg.extra_context_fields).to_numpy()
+        context = sentences(ctx, extra=cfg.extra_context_fields)
         genes = pa.array(names, pa.string())
         obs_names = obs.index.to_numpy().astype(str)
         if obs.index.has_duplicates:  # cell ids must be unique: the split relies on them

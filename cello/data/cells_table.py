@@ -16,14 +16,19 @@ import pyarrow.parquet as pq
 from cello.data import schema as S
 
 
-def codes(values: np.ndarray) -> pa.DictionaryArray:
-    """A string column as codes into its distinct values: 4 bytes a cell, whatever the strings."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques.astype(str)))
+def codes(values: np.ndarray | pd.Series | pd.Categorical) -> pa.DictionaryArray:
+    """A string column as codes into its distinct values: 4 bytes a cell, whatever the strings
+    (a categorical is taken by its codes, without hashing a string per cell)."""
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        codes, uniques = pd.factorize(pd.Categorical(values))
+    else:
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    uniques = np.asarray(uniques, dtype=object).astype(str)
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniques))
 
 
 def file_columns(
-    obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: np.ndarray, dataset: str
+    obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: pd.Series, dataset: str
 ) -> dict[str, pa.Array | None]:
     """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
     columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
@@ -38,7 +43,7 @@ def file_columns(
         S.CONTEXT: codes(context),
     }
     for name in ctx.columns:
-        cols[S.CTX_PREFIX + name] = codes(ctx[name].to_numpy())
+        cols[S.CTX_PREFIX + name] = codes(ctx[name])
     return cols
 
 

@@ -37,9 +37,22 @@ def clean(value: object) -> str:
 def clean_column(col: pd.Series) -> np.ndarray:
     """`clean` over an obs column, as an object array of str (a categorical: once per category)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        mapping = {c: clean(c) for c in col.cat.categories}
-        return col.astype(object).map(mapping).fillna("").astype(str).to_numpy()
+        return np.asarray(clean_categorical(col), dtype=object)
     return col.map(clean).to_numpy()
+
+
+def clean_categorical(col: pd.Series) -> pd.Categorical:
+    """`clean_column` as a categorical of the cleaned values. An obs column stored as a
+    categorical (anndata's default for text) is cleaned once per category and never expanded
+    to one string per cell; categories that clean to the same text are merged."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes, values = col.cat.codes.to_numpy(), [clean(c) for c in col.cat.categories]
+    else:
+        codes, values = pd.factorize(col.map(clean).to_numpy())
+        values = list(values)
+    # Code -1 (a missing value) takes the "" appended last.
+    merged, categories = pd.factorize(np.array([*values, ""], dtype=object))
+    return pd.Categorical.from_codes(merged[codes], categories=categories)
 
 
 def _stage(stage: str) -> str:
@@ -74,27 +87,33 @@ def sentence(fields: Mapping[str, str], *, extra: Sequence[str] = ()) -> str:
 
 
 def context_columns(obs: pd.DataFrame, fields: Sequence[str], extra: Sequence[str]) -> pd.DataFrame:
-    """Cleaned context fields of every cell (absent columns give "")."""
+    """Cleaned context fields of every cell, as categoricals (absent columns give "")."""
     out = {}
     for name in [*fields, *extra]:
         if name in obs.columns:
-            out[name] = clean_column(obs[name])
+            out[name] = clean_categorical(obs[name])
         else:
-            out[name] = [""] * len(obs)
+            out[name] = pd.Categorical.from_codes(np.zeros(len(obs), dtype=np.int8), categories=[""])
     return pd.DataFrame(out, index=obs.index)
 
 
 def sentences(ctx: pd.DataFrame, *, extra: Sequence[str] = ()) -> pd.Series:
-    """Sentence per row of `context_columns`, computed once per distinct combination."""
+    """Sentence per row of `context_columns` (a categorical Series), computed once per distinct
+    combination of the fields: the combinations are found from the columns' category codes,
+    so no per-cell string is hashed or built."""
     if ctx.empty or ctx.shape[1] == 0:
-        return pd.Series([""] * len(ctx), dtype=object, index=ctx.index)
-    cols = list(ctx.columns)
-    uniq = ctx.drop_duplicates().reset_index(drop=True)
-    uniq["_sentence"] = [
-        sentence(dict(zip(cols, row, strict=False)), extra=extra) for row in uniq.itertuples(index=False)
+        return pd.Series(pd.Categorical([""] * len(ctx)), index=ctx.index)
+    cols = [pd.Categorical(ctx[name]) for name in ctx.columns]
+    combination = np.zeros(len(ctx), dtype=np.int64)
+    for col in cols:  # mixed radix over the codes, made dense again after each field: no overflow
+        combination, _ = pd.factorize(combination * (len(col.categories) + 1) + col.codes)
+    _, first = np.unique(combination, return_index=True)  # one row of each combination, in code order
+    texts = [
+        sentence({name: col[row] for name, col in zip(ctx.columns, cols, strict=True)}, extra=extra)
+        for row in first
     ]
-    merged = ctx.reset_index(drop=True).merge(uniq, on=cols, how="left", sort=False)
-    return pd.Series(merged["_sentence"].to_numpy(), index=ctx.index, dtype=object)
+    codes, categories = pd.factorize(np.array(texts, dtype=object))  # two combinations may read alike
+    return pd.Series(pd.Categorical.from_codes(codes[combination], categories=categories), index=ctx.index)
 
 
 # ---------------------------------------------------------------- the Cell-o1 wording

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from cello.cli import main
 from cello.config import CellsConfig
 from cello.data.cells import make_cells, strip_ensembl
-from cello.data.context import clean, clean_column, sentence
+from cello.data.context import clean, clean_column, context_columns, sentence, sentences
 from cello.data.topgenes import pad_unexpressed, top_genes, top_genes_reference
 from cello.errors import InputError
 from tests.conftest import defaults_params, make_adata
@@ -304,6 +304,31 @@ def test_clean_column_is_clean_per_value_whatever_the_dtype():
         out = clean_column(col)
         assert out.tolist() == expected and out.dtype == object
     assert clean_column(pd.Series([30.0, 2.5, None])).tolist() == ["30", "2.5", ""]
+
+
+def test_sentences_per_combination_equal_the_sentence_of_each_cell():
+    """`sentences` builds one sentence per distinct combination of the fields (found from the
+    categories' codes): each cell must still get exactly `sentence` of its own cleaned fields,
+    whatever mix of categoricals, plain and numeric columns, placeholders and missing values,
+    and when two combinations read alike ("normal" and "Normal" both say healthy)."""
+    rng = np.random.default_rng(3)
+    n = 500
+    obs = pd.DataFrame(
+        {
+            "sex": pd.Categorical(rng.choice(["female", "male", "unknown", None], n)),
+            "development_stage": pd.Series(rng.choice(["40-year-old stage", "na", "adult stage"], n), dtype=object),
+            "tissue": pd.Categorical(rng.choice(["lung", " lung", "blood"], n)),
+            "disease": pd.Categorical(rng.choice(["normal", "Normal", "COVID-19", "unspecified"], n)),
+            "age": rng.choice([30.0, 45.0, np.nan], n),
+        }
+    )
+    ctx = context_columns(obs, ["sex", "development_stage", "tissue", "disease"], ["age"])
+    got = sentences(ctx, extra=["age"])
+    expected = [
+        sentence({name: clean(obs[name].iloc[i]) for name in obs.columns}, extra=["age"]) for i in range(n)
+    ]
+    assert got.astype(str).tolist() == expected
+    assert isinstance(got.dtype, pd.CategoricalDtype) and len(got.cat.categories) == len(set(expected))
 
 
 def test_context_handles_pandas_missing_markers_and_cellxgene_stage():
