@@ -474,3 +474,22 @@ def test_long_rows_next_to_empty_rows_at_the_end_of_a_block():
     got = top_genes(x, 5)
     assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, 5) for r in dense]
     assert (got[30:] == -1).all()
+
+
+def test_the_stage_restores_the_allocation_settings_it_changes(tmp_path):
+    """While a file is processed, Arrow allocates from the system pool and numpy stops asking
+    for transparent huge pages (see `cello.data.cells._chunk_allocation`); both are process-wide,
+    so they must be back as they were afterwards, after a failure too."""
+    import pyarrow as pa
+
+    from cello.data.cells import _set_madvise_hugepage
+
+    path = _write(make_adata(n_cells=30), tmp_path / "ok.h5ad")
+    pool = pa.default_memory_pool()
+    for hugepage in (True, False):
+        _set_madvise_hugepage(hugepage)
+        make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
+        with pytest.raises(InputError, match="no column 'nope'"):
+            make_cells([path], tmp_path / "d.parquet", cfg=CellsConfig(top_n=3, cell_type_key="nope"))
+        assert _set_madvise_hugepage(hugepage) is hugepage
+        assert pa.default_memory_pool().backend_name == pool.backend_name
