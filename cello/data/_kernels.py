@@ -49,9 +49,9 @@ def _gene_of(key):
 
 @_jit(inline="always")
 def _row_keys(data, bits, indices, lo, hi, threshold, buf):
-    """Write the keys of stored values [lo, hi) to `buf`, those >= threshold first; return
-    their number. Branch-free: every key is written, the count moves on candidates only (a value
-    that is not ranked gets key 0, below every threshold)."""
+    """Put the keys >= threshold among stored values [lo, hi) in buf[:m]; return m. Branch-free:
+    each key is written at buf[m] and m moves on only past one that is kept, so the next key
+    overwrites the others (a value that is not ranked gets key 0, below every threshold)."""
     m = 0
     for j in range(lo, hi):
         value = data[j]
