@@ -105,6 +105,17 @@ def test_cello_writes_cells_as_non_root_into_a_mounted_folder(engine, built_imag
     assert table.equals(pq.read_table(demo_data / "cells.parquet"))
 
 
+def test_cello_loads_the_ranking_kernel_from_the_images_cache(engine, built_images):
+    """The data stage's compiled kernel was compiled when the image was built: as the image user,
+    without network, it loads from that cache (a hit, no compilation)."""
+    check = (
+        "from cello.data import _kernels as k; k.warm_up(); "
+        "print(len(k._rank_csr.stats.cache_hits), len(k._rank_csr.stats.cache_misses))"
+    )
+    proc = engine("run", "--rm", "--network", "none", "--entrypoint", "python3", built_images["cello"], "-c", check)
+    assert proc.stdout.split() == ["1", "0"]
+
+
 def test_cello_has_what_the_pipeline_steps_import(engine, built_images):
     check = (
         "import importlib.metadata as m, kfp, kfp.kubernetes, kubernetes, kubeflow.trainer, kserve, torch, "
