@@ -90,6 +90,19 @@ def test_compiled_kernel_takes_the_whole_row_when_its_sample_misses_the_top_n():
 
 
 @BOTH_PATHS
+def test_a_gene_stored_twice_in_a_row_is_listed_once_with_its_values_summed(compiled):
+    """A CSR row may store one gene twice (anndata does not forbid it); it is one gene whose value
+    is the sum, as `toarray` reads it, never listed twice."""
+    x = sp.csr_matrix(
+        (np.array([1, 2, 5, 3, 5, 1, 7], dtype=np.float32), np.array([0, 1, 2, 1, 2, 3, 4]), np.array([0, 7])),
+        shape=(1, 6),
+    )
+    assert not x.has_canonical_format
+    got = top_genes(x, 3, compiled=compiled)
+    assert got.tolist() == [[2, 4, 1]] == [top_genes_reference(x.toarray()[0], 3)]
+
+
+@BOTH_PATHS
 def test_negative_values_rank_below_positive(compiled):
     rank = partial(top_genes, compiled=compiled)
     x = np.array([[-1.0, 0.5, -0.2, 2.0]], dtype=np.float32)
