@@ -34,7 +34,6 @@ import platform
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,12 +72,6 @@ def bad_request(rng: random.Random) -> bytes:
     else:
         return b'{"instances": [{"cells": '  # broken JSON
     return json.dumps({"instances": [p]}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def batch_stats(url: str) -> tuple[float, float]:
@@ -154,6 +147,8 @@ class Server:
     """`cello serve` on a free loopback port, as a subprocess (stopped with SIGTERM by its PID)."""
 
     def __init__(self, model: str, tmp: Path, name: str, extra: list[str]) -> None:
+        from tests.conftest import free_port
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tmp) / f"{name}.log"

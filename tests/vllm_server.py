@@ -29,9 +29,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-vllm"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import time
@@ -25,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cello import __version__
+from tests.conftest import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.image, pytest.mark.slow]
 
 REQUEST = {"instances": [{
@@ -34,12 +33,6 @@ REQUEST = {"instances": [{
     "cells": [["CD3E", "IL7R", "LTB"], ["MS4A1", "CD79A", "CD74"]],
     "candidates": ["B cell", "T cell"],
 }]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, body: dict | None = None, timeout: float = 60) -> dict:
@@ -61,7 +54,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(engine, built_images, model_dir):
     """`cello-serve` with its default command, the model at /mnt/models (read-only), port on loopback."""
-    port, name = _free_port(), f"cello-serve-test-{uuid.uuid4().hex[:8]}"
+    port, name = free_port(), f"cello-serve-test-{uuid.uuid4().hex[:8]}"
     engine("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
            "-v", f"{model_dir}:/mnt/models:ro", built_images["cello-serve"])
     url = f"http://127.0.0.1:{port}"
