@@ -43,6 +43,12 @@ def _key(bits, gene):
 
 
 @_jit(inline="always")
+def _ranked(value):
+    """A stored value takes part in the ranking: non-zero and finite."""
+    return (value != 0) & np.isfinite(value)
+
+
+@_jit(inline="always")
 def _gene_of(key):
     return np.int64(np.uint32(0xFFFFFFFF) - np.uint32(key & np.uint64(0xFFFFFFFF)))
 
@@ -55,7 +61,7 @@ def _row_keys(data, bits, indices, lo, hi, threshold, buf):
     m = 0
     for j in range(lo, hi):
         value = data[j]
-        key = _key(bits[j], indices[j]) if (value != 0) & np.isfinite(value) else np.uint64(0)
+        key = _key(bits[j], indices[j]) if _ranked(value) else np.uint64(0)
         buf[m] = key
         m += key >= threshold
     return m
@@ -67,7 +73,7 @@ def _sample_threshold(data, bits, indices, lo, hi, step, best):
     k, r = 0, len(best)
     for j in range(lo, hi, step):
         value = data[j]
-        if value == 0 or not np.isfinite(value):
+        if not _ranked(value):
             continue
         key = _key(bits[j], indices[j])
         if k == r:
@@ -172,7 +178,7 @@ def _rank_dense(block, top_n, out):
         k = 0
         for gene in range(block.shape[1]):
             value = block[row, gene]
-            if value != 0 and np.isfinite(value):
+            if _ranked(value):
                 k = _push(value, np.int64(gene), best_values, best_genes, k, top_n)
         out[row, :k] = best_genes[:k]
 
