@@ -257,9 +257,16 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         columns = file_columns(obs_names, labels, ctx, context, dataset)
         compiled = len(obs) >= COMPILED_FROM_CELLS
 
-        def rank(r0: int, local: np.ndarray, block) -> tuple[pa.Table, dict]:
-            """Rank one chunk (runs in a worker thread: numpy releases the GIL)."""
-            tops = top_genes(block[local] if local.size < block.shape[0] else block, cfg.top_n, compiled=compiled)
+        def rank(r0: int, local: np.ndarray, blocks: list) -> tuple[pa.Table, dict]:
+            """Rank one chunk (runs in a worker thread: numpy and the kernel release the GIL)."""
+            parts, first = [], 0
+            for block in blocks:  # consecutive rows; `local` picks the kept ones among them
+                n = block.shape[0]
+                picked = local[(local >= first) & (local < first + n)] - first
+                if picked.size:
+                    parts.append(top_genes(block[picked] if picked.size < n else block, cfg.top_n, compiled=compiled))
+                first += n
+            tops = parts[0] if len(parts) == 1 else np.concatenate(parts)
             expressed = (tops >= 0).sum(axis=1)
             ok = expressed > 0
             counts = {
@@ -306,7 +313,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
                     local = np.flatnonzero(keep[r0:r1])
                     if local.size == 0:
                         continue
-                    ranked.append(pool.submit(rank, r0, local, reader.rows(r0, r1)))
+                    ranked.append(pool.submit(rank, r0, local, reader.blocks(r0, r1)))
                     hand_over(cfg.threads)
                 hand_over(0)
         finally:

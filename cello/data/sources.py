@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cello.data.h5map import DatasetMap
 from cello.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,63 @@ class MatrixReader:
             return block.tocsr()
         return np.asarray(block)
 
+    def blocks(self, start: int, stop: int) -> list:
+        """Rows [start, stop) as consecutive blocks (one here; see `CSRGroupReader`)."""
+        return [self.rows(start, stop)]
+
+    def close(self) -> None:
+        """Release what the reader holds open."""
+
 
 class CSRGroupReader(MatrixReader):
     """Rows of an on-disk CSR group read straight from its three HDF5 datasets: one slice of
     indptr, data and indices per chunk. AnnData's sparse dataset does the same, plus checks
-    that cost as much as the read itself at chunk sizes of a few thousand rows."""
+    that cost as much as the read itself at chunk sizes of a few thousand rows.
+
+    Where data and indices are stored uncompressed, `blocks` does not read them at all: it maps
+    them (`cello.data.h5map`), so rows come as views of the page cache, split where the file
+    stores the values in separate runs (a row that straddles two runs is copied, alone)."""
 
     def __init__(self, group, n_obs: int, n_vars: int):
         super().__init__(group, n_obs, n_vars)
         self._data, self._indices, self._indptr = group["data"], group["indices"], group["indptr"]
+        maps = (DatasetMap.of(self._data), DatasetMap.of(self._indices))
+        self._maps = maps if None not in maps else None
+        self._file = open(group.file.filename, "rb") if self._maps else None  # noqa: SIM115 - closed in close()
+
+    def _indptr_slice(self, start: int, stop: int) -> np.ndarray:
+        return self._indptr[start : stop + 1].astype(np.int64)
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        indptr = self._indptr[start : stop + 1].astype(np.int64)
+        indptr = self._indptr_slice(start, stop)
         lo, hi = int(indptr[0]), int(indptr[-1])
         return sp.csr_matrix((self._data[lo:hi], self._indices[lo:hi], indptr - lo), shape=(stop - start, self.n_vars))
+
+    def blocks(self, start: int, stop: int) -> list[sp.csr_matrix]:
+        if self._maps is None:
+            return [self.rows(start, stop)]
+        indptr = self._indptr_slice(start, stop)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        # Block edges: a row whose values begin at a break starts a block; a row with a break
+        # inside its values is a block of its own.
+        edges = {0, stop - start}
+        for mapped in self._maps:
+            for element in mapped.breaks(lo, hi).tolist():
+                row = int(np.searchsorted(indptr, element, side="right")) - 1
+                edges.update((row, row + 1) if indptr[row] != element else (row,))
+        edges = sorted(edges)
+        return [self._mapped_rows(indptr[a : b + 1]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+    def _mapped_rows(self, indptr: np.ndarray) -> sp.csr_matrix:
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        fileno = self._file.fileno()
+        values = [m.pieces(fileno, lo, hi) for m in self._maps]
+        data, indices = (parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in values)
+        return sp.csr_matrix((data, indices, indptr - lo), shape=(len(indptr) - 1, self.n_vars))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _read_elem(h5, key: str, source: str):
@@ -126,7 +170,10 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
             raise InputError(msg)
         csr = isinstance(elem, h5py.Group) and elem.attrs.get("encoding-type", "") == "csr_matrix"
         reader = CSRGroupReader(elem, n_obs, n_vars) if csr else MatrixReader(data, n_obs, n_vars)
-        yield Path(source).stem, obs, var, reader
+        try:
+            yield Path(source).stem, obs, var, reader
+        finally:
+            reader.close()
     finally:
         h5.close()
 
