@@ -2,15 +2,16 @@
 
 A CSR row is ranked in three steps. A strided sample of its values (every 7th for N=50) gives a
 threshold that about 2.5N of the row's values reach; one branch-free pass copies the row's keys
-and keeps those at or above it; an in-place quickselect then an insertion sort order the best N.
+and keeps those at or above it; an in-place quickselect (branch-free partitions) then an
+insertion sort order the best N.
 If the sample was unlucky (fewer than N values reached its threshold: ~0.1% of rows), the row is
 taken whole. A key packs (value, gene) into one uint64 ordered by value, then by lower gene index,
 so every comparison is one integer comparison and the tie rule holds by construction.
 Dense rows (mostly zeros) keep a sorted run of the N best instead.
 
 This reads every value about once (against a dozen vectorised passes in `cello.data.topgenes`'
-numpy path) and releases the GIL, so threads rank chunks in parallel: ~6 ns a value, about 4x
-less CPU than numpy. Importing and loading it costs ~0.4-0.5 s per process (numba's start-up,
+numpy path) and releases the GIL, so threads rank chunks in parallel: ~4.5 ns a value (half of
+it streaming the values from memory), about 4.5x less CPU than numpy. Importing and loading it costs ~0.4-0.5 s per process (numba's start-up,
 then its on-disk cache: next to this file, else the user's cache directory; without either it
 compiles in memory), so `cello.data.topgenes` uses it only when asked to (large files).
 """
@@ -68,50 +69,55 @@ def _row_keys(data, bits, indices, lo, hi, threshold, buf):
 
 
 @_jit(inline="always")
-def _sample_threshold(data, bits, indices, lo, hi, step, best):
-    """The `len(best)`-th largest key among every `step`-th stored value (1: fewer were ranked)."""
-    k, r = 0, len(best)
+def _sample_threshold(data, bits, indices, lo, hi, step, sample, r):
+    """The `r`-th largest key among every `step`-th stored value (1: fewer were ranked). The
+    sampled keys are gathered without a branch, then selected like the row's candidates."""
+    k = 0
     for j in range(lo, hi, step):
-        value = data[j]
-        if not _ranked(value):
-            continue
-        key = _key(bits[j], indices[j])
-        if k == r:
-            if key <= best[r - 1]:
-                continue
-            pos = r - 1
-        else:
-            pos = k
-            k += 1
-        while pos > 0 and key > best[pos - 1]:
-            best[pos] = best[pos - 1]
-            pos -= 1
-        best[pos] = key
-    return best[r - 1] if k == r else np.uint64(1)
+        key = _key(bits[j], indices[j]) if _ranked(data[j]) else np.uint64(0)
+        sample[k] = key
+        k += key != 0
+    if k < r:
+        return np.uint64(1)
+    _select_largest(sample, k, r)
+    return sample[r - 1]
+
+
+@_jit(inline="always")
+def _partition(buf, lo, hi):
+    """Partition buf[lo:hi + 1] around the median of its first, middle and last keys: larger
+    keys first; return where the pivot lands. Branch-free (each key is swapped to the front
+    and the front moves on only past a larger one), so unsorted keys cost no mispredictions."""
+    mid = (lo + hi) >> 1
+    a, b, c = buf[lo], buf[mid], buf[hi]
+    p = lo if (a > b) != (a > c) else (mid if (b > a) != (b > c) else hi)
+    pivot = buf[p]
+    buf[p] = buf[hi]
+    buf[hi] = pivot
+    front = lo
+    for i in range(lo, hi):
+        key = buf[i]
+        buf[i] = buf[front]
+        buf[front] = key
+        front += key > pivot
+    buf[hi] = buf[front]
+    buf[front] = pivot
+    return front
 
 
 @_jit(inline="always")
 def _select_largest(buf, m, top_n):
-    """Move the `top_n` largest of buf[:m] to buf[:top_n] (in place: Hoare's quickselect)."""
+    """Move the `top_n` largest of buf[:m] to buf[:top_n], the `top_n`-th at buf[top_n - 1]
+    (in place: quickselect)."""
     lo, hi, kth = 0, m - 1, top_n - 1
     while lo < hi:
-        pivot = buf[(lo + hi) >> 1]
-        i, j = lo, hi
-        while i <= j:
-            while buf[i] > pivot:
-                i += 1
-            while buf[j] < pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if kth <= j:
-            hi = j
-        elif kth >= i:
-            lo = i
+        p = _partition(buf, lo, hi)
+        if p == kth:
+            return
+        if p > kth:
+            hi = p - 1
         else:
-            break
+            lo = p + 1
 
 
 @_jit(inline="always")
@@ -132,13 +138,14 @@ def _rank_csr(data, bits, indices, indptr, top_n, out):
     for row in range(len(indptr) - 1):
         width = max(width, indptr[row + 1] - indptr[row])
     buf = np.empty(width, np.uint64)
-    best = np.empty(min(_SAMPLED, top_n), np.uint64)
-    step = max(1, (5 * top_n) // (2 * len(best)))  # ~2.5 N values reach the sample's threshold
+    r = min(_SAMPLED, top_n)
+    step = max(1, (5 * top_n) // (2 * r))  # ~2.5 N values reach the sample's threshold
+    sample = np.empty(width // step + 1, np.uint64)
     for row in range(len(indptr) - 1):
         lo, hi = indptr[row], indptr[row + 1]
         threshold = np.uint64(1)  # every ranked value's key is above 1
         if hi - lo > 3 * top_n:
-            threshold = _sample_threshold(data, bits, indices, lo, hi, step, best)
+            threshold = _sample_threshold(data, bits, indices, lo, hi, step, sample, r)
         m = _row_keys(data, bits, indices, lo, hi, threshold, buf)
         if m < top_n and threshold > 1:  # an unlucky sample: take the whole row
             m = _row_keys(data, bits, indices, lo, hi, np.uint64(1), buf)
