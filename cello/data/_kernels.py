@@ -11,9 +11,10 @@ Dense rows (mostly zeros) keep a sorted run of the N best instead.
 
 This reads every value about once (against a dozen vectorised passes in `cello.data.topgenes`'
 numpy path) and releases the GIL, so threads rank chunks in parallel: ~4.5 ns a value (half of
-it streaming the values from memory), about 4.5x less CPU than numpy. Importing and loading it costs ~0.4-0.5 s per process (numba's start-up,
-then its on-disk cache: next to this file, else the user's cache directory; without either it
-compiles in memory), so `cello.data.topgenes` uses it only when asked to (large files).
+it streaming the values from memory), about 4.5x less CPU than numpy. Importing and loading it
+costs ~0.4-0.5 s per process (numba's start-up, then its on-disk cache: next to this file, else
+the user's cache directory; without either it compiles in memory), so `cello.data.topgenes` uses
+it only when asked to (large files).
 """
 
 from __future__ import annotations
