@@ -3,11 +3,11 @@
     cello data cells data/raw/ -o data/cells.parquet --max-cells 20000
     cello data cells builtin:pbmc68k -o data/cells.parquet
 
-Files are read in row chunks straight from HDF5 (AnnData's on-disk sparse datasets), so peak
-memory depends on `chunk_size`, not on the number of cells; several files are processed in
-parallel processes, each writing its own Parquet part, merged at the end. Within a file, reading,
-ranking (`cello.data.topgenes`, in threads; compiled for large files) and writing overlap. The output
-appears atomically: on any error nothing is left.
+Files are read in row chunks straight from HDF5 (uncompressed CSR values are mapped rather
+than copied: `cello.data.h5map`), so peak memory depends on `chunk_size`, not on the number of
+cells; several files are processed in parallel processes, each writing its own Parquet part,
+merged at the end. Within a file, reading, ranking (`cello.data.topgenes`, in threads; compiled
+for large files) and writing overlap. The output appears atomically: on any error nothing is left.
 
 The output may also be a directory of parts, one per input file (`part-00000.parquet`, ...,
 numbered by the input's position): `cello data cells atlas/ -o data/cells` writes them all, and
@@ -289,9 +289,10 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             for key, value in counts.items():
                 setattr(summary, key, getattr(summary, key) + value)
 
-        # Read chunk i+1 (HDF5, this thread) while worker threads rank the chunks before it and
-        # one more thread writes the ranked ones in order (Arrow releases the GIL): reading,
-        # ranking and writing overlap. At most `threads + 2` chunks are in memory at once.
+        # Read chunk i+1 (this thread; mapped values cost only their indptr here) while worker
+        # threads rank the chunks before it and one more thread writes the ranked ones in order
+        # (Arrow releases the GIL): reading, ranking and writing overlap. At most `threads + 2`
+        # chunks are in memory at once.
         try:
             with (
                 ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="cello-rank") as pool,

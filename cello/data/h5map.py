@@ -7,6 +7,10 @@ call per chunk, nothing done while holding the GIL. At 200,000 cells (1.2 GB of 
 is ~0.7 CPU s of reading in the main thread replaced by ~0.3 s of page faults spread over the
 ranking threads (see benchmarks/bench_data.py).
 
+A file replaced by a rename (how DVC, anndata and most tools write) is safe: the mapping keeps
+the old file. A file truncated or rewritten in place while it is read stops the process with
+SIGBUS instead of an error, as with any mapped reader.
+
 `DatasetMap.of(dataset)` says whether a dataset can be mapped (None otherwise: filters,
 another byte order, external or virtual storage, missing chunks, a driver other than the
 default one, or a mapping that does not read back what h5py reads); `pieces(lo, hi)` gives

@@ -1,9 +1,10 @@
 """Where cells come from: .h5ad files read lazily from disk, or a built-in dataset.
 
 `open_h5ad` reads obs and var with AnnData's element reader and leaves the expression matrix
-on disk (AnnData's sparse dataset for CSR/CSC, h5py for dense), so rows are read chunk by
-chunk. `open_builtin("builtin:pbmc68k")` turns the real PBMC dataset shipped inside scanpy
-(700 cells, 10 types in `bulk_labels`, one donor) into the same CELLxGENE-like shape, so the
+on disk (its CSR datasets directly, mapped where stored uncompressed; AnnData's sparse
+dataset for CSC, h5py for dense), so rows are read chunk by chunk.
+`open_builtin("builtin:pbmc68k")` turns the real PBMC dataset shipped inside scanpy (700
+cells, 10 types in `bulk_labels`, one donor) into the same CELLxGENE-like shape, so the
 demo needs no download.
 """
 
@@ -61,8 +62,16 @@ class CSRGroupReader(MatrixReader):
         super().__init__(group, n_obs, n_vars)
         self._data, self._indices, self._indptr = group["data"], group["indices"], group["indptr"]
         maps = (DatasetMap.of(self._data), DatasetMap.of(self._indices))
-        self._maps = maps if None not in maps else None
-        self._file = open(group.file.filename, "rb") if self._maps else None  # noqa: SIM115 - closed in close()
+        self._maps, self._file = None, None
+        if None not in maps:
+            self._file = open(group.file.filename, "rb")  # noqa: SIM115 - closed in close()
+            try:  # a file system that cannot map files: read with h5py
+                for mapped in maps:
+                    mapped.pieces(self._file.fileno(), 0, 1)
+                self._maps = maps
+            except (OSError, ValueError) as exc:
+                log.debug("%s: cannot be mapped (%s); reading it with h5py", group.file.filename, exc)
+                self.close()
 
     def _indptr_slice(self, start: int, stop: int) -> np.ndarray:
         return self._indptr[start : stop + 1].astype(np.int64)
@@ -97,6 +106,7 @@ class CSRGroupReader(MatrixReader):
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._file = None
 
 
 def _read_elem(h5, key: str, source: str):

@@ -149,3 +149,22 @@ def test_cells_are_the_same_read_in_place_or_through_hdf5(tmp_path):
         frames.append(pd.read_parquet(tmp_path / f"{name}.parquet").drop(columns=["cell_id", "dataset"]))
     for other in frames[1:]:
         pd.testing.assert_frame_equal(other, frames[0])
+
+
+def test_a_file_system_that_cannot_map_files_is_read_with_h5py(tmp_path, monkeypatch):
+    import cello.data.h5map as h5map
+
+    adata = make_adata(n_cells=120, n_genes=60, sparse="csr", seed=9)
+    path = tmp_path / "x.h5ad"
+    adata.write_h5ad(path)
+    make_cells([str(path)], tmp_path / "mapped.parquet", cfg=CellsConfig(top_n=10, chunk_size=16))
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap says on a file system without it
+
+    monkeypatch.setattr(h5map.mmap, "mmap", no_mmap)
+    with open_h5ad(str(path)) as (_, _, _, reader):
+        assert reader._maps is None and reader._file is None
+    make_cells([str(path)], tmp_path / "read.parquet", cfg=CellsConfig(top_n=10, chunk_size=16))
+    read, mapped = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("read", "mapped"))
+    pd.testing.assert_frame_equal(read, mapped)
