@@ -57,16 +57,22 @@ def _gene_of(key):
 
 @_jit(inline="always")
 def _row_keys(data, bits, indices, lo, hi, threshold, buf):
-    """Put the keys >= threshold among stored values [lo, hi) in buf[:m]; return m. Branch-free:
-    each key is written at buf[m] and m moves on only past one that is kept, so the next key
-    overwrites the others (a value that is not ranked gets key 0, below every threshold)."""
+    """Put the keys >= threshold among stored values [lo, hi) in buf[:m]; return m, or -1 where
+    the row's genes are not strictly increasing (a gene stored twice, or unsorted: the caller
+    ranks the canonical form instead). Branch-free: each key is written at buf[m] and m moves
+    on only past one that is kept, so the next key overwrites the others (a value that is not
+    ranked gets key 0, below every threshold)."""
     m = 0
+    previous = -1
+    increasing = True
     for j in range(lo, hi):
-        value = data[j]
-        key = _key(bits[j], indices[j]) if _ranked(value) else np.uint64(0)
+        gene = indices[j]
+        increasing &= gene > previous
+        previous = gene
+        key = _key(bits[j], gene) if _ranked(data[j]) else np.uint64(0)
         buf[m] = key
         m += key >= threshold
-    return m
+    return m if increasing else -1
 
 
 @_jit(inline="always")
@@ -135,6 +141,8 @@ def _sort_descending(buf, k):
 
 @_jit
 def _rank_csr(data, bits, indices, indptr, top_n, out):
+    """Rank every row into `out`; return -1, or the first row whose genes are not strictly
+    increasing (then the rows from it on are left for the caller)."""
     width = 1
     for row in range(len(indptr) - 1):
         width = max(width, indptr[row + 1] - indptr[row])
@@ -148,6 +156,8 @@ def _rank_csr(data, bits, indices, indptr, top_n, out):
         if hi - lo > 3 * top_n:
             threshold = _sample_threshold(data, bits, indices, lo, hi, step, sample, r)
         m = _row_keys(data, bits, indices, lo, hi, threshold, buf)
+        if m < 0:
+            return row
         if m < top_n and threshold > 1:  # an unlucky sample: take the whole row
             m = _row_keys(data, bits, indices, lo, hi, np.uint64(1), buf)
         if m > top_n:
@@ -156,6 +166,7 @@ def _rank_csr(data, bits, indices, indptr, top_n, out):
         _sort_descending(buf, m)
         for i in range(m):
             out[row, i] = _gene_of(buf[i])
+    return -1
 
 
 @_jit
@@ -196,14 +207,22 @@ def top_genes_compiled(block, top_n: int) -> np.ndarray:
     out = np.full((block.shape[0], top_n), -1, dtype=np.int64)
     if sp.issparse(block):
         block = block.tocsr()
-        # One set of argument types, so one compiled specialisation (the one `warm_up` loads).
-        data = np.asarray(block.data, dtype=np.float32)
-        indices = np.asarray(block.indices, dtype=np.int32)
-        indptr = np.asarray(block.indptr, dtype=np.int64)
-        _rank_csr(data, data.view(np.uint32), indices, indptr, top_n, out)
+        stopped = _rank_csr_block(block, top_n, out)
+        if stopped >= 0:  # a gene stored twice (or unsorted): as `toarray` reads it, summed once
+            rest = block[stopped:].copy()
+            rest.sum_duplicates()
+            _rank_csr_block(rest, top_n, out[stopped:])
     else:
         _rank_dense(np.ascontiguousarray(block, dtype=np.float32), top_n, out)
     return out
+
+
+def _rank_csr_block(block, top_n: int, out: np.ndarray) -> int:
+    # One set of argument types, so one compiled specialisation (the one `warm_up` loads).
+    data = np.asarray(block.data, dtype=np.float32)
+    indices = np.asarray(block.indices, dtype=np.int32)
+    indptr = np.asarray(block.indptr, dtype=np.int64)
+    return _rank_csr(data, data.view(np.uint32), indices, indptr, top_n, out)
 
 
 def warm_up() -> None:

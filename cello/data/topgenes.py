@@ -168,15 +168,14 @@ def top_genes(block, top_n: int, *, compiled: bool = False) -> np.ndarray:
     if top_n < 1:
         msg = f"top_n must be at least 1, got {top_n}."
         raise ValueError(msg)
+    kernels = _compiled_kernels() if compiled else None
+    if kernels is not None:  # it checks the genes' order as it ranks (no pass of its own)
+        return kernels.top_genes_compiled(block, top_n)
     if sp.issparse(block):
         block = block.tocsr()
         if not block.has_canonical_format:  # a gene stored twice in a row counts once, summed (as toarray)
             block = block.copy()
             block.sum_duplicates()
-    kernels = _compiled_kernels() if compiled else None
-    if kernels is not None:
-        return kernels.top_genes_compiled(block, top_n)
-    if sp.issparse(block):
         return top_genes_csr(block, top_n)
     return top_genes_dense(block, top_n)
 

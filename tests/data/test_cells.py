@@ -103,6 +103,25 @@ def test_a_gene_stored_twice_in_a_row_is_listed_once_with_its_values_summed(comp
 
 
 @BOTH_PATHS
+def test_rows_stored_out_of_order_or_twice_rank_as_toarray_reads_them(compiled):
+    """The kernel checks each row's gene order as it ranks: from the first row stored out of
+    order (or with a gene twice) on, it ranks the canonical form; rows before it stay as ranked."""
+    rng = np.random.default_rng(11)
+    x = sp.random(40, 3000, density=0.3, format="csr", random_state=3, dtype=np.float32)
+    x.data = rng.integers(1, 6, x.nnz).astype(np.float32)  # ties
+    for row in (7, 30):  # shuffle two rows' stored order; give row 30 a gene twice
+        lo, hi = x.indptr[row], x.indptr[row + 1]
+        order = rng.permutation(hi - lo)
+        x.indices[lo:hi], x.data[lo:hi] = x.indices[lo:hi][order], x.data[lo:hi][order]
+    x.indices[x.indptr[30]] = x.indices[x.indptr[30] + 1]
+    x = sp.csr_matrix((x.data, x.indices, x.indptr), shape=x.shape)  # its format flags found anew
+    assert not x.has_canonical_format
+    dense = x.toarray()
+    got = top_genes(x, 50, compiled=compiled)
+    assert [[g for g in row if g >= 0] for row in got.tolist()] == [top_genes_reference(r, 50) for r in dense]
+
+
+@BOTH_PATHS
 def test_negative_values_rank_below_positive(compiled):
     rank = partial(top_genes, compiled=compiled)
     x = np.array([[-1.0, 0.5, -0.2, 2.0]], dtype=np.float32)
