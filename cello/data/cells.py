@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -44,7 +45,7 @@ from cello.config import CellsConfig
 from cello.data import schema as S
 from cello.data.cells_table import chunk_table, conform, file_columns, parquet_writer
 from cello.data.checks import check_cell_types, check_unique_datasets
-from cello.data.context import clean_column, context_columns, sentences
+from cello.data.context import clean_categorical, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
 from cello.data.topgenes import COMPILED_FROM_CELLS, pad_unexpressed, top_genes
@@ -132,7 +133,7 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     return out
 
 
-def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
+def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> pd.Categorical:
     if key not in obs.columns:
         hint = [c for c in obs.columns if any(w in c.lower() for w in ("type", "label", "donor", "batch", "sample"))]
         msg = (
@@ -141,7 +142,11 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> np.ndarray:
             f"Candidate columns: {hint or list(obs.columns)[:20]}."
         )
         raise InputError(msg)
-    return clean_column(obs[key])
+    return clean_categorical(obs[key])  # per category, never one string per cell
+
+
+def _constant(value: str, n: int) -> pd.Categorical:
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
 
 
 def _equals_ignoring_case(col: pd.Series, value: str) -> np.ndarray:
@@ -153,7 +158,7 @@ def _equals_ignoring_case(col: pd.Series, value: str) -> np.ndarray:
 
 
 def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> tuple[np.ndarray, dict]:
-    """Boolean mask of the cells to keep, and their label arrays."""
+    """Boolean mask of the cells to keep, and their labels (categoricals of cleaned text)."""
     n = len(obs)
     keep = np.ones(n, dtype=bool)
     if cfg.keep_suspension and cfg.suspension_key in obs.columns:
@@ -161,7 +166,8 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
         summary.dropped_suspension = int((~ok).sum())
         keep &= ok
     cell_type = _labels(obs, cfg.cell_type_key, "cell type", summary.source)
-    check_cell_types(cell_type, source=summary.source, key=cfg.cell_type_key)
+    present = np.bincount(cell_type.codes, minlength=len(cell_type.categories)) > 0
+    check_cell_types(cell_type.categories[present], source=summary.source, key=cfg.cell_type_key)
     summary.dropped_unlabelled = int((keep & (cell_type == "")).sum())
     keep &= cell_type != ""
     if cfg.donor_key:
@@ -169,8 +175,8 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
         summary.dropped_no_donor = int((keep & (donor == "")).sum())
         keep &= donor != ""
     else:
-        donor = np.full(n, summary.dataset, dtype=object)
-    batch = _labels(obs, cfg.batch_key, "batch", summary.source) if cfg.batch_key else np.full(n, "", dtype=object)
+        donor = _constant(summary.dataset, n)
+    batch = _labels(obs, cfg.batch_key, "batch", summary.source) if cfg.batch_key else _constant("", n)
     if cfg.max_cells is not None and keep.sum() > cfg.max_cells:
         rng = np.random.default_rng(stable_seed(cfg.seed, summary.dataset))
         chosen = rng.choice(np.flatnonzero(keep), size=cfg.max_cells, replace=False)
@@ -179,6 +185,18 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
         summary.dropped_subsample = int(keep.sum() - cfg.max_cells)
         keep = sub
     return keep, {S.CELL_TYPE: cell_type, S.DONOR: donor, S.BATCH: batch}
+
+
+def _cell_ids(index: pd.Index, source: str) -> pa.Array:
+    """The obs names as an Arrow column, made unique: cell ids must be, the split relies on them
+    (duplicates get '#<row>' appended)."""
+    names = pa.array(index.astype(str).to_numpy(dtype=object), pa.string())
+    if index.is_unique:
+        return names
+    dup = index.duplicated(keep=False)
+    log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
+    rows = pa.array(np.arange(len(index)).astype(str))
+    return pc.if_else(pa.array(dup), pc.binary_join_element_wise(names, rows, "#"), names)
 
 
 def _gene_names(var: pd.DataFrame, cfg: CellsConfig, source: str) -> np.ndarray:
@@ -247,14 +265,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         ctx = context_columns(obs, cfg.context_fields, cfg.extra_context_fields)
         context = sentences(ctx, extra=cfg.extra_context_fields)
         genes = pa.array(names, pa.string())
-        obs_names = obs.index.to_numpy().astype(str)
-        if obs.index.has_duplicates:  # cell ids must be unique: the split relies on them
-            dup = obs.index.duplicated(keep=False)
-            obs_names = np.where(
-                dup, np.char.add(np.char.add(obs_names, "#"), np.arange(len(obs)).astype(str)), obs_names
-            )
-            log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))
-        columns = file_columns(obs_names, labels, ctx, context, dataset)
+        columns = file_columns(_cell_ids(obs.index, source), labels, ctx, context, dataset)
         compiled = len(obs) >= COMPILED_FROM_CELLS
 
         def rank(r0: int, local: np.ndarray, blocks: list) -> tuple[pa.Table, dict]:

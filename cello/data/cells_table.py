@@ -28,14 +28,14 @@ def codes(values: np.ndarray | pd.Series | pd.Categorical) -> pa.DictionaryArray
 
 
 def file_columns(
-    obs_names: np.ndarray, labels: dict, ctx: pd.DataFrame, context: pd.Series, dataset: str
+    cell_ids: pa.Array, labels: dict, ctx: pd.DataFrame, context: pd.Series, dataset: str
 ) -> dict[str, pa.Array | None]:
     """The per-cell string columns of the whole file as Arrow arrays, built once (label and context
     columns as codes, so memory grows by bytes per cell): a chunk then takes its rows in C instead
     of converting Python strings chunk by chunk."""
     cols: dict[str, pa.Array | None] = {
-        S.CELL_ID: pa.array(obs_names, pa.string()),  # "<dataset>:" is prefixed per chunk
-        S.DATASET: pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(obs_names), np.int32)), [dataset]),
+        S.CELL_ID: cell_ids,  # "<dataset>:" is prefixed per chunk
+        S.DATASET: pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(cell_ids), np.int32)), [dataset]),
         S.DONOR: codes(labels[S.DONOR]),
         S.BATCH: codes(labels[S.BATCH]),
         S.CELL_TYPE: codes(labels[S.CELL_TYPE]),

@@ -34,17 +34,10 @@ def clean(value: object) -> str:
     return "" if text.lower() in MISSING else text
 
 
-def clean_column(col: pd.Series) -> np.ndarray:
-    """`clean` over an obs column, as an object array of str (a categorical: once per category)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return np.asarray(clean_categorical(col), dtype=object)
-    return col.map(clean).to_numpy()
-
-
 def clean_categorical(col: pd.Series) -> pd.Categorical:
-    """`clean_column` as a categorical of the cleaned values. An obs column stored as a
-    categorical (anndata's default for text) is cleaned once per category and never expanded
-    to one string per cell; categories that clean to the same text are merged."""
+    """`clean` over an obs column, as a categorical of the cleaned values. An obs column stored
+    as a categorical (anndata's default for text) is cleaned once per category and never
+    expanded to one string per cell; categories that clean to the same text are merged."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         codes, values = col.cat.codes.to_numpy(), [clean(c) for c in col.cat.categories]
     else:

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from cello.cli import main
 from cello.config import CellsConfig
 from cello.data.cells import make_cells, strip_ensembl
-from cello.data.context import clean, clean_column, context_columns, sentence, sentences
+from cello.data.context import clean, clean_categorical, context_columns, sentence, sentences
 from cello.data.topgenes import pad_unexpressed, top_genes, top_genes_reference
 from cello.errors import InputError
 from tests.conftest import defaults_params, make_adata
@@ -329,13 +329,13 @@ def test_shared_real_files(shared_data, tmp_path):
 
 
 # ------------------------------------------------------------------ review regressions
-def test_clean_column_is_clean_per_value_whatever_the_dtype():
+def test_clean_categorical_is_clean_per_value_whatever_the_dtype():
     values = ["T cell", " B cell ", "unknown", None, float("nan"), "NA", "T cell"]
     expected = ["T cell", "B cell", "", "", "", "", "T cell"]
     for col in (pd.Series(values, dtype=object), pd.Series(values, dtype="category")):
-        out = clean_column(col)
-        assert out.tolist() == expected and out.dtype == object
-    assert clean_column(pd.Series([30.0, 2.5, None])).tolist() == ["30", "2.5", ""]
+        out = clean_categorical(col)
+        assert list(out) == expected and sorted(out.categories) == ["", "B cell", "T cell"]  # "" merged once
+    assert list(clean_categorical(pd.Series([30.0, 2.5, None]))) == ["30", "2.5", ""]
 
 
 def test_sentences_per_combination_equal_the_sentence_of_each_cell():
