@@ -133,13 +133,20 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     return out
 
 
+def _obs_columns(cfg: CellsConfig) -> set[str]:
+    """The obs columns the stage reads: labels, the suspension filter and the context fields."""
+    keys = (cfg.cell_type_key, cfg.donor_key, cfg.batch_key, cfg.suspension_key)
+    return {k for k in keys if k} | set(cfg.context_fields) | set(cfg.extra_context_fields)
+
+
 def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> pd.Categorical:
     if key not in obs.columns:
-        hint = [c for c in obs.columns if any(w in c.lower() for w in ("type", "label", "donor", "batch", "sample"))]
+        in_file = obs.attrs.get("columns_in_file", list(obs.columns))
+        hint = [c for c in in_file if any(w in c.lower() for w in ("type", "label", "donor", "batch", "sample"))]
         msg = (
             f"{source}: obs has no column {key!r} for the {what}; set --{what.replace(' ', '-')}-key "
             f"(or data.cells.{what.replace(' ', '_')}_key in params.yaml). "
-            f"Candidate columns: {hint or list(obs.columns)[:20]}."
+            f"Candidate columns: {hint or in_file[:20]}."
         )
         raise InputError(msg)
     return clean_categorical(obs[key])  # per category, never one string per cell
@@ -250,7 +257,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
     if source.startswith(BUILTIN_PREFIX):
         handle = open_builtin(source)
     else:
-        handle = open_h5ad(source, matrix=cfg.matrix)
+        handle = open_h5ad(source, matrix=cfg.matrix, obs_columns=_obs_columns(cfg))
     with handle as (dataset, obs, var, reader):
         reader: MatrixReader
         summary = FileSummary(source=source, dataset=dataset, cells_in_file=len(obs))

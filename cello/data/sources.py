@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -109,18 +109,36 @@ class CSRGroupReader(MatrixReader):
             self._file = None
 
 
-def _read_elem(h5, key: str, source: str):
+def _read_elem(h5, key: str, source: str, columns: Collection[str] | None = None):
+    """An element of the file; for a dataframe with `columns`, only those the file has, so that
+    columns nobody uses (CELLxGENE's per-cell `observation_joinid`, ontology ids, QC metrics) are
+    never read. `attrs["columns_in_file"]` then names all of them, for error messages."""
     import anndata as ad
+    import h5py
 
     if key not in h5:
         msg = f"{source}: the file has no '{key}' element; is it a complete .h5ad written by anndata?"
         raise InputError(msg)
-    return ad.io.read_elem(h5[key])
+    elem = h5[key]
+    if columns is None or not isinstance(elem, h5py.Group) or elem.attrs.get("encoding-type") != "dataframe":
+        return ad.io.read_elem(elem)
+    in_file = [str(c) for c in elem.attrs["column-order"]]
+    wanted = [c for c in in_file if c in set(columns)]
+    frame = pd.DataFrame(
+        {c: ad.io.read_elem(elem[c]) for c in wanted},
+        index=ad.io.read_elem(elem[elem.attrs["_index"]]),
+        columns=wanted or None,
+    )
+    frame.attrs["columns_in_file"] = in_file
+    return frame
 
 
 @contextlib.contextmanager
-def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, MatrixReader]]:
-    """Yield (dataset name, obs, var, reader) for an .h5ad file; X stays on disk."""
+def open_h5ad(
+    path: str, *, matrix: str = "X", obs_columns: Collection[str] | None = None
+) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, MatrixReader]]:
+    """Yield (dataset name, obs, var, reader) for an .h5ad file; X stays on disk. With
+    `obs_columns`, obs holds only those of them the file has (see `_read_elem`)."""
     import anndata as ad
     import h5py
 
@@ -150,7 +168,7 @@ def open_h5ad(path: str, *, matrix: str = "X") -> Iterator[tuple[str, pd.DataFra
             )
             raise InputError(msg)
         try:
-            obs = _read_elem(h5, "obs", source)
+            obs = _read_elem(h5, "obs", source, obs_columns)
             var = _read_elem(h5, vkey, source)
             elem = h5[mkey]
             if isinstance(elem, h5py.Group):

@@ -295,6 +295,32 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path, capsys, mutate,
     assert not out.exists() and not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
 
 
+def test_only_the_obs_columns_the_stage_uses_are_read(tmp_path):
+    """CELLxGENE files carry dozens of obs columns the stage never uses (a per-cell join id,
+    ontology ids, QC metrics): only the label, filter and context columns are read, the cells
+    are the same, and a missing key's error still names candidates from the whole file."""
+    from cello.data.sources import open_h5ad
+
+    adata = make_adata(n_cells=90, seed=4)
+    adata.obs["observation_joinid"] = [f"j{i:06d}" for i in range(adata.n_obs)]
+    adata.obs["n_counts"] = np.arange(adata.n_obs, dtype=np.float32)
+    adata.obs["author_cell_type"] = adata.obs["cell_type"].astype(str)
+    path = _write(adata, tmp_path / "wide.h5ad")
+    plain = _write(make_adata(n_cells=90, seed=4), tmp_path / "plain.h5ad")
+    with open_h5ad(path, obs_columns={"cell_type", "donor_id", "sex", "not_in_file"}) as (_, obs, _, _):
+        assert list(obs.columns) == ["cell_type", "donor_id", "sex"]
+        assert list(obs.index) == list(adata.obs_names)
+        assert obs.attrs["columns_in_file"] == list(adata.obs.columns)
+        pd.testing.assert_series_equal(obs["cell_type"], adata.obs["cell_type"], check_index=False)
+    frames = []
+    for name, src in (("wide", path), ("plain", plain)):
+        make_cells([src], tmp_path / f"{name}.parquet", cfg=CellsConfig(top_n=10))
+        frames.append(pd.read_parquet(tmp_path / f"{name}.parquet").drop(columns=["cell_id", "dataset"]))
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    with pytest.raises(InputError, match="author_cell_type"):
+        make_cells([path], tmp_path / "x.parquet", cfg=CellsConfig(top_n=10, cell_type_key="celltype"))
+
+
 def test_missing_corrupt_and_non_h5ad_files(tmp_path, capsys):
     (tmp_path / "broken.h5ad").write_bytes(b"this is not hdf5")
     (tmp_path / "table.csv").write_text("a,b\n1,2\n")
