@@ -61,6 +61,12 @@ class CSRGroupReader(MatrixReader):
     def __init__(self, group, n_obs: int, n_vars: int):
         super().__init__(group, n_obs, n_vars)
         self._data, self._indices, self._indptr = group["data"], group["indices"], group["indptr"]
+        if self._data.shape != self._indices.shape:
+            msg = (
+                f"{group.file.filename}: {group.name} stores {self._data.shape} values but {self._indices.shape} "
+                "indices; the file is corrupt: re-export it with anndata."
+            )
+            raise InputError(msg)
         maps = (DatasetMap.of(self._data), DatasetMap.of(self._indices))
         self._maps, self._file = None, None
         if None not in maps:
@@ -74,7 +80,16 @@ class CSRGroupReader(MatrixReader):
                 self.close()
 
     def _indptr_slice(self, start: int, stop: int) -> np.ndarray:
-        return self._indptr[start : stop + 1].astype(np.int64)
+        """indptr[start:stop + 1], checked: a corrupt one must not read (or map) past the values."""
+        indptr = self._indptr[start : stop + 1].astype(np.int64)
+        nnz = self._data.shape[0]
+        if len(indptr) != stop - start + 1 or indptr[0] < 0 or indptr[-1] > nnz or (np.diff(indptr) < 0).any():
+            msg = (
+                f"{self._data.file.filename}: {self._indptr.name} is not a valid CSR row index for rows "
+                f"{start}-{stop} ({nnz} stored values); the file is corrupt: re-export it with anndata."
+            )
+            raise InputError(msg)
+        return indptr
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         indptr = self._indptr_slice(start, stop)

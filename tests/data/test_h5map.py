@@ -168,3 +168,26 @@ def test_a_file_system_that_cannot_map_files_is_read_with_h5py(tmp_path, monkeyp
     make_cells([str(path)], tmp_path / "read.parquet", cfg=CellsConfig(top_n=10, chunk_size=16))
     read, mapped = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("read", "mapped"))
     pd.testing.assert_frame_equal(read, mapped)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"], ids=["mapped", "read"])
+@pytest.mark.parametrize("corrupt", ["past-the-end", "decreasing", "values-and-indices-differ"])
+def test_a_corrupt_csr_index_is_a_clear_error_not_a_read_past_the_values(tmp_path, compression, corrupt):
+    from cello.errors import InputError
+
+    path = tmp_path / "x.h5ad"
+    make_adata(n_cells=80, sparse="csr", seed=2).write_h5ad(path, compression=compression)
+    with h5py.File(path, "r+") as f:
+        x = f["X"]
+        if corrupt == "past-the-end":
+            x["indptr"][-1] = x["indptr"][-1] + 10_000
+        elif corrupt == "decreasing":
+            x["indptr"][40] = 0
+        else:
+            indices = x["indices"][:-1]
+            del x["indices"]
+            x.create_dataset("indices", data=indices)
+    out = tmp_path / "cells.parquet"
+    with pytest.raises(InputError, match="corrupt"):
+        make_cells([str(path)], out, cfg=CellsConfig(top_n=10, chunk_size=16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5ad"]
