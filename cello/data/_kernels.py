@@ -219,8 +219,9 @@ def top_genes_compiled(block, top_n: int) -> np.ndarray:
 
 def _rank_csr_block(block, top_n: int, out: np.ndarray) -> int:
     # One set of argument types, so one compiled specialisation (the one `warm_up` loads).
-    data = np.asarray(block.data, dtype=np.float32)
-    indices = np.asarray(block.indices, dtype=np.int32)
+    # Aligned and contiguous too: a view of a mapped file could be neither (a copy then).
+    data = np.require(block.data, np.float32, "CA")
+    indices = np.require(block.indices, np.int32, "CA")
     indptr = np.asarray(block.indptr, dtype=np.int64)
     return _rank_csr(data, data.view(np.uint32), indices, indptr, top_n, out)
 

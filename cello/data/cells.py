@@ -278,11 +278,12 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         def rank(r0: int, local: np.ndarray, blocks: list) -> tuple[pa.Table, dict]:
             """Rank one chunk (runs in a worker thread: numpy and the kernel release the GIL)."""
             parts, first = [], 0
-            for block in blocks:  # consecutive rows; `local` picks the kept ones among them
+            for block in blocks:  # consecutive rows; `local` (sorted) picks the kept ones among them
                 n = block.shape[0]
-                picked = local[(local >= first) & (local < first + n)] - first
-                if picked.size:
-                    parts.append(top_genes(block[picked] if picked.size < n else block, cfg.top_n, compiled=compiled))
+                a, b = np.searchsorted(local, [first, first + n])
+                if b > a:
+                    picked = local[a:b] - first
+                    parts.append(top_genes(block[picked] if b - a < n else block, cfg.top_n, compiled=compiled))
                 first += n
             tops = parts[0] if len(parts) == 1 else np.concatenate(parts)
             expressed = (tops >= 0).sum(axis=1)
@@ -307,10 +308,10 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
             for key, value in counts.items():
                 setattr(summary, key, getattr(summary, key) + value)
 
-        # Read chunk i+1 (this thread; mapped values cost only their indptr here) while worker
-        # threads rank the chunks before it and one more thread writes the ranked ones in order
-        # (Arrow releases the GIL): reading, ranking and writing overlap. At most `threads + 2`
-        # chunks are in memory at once.
+        # Read chunk i+1 (this thread; mapped values cost little more than their indptr) while
+        # worker threads rank the chunks before it and one more thread writes the ranked ones in
+        # order (Arrow releases the GIL): reading, ranking and writing overlap. At most
+        # `threads + 2` chunks are in memory at once.
         try:
             with (
                 ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="cello-rank") as pool,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -67,17 +68,20 @@ class CSRGroupReader(MatrixReader):
                 "indices; the file is corrupt: re-export it with anndata."
             )
             raise InputError(msg)
-        maps = (DatasetMap.of(self._data), DatasetMap.of(self._indices))
-        self._maps, self._file = None, None
-        if None not in maps:
-            self._file = open(group.file.filename, "rb")  # noqa: SIM115 - closed in close()
-            try:  # a file system that cannot map files: read with h5py
-                for mapped in maps:
-                    mapped.pieces(self._file.fileno(), 0, 1)
+        self._maps, self._fd = None, None
+        try:  # the descriptor HDF5 reads through (the sec2 driver's), so a rename cannot swap files
+            self._fd = os.dup(group.file.id.get_vfd_handle())
+        except (OSError, TypeError, ValueError) as exc:
+            log.debug("%s: no file descriptor to map (%s); reading it with h5py", group.file.filename, exc)
+            return
+        maps = (DatasetMap.of(self._data, self._fd), DatasetMap.of(self._indices, self._fd))
+        try:  # a file system that cannot map files: read with h5py
+            if None not in maps and all(m.mapped(self._fd, 0, min(1, m.size)) for m in maps):
                 self._maps = maps
-            except (OSError, ValueError) as exc:
-                log.debug("%s: cannot be mapped (%s); reading it with h5py", group.file.filename, exc)
-                self.close()
+        except (OSError, ValueError) as exc:
+            log.debug("%s: cannot be mapped (%s); reading it with h5py", group.file.filename, exc)
+        if self._maps is None:
+            self.close()
 
     def _indptr_slice(self, start: int, stop: int) -> np.ndarray:
         """indptr[start:stop + 1], checked: a corrupt one must not read (or map) past the values."""
@@ -101,27 +105,30 @@ class CSRGroupReader(MatrixReader):
             return [self.rows(start, stop)]
         indptr = self._indptr_slice(start, stop)
         lo, hi = int(indptr[0]), int(indptr[-1])
+        ranges = [m.mapped(self._fd, lo, hi) for m in self._maps]
+        if None in ranges:  # runs scattered over the file: a copy is cheaper than many mappings
+            return [self.rows(start, stop)]
         # Block edges: a row whose values begin at a break starts a block; a row with a break
-        # inside its values is a block of its own.
+        # inside its values is a block of its own (the only values copied).
         edges = {0, stop - start}
         for mapped in self._maps:
             for element in mapped.breaks(lo, hi).tolist():
                 row = int(np.searchsorted(indptr, element, side="right")) - 1
                 edges.update((row, row + 1) if indptr[row] != element else (row,))
         edges = sorted(edges)
-        return [self._mapped_rows(indptr[a : b + 1]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        if len(edges) == 1:  # no rows
+            return [self._block(ranges, indptr)]
+        return [self._block(ranges, indptr[a : b + 1]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
-    def _mapped_rows(self, indptr: np.ndarray) -> sp.csr_matrix:
+    def _block(self, ranges: list, indptr: np.ndarray) -> sp.csr_matrix:
         lo, hi = int(indptr[0]), int(indptr[-1])
-        fileno = self._file.fileno()
-        values = [m.pieces(fileno, lo, hi) for m in self._maps]
-        data, indices = (parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in values)
+        data, indices = (np.concatenate(p) if len(p) > 1 else p[0] for p in (r.pieces(lo, hi) for r in ranges))
         return sp.csr_matrix((data, indices, indptr - lo), shape=(len(indptr) - 1, self.n_vars))
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _read_elem(h5, key: str, source: str, columns: Collection[str] | None = None):
@@ -135,15 +142,20 @@ def _read_elem(h5, key: str, source: str, columns: Collection[str] | None = None
         msg = f"{source}: the file has no '{key}' element; is it a complete .h5ad written by anndata?"
         raise InputError(msg)
     elem = h5[key]
-    if columns is None or not isinstance(elem, h5py.Group) or elem.attrs.get("encoding-type") != "dataframe":
+    # Only the current dataframe encoding stores each column whole (in 0.1.0, categoricals keep
+    # their categories in a shared group that only a whole read applies).
+    current = isinstance(elem, h5py.Group) and elem.attrs.get("encoding-version") == "0.2.0"
+    if columns is None or not current or elem.attrs.get("encoding-type") != "dataframe":
         return ad.io.read_elem(elem)
-    in_file = [str(c) for c in elem.attrs["column-order"]]
-    wanted = [c for c in in_file if c in set(columns)]
+    in_file, columns = [str(c) for c in elem.attrs["column-order"]], set(columns)
+    wanted = [c for c in in_file if c in columns]
     frame = pd.DataFrame(
         {c: ad.io.read_elem(elem[c]) for c in wanted},
         index=ad.io.read_elem(elem[elem.attrs["_index"]]),
         columns=wanted or None,
     )
+    if elem.attrs["_index"] != "_index":
+        frame.index.name = elem.attrs["_index"]  # as anndata names it
     frame.attrs["columns_in_file"] = in_file
     return frame
 
