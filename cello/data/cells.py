@@ -45,7 +45,7 @@ from cello.config import CellsConfig
 from cello.data import schema as S
 from cello.data.cells_table import chunk_table, conform, file_columns, parquet_writer
 from cello.data.checks import check_cell_types, check_unique_datasets
-from cello.data.context import clean_categorical, context_columns, sentences
+from cello.data.context import clean_categorical, constant, context_columns, sentences
 from cello.data.seeds import stable_seed
 from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
 from cello.data.topgenes import COMPILED_FROM_CELLS, pad_unexpressed, top_genes
@@ -152,10 +152,6 @@ def _labels(obs: pd.DataFrame, key: str, what: str, source: str) -> pd.Categoric
     return clean_categorical(obs[key])  # per category, never one string per cell
 
 
-def _constant(value: str, n: int) -> pd.Categorical:
-    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
-
-
 def _equals_ignoring_case(col: pd.Series, value: str) -> np.ndarray:
     """Per cell: does the column's text equal `value`, ignoring case (a categorical: per category)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
@@ -182,8 +178,8 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
         summary.dropped_no_donor = int((keep & (donor == "")).sum())
         keep &= donor != ""
     else:
-        donor = _constant(summary.dataset, n)
-    batch = _labels(obs, cfg.batch_key, "batch", summary.source) if cfg.batch_key else _constant("", n)
+        donor = constant(summary.dataset, n)
+    batch = _labels(obs, cfg.batch_key, "batch", summary.source) if cfg.batch_key else constant("", n)
     if cfg.max_cells is not None and keep.sum() > cfg.max_cells:
         rng = np.random.default_rng(stable_seed(cfg.seed, summary.dataset))
         chosen = rng.choice(np.flatnonzero(keep), size=cfg.max_cells, replace=False)

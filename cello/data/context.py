@@ -34,6 +34,11 @@ def clean(value: object) -> str:
     return "" if text.lower() in MISSING else text
 
 
+def constant(value: str, n: int) -> pd.Categorical:
+    """`value` for each of `n` cells, as a categorical (a field the file does not have)."""
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
+
+
 def clean_categorical(col: pd.Series) -> pd.Categorical:
     """`clean` over an obs column, as a categorical of the cleaned values. An obs column stored
     as a categorical (anndata's default for text) is cleaned once per category and never
@@ -86,7 +91,7 @@ def context_columns(obs: pd.DataFrame, fields: Sequence[str], extra: Sequence[st
         if name in obs.columns:
             out[name] = clean_categorical(obs[name])
         else:
-            out[name] = pd.Categorical.from_codes(np.zeros(len(obs), dtype=np.int8), categories=[""])
+            out[name] = constant("", len(obs))
     return pd.DataFrame(out, index=obs.index)
 
 

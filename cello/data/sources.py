@@ -76,7 +76,7 @@ class CSRGroupReader(MatrixReader):
             return
         maps = (DatasetMap.of(self._data, self._fd), DatasetMap.of(self._indices, self._fd))
         try:  # a file system that cannot map files: read with h5py
-            if None not in maps and all(m.mapped(self._fd, 0, min(1, m.size)) for m in maps):
+            if None not in maps and all(m.mapped(self._fd, 0, 1) for m in maps):
                 self._maps = maps
         except (OSError, ValueError) as exc:
             log.debug("%s: cannot be mapped (%s); reading it with h5py", group.file.filename, exc)
@@ -111,8 +111,8 @@ class CSRGroupReader(MatrixReader):
         # Block edges: a row whose values begin at a break starts a block; a row with a break
         # inside its values is a block of its own (the only values copied).
         edges = {0, stop - start}
-        for mapped in self._maps:
-            for element in mapped.breaks(lo, hi).tolist():
+        for mapped in ranges:
+            for element in mapped.edges[1:-1]:  # where a new run starts
                 row = int(np.searchsorted(indptr, element, side="right")) - 1
                 edges.update((row, row + 1) if indptr[row] != element else (row,))
         edges = sorted(edges)
