@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 
 import numpy as np
@@ -176,6 +177,8 @@ def test_a_failed_write_is_raised_and_leaves_nothing(tmp_path, monkeypatch):
     that fails (disk full) still stops the stage with its error, and no output is left."""
     import pyarrow.parquet as pq
 
+    import cello.data.cells as cells_mod
+
     path = _write(make_adata(sparse="csr", seed=3), tmp_path / "toy.h5ad")
     real_write, calls = pq.ParquetWriter.write_table, []
 
@@ -186,6 +189,7 @@ def test_a_failed_write_is_raised_and_leaves_nothing(tmp_path, monkeypatch):
         return real_write(self, table, *args, **kwargs)
 
     monkeypatch.setattr(pq.ParquetWriter, "write_table", failing_write)
+    monkeypatch.setattr(cells_mod, "ROW_GROUP_CELLS", 4)  # a row group (a write) per chunk
     out = tmp_path / "cells.parquet"
     with pytest.raises(OSError, match="No space left"):
         make_cells([path], out, cfg=CellsConfig(top_n=5, chunk_size=4, threads=2))
@@ -544,10 +548,61 @@ def test_the_stage_restores_the_allocation_settings_it_changes(tmp_path):
 
     path = _write(make_adata(n_cells=30), tmp_path / "ok.h5ad")
     pool = pa.default_memory_pool()
-    for hugepage in (True, False):
-        _set_madvise_hugepage(hugepage)
-        make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
-        with pytest.raises(InputError, match="no column 'nope'"):
-            make_cells([path], tmp_path / "d.parquet", cfg=CellsConfig(top_n=3, cell_type_key="nope"))
-        assert _set_madvise_hugepage(hugepage) is hugepage
-        assert pa.default_memory_pool().backend_name == pool.backend_name
+    collecting = gc.isenabled()
+    try:
+        for hugepage, gc_on in ((True, True), (False, False)):
+            _set_madvise_hugepage(hugepage)
+            (gc.enable if gc_on else gc.disable)()
+            make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
+            assert gc.isenabled() is gc_on
+            with pytest.raises(InputError, match="no column 'nope'"):
+                make_cells([path], tmp_path / "d.parquet", cfg=CellsConfig(top_n=3, cell_type_key="nope"))
+            assert _set_madvise_hugepage(hugepage) is hugepage
+            assert pa.default_memory_pool().backend_name == pool.backend_name
+            assert gc.isenabled() is gc_on
+    finally:
+        (gc.enable if collecting else gc.disable)()
+
+
+def test_the_garbage_collector_is_paused_while_a_file_is_processed(tmp_path, monkeypatch):
+    """Loading the kernel would set off full collections (see `_chunk_allocation`): none runs
+    while a file is processed, and collection is back on afterwards."""
+    import cello.data.cells as cells_mod
+
+    path = _write(make_adata(n_cells=30), tmp_path / "ok.h5ad")
+    seen = []
+    real_rank = cells_mod.top_genes
+
+    def rank(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real_rank(*args, **kwargs)
+
+    monkeypatch.setattr(cells_mod, "top_genes", rank)
+    assert gc.isenabled()
+    make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3, chunk_size=8))
+    assert seen and not any(seen) and gc.isenabled()
+
+
+def test_chunks_are_gathered_into_row_groups_with_the_same_rows(tmp_path, monkeypatch):
+    """Each row group stores the gene names again (its dictionary): chunks are gathered into
+    row groups of ROW_GROUP_CELLS cells, whole chunks, the last one smaller; same rows as one
+    row group per chunk."""
+    import pyarrow.parquet as pq
+
+    import cello.data.cells as cells_mod
+
+    path = _write(make_adata(n_cells=60, seed=3), tmp_path / "toy.h5ad")
+    tables = {}
+    for cells in (4, 12):
+        monkeypatch.setattr(cells_mod, "ROW_GROUP_CELLS", cells)
+        out = tmp_path / f"c{cells}.parquet"
+        make_cells([path], out, cfg=CellsConfig(top_n=5, chunk_size=4))
+        meta = pq.ParquetFile(out).metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert sizes == [cells] * (60 // cells), sizes
+        tables[cells] = pq.read_table(out)
+    assert tables[12].equals(tables[4])
+    monkeypatch.setattr(cells_mod, "ROW_GROUP_CELLS", 12)
+    make_cells([path], tmp_path / "odd.parquet", cfg=CellsConfig(top_n=5, chunk_size=8))  # 16 > 12
+    meta = pq.ParquetFile(tmp_path / "odd.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [16] * 3 + [12]
