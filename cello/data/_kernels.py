@@ -7,11 +7,13 @@ insertion sort order the best N.
 If the sample was unlucky (fewer than N values reached its threshold: ~0.1% of rows), the row is
 taken whole. A key packs (value, gene) into one uint64 ordered by value, then by lower gene index,
 so every comparison is one integer comparison and the tie rule holds by construction.
+The hot loops index with unsigned integers: numba gives a signed index Python's meaning (a
+negative one counts from the end), a check on every access that cost ~20% of the kernel.
 Dense rows (mostly zeros) keep a sorted run of the N best instead.
 
 This reads every value about once (against a dozen vectorised passes in `cello.data.topgenes`'
-numpy path) and releases the GIL, so threads rank chunks in parallel: ~4.5 ns a value (half of
-it streaming the values from memory), about 4.5x less CPU than numpy. Importing and loading it
+numpy path) and releases the GIL, so threads rank chunks in parallel: ~3.6 ns a value (most of
+it the one pass over the values), about 5x less CPU than numpy. Importing and loading it
 costs ~0.4-0.5 s per process (numba's start-up, then its on-disk cache: next to this file, else
 the user's cache directory; without either it compiles in memory), so `cello.data.topgenes` uses
 it only when asked to (large files).
@@ -62,28 +64,29 @@ def _row_keys(data, bits, indices, lo, hi, threshold, buf):
     ranks the canonical form instead). Branch-free: each key is written at buf[m] and m moves
     on only past one that is kept, so the next key overwrites the others (a value that is not
     ranked gets key 0, below every threshold)."""
-    m = 0
+    m = np.uint64(0)
     previous = -1
     increasing = True
-    for j in range(lo, hi):
+    for j in range(np.uint64(lo), np.uint64(hi)):
         gene = indices[j]
         increasing &= gene > previous
         previous = gene
         key = _key(bits[j], gene) if _ranked(data[j]) else np.uint64(0)
         buf[m] = key
-        m += key >= threshold
-    return m if increasing else -1
+        m += np.uint64(key >= threshold)
+    return np.int64(m) if increasing else -1
 
 
 @_jit(inline="always")
 def _sample_threshold(data, bits, indices, lo, hi, step, sample, r):
     """The `r`-th largest key among every `step`-th stored value (1: fewer were ranked). The
     sampled keys are gathered without a branch, then selected like the row's candidates."""
-    k = 0
-    for j in range(lo, hi, step):
+    k = np.uint64(0)
+    for j in range(np.uint64(lo), np.uint64(hi), np.uint64(step)):
         key = _key(bits[j], indices[j]) if _ranked(data[j]) else np.uint64(0)
         sample[k] = key
-        k += key != 0
+        k += np.uint64(key != 0)
+    k = np.int64(k)
     if k < r:
         return np.uint64(1)
     _select_largest(sample, k, r)
@@ -95,7 +98,7 @@ def _partition(buf, lo, hi):
     """Partition buf[lo:hi + 1] around the median of its first, middle and last keys: larger
     keys first; return where the pivot lands. Branch-free (each key is swapped to the front
     and the front moves on only past a larger one), so unsorted keys cost no mispredictions."""
-    mid = (lo + hi) >> 1
+    mid = (lo + hi) >> np.uint64(1)
     a, b, c = buf[lo], buf[mid], buf[hi]
     p = lo if (a > b) != (a > c) else (mid if (b > a) != (b > c) else hi)
     pivot = buf[p]
@@ -106,7 +109,7 @@ def _partition(buf, lo, hi):
         key = buf[i]
         buf[i] = buf[front]
         buf[front] = key
-        front += key > pivot
+        front += np.uint64(key > pivot)
     buf[hi] = buf[front]
     buf[front] = pivot
     return front
@@ -116,15 +119,15 @@ def _partition(buf, lo, hi):
 def _select_largest(buf, m, top_n):
     """Move the `top_n` largest of buf[:m] to buf[:top_n], the `top_n`-th at buf[top_n - 1]
     (in place: quickselect)."""
-    lo, hi, kth = 0, m - 1, top_n - 1
+    lo, hi, kth = np.uint64(0), np.uint64(m - 1), np.uint64(top_n - 1)  # unsigned: no index wrap-around
     while lo < hi:
         p = _partition(buf, lo, hi)
         if p == kth:
             return
         if p > kth:
-            hi = p - 1
+            hi = p - np.uint64(1)
         else:
-            lo = p + 1
+            lo = p + np.uint64(1)
 
 
 @_jit(inline="always")

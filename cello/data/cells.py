@@ -310,15 +310,18 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
         writer = None
         pending: list[pa.Table] = []  # ranked chunks not yet written: one row group of ROW_GROUP_CELLS
 
-        def write(table: pa.Table | None, counts: dict) -> None:
-            """Gather ranked chunks into a row group; write it when full, or the rest (table None)."""
+        def write(table: pa.Table | None, counts: dict, rows_after: int = 0) -> None:
+            """Gather ranked chunks into a row group; write it when full, or the rest (table None).
+            The chunks of the file's last ROW_GROUP_CELLS rows are written one by one, so that the
+            stream does not end waiting on one large write."""
             nonlocal writer
             if table is not None:
                 pending.append(table)
                 summary.kept += table.num_rows
                 for key, value in counts.items():
                     setattr(summary, key, getattr(summary, key) + value)
-            if pending and (table is None or sum(t.num_rows for t in pending) >= ROW_GROUP_CELLS):
+            full = sum(t.num_rows for t in pending) >= ROW_GROUP_CELLS or rows_after < ROW_GROUP_CELLS
+            if pending and (table is None or full):
                 if writer is None:
                     writer = parquet_writer(part, pending[0].schema)
                 writer.write_table(pa.concat_tables(pending))  # one row group: no copy
@@ -340,7 +343,8 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
                 def hand_over(limit: int) -> None:
                     """Pass ranked chunks to the writer until `limit` are left; at most one write waits."""
                     while len(ranked) > limit:
-                        written.append(writing.submit(write, *ranked.popleft().result()))
+                        future, rows_after = ranked.popleft()
+                        written.append(writing.submit(write, *future.result(), rows_after))
                     while len(written) > min(limit, 1):
                         written.popleft().result()  # raises what the write raised
 
@@ -350,7 +354,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
                     local = np.flatnonzero(keep[r0:r1])
                     if local.size == 0:
                         continue
-                    ranked.append(pool.submit(rank, r0, local, reader.blocks(r0, r1)))
+                    ranked.append((pool.submit(rank, r0, local, reader.blocks(r0, r1)), len(obs) - r1))
                     hand_over(cfg.threads)
                 hand_over(0)
                 write(None, {})

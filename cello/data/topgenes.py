@@ -16,7 +16,7 @@ tie-break" is "the N largest keys", found with `np.partition` over a padded 2-D 
 O(nnz) instead of a sort per cell.
 
 `top_genes(..., compiled=True)` ranks with a compiled kernel instead (`cello.data._kernels`,
-numba): ~4.5 ns of CPU a stored value against ~18 ns here, but ~0.4-0.5 s to load per process.
+numba): ~3.6 ns of CPU a stored value against ~18 ns here, but ~0.4-0.5 s to load per process.
 `cello data cells` asks for it from `COMPILED_FROM_CELLS` cells on, where it pays (the whole
 stage on a synthetic file of ~760 genes a cell, 2 cores, alternating runs, medians of 7:
 50,000 cells 1.27 s against 2.21 s with numpy). Both paths give the same output; the tests hold

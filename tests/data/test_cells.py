@@ -585,24 +585,26 @@ def test_the_garbage_collector_is_paused_while_a_file_is_processed(tmp_path, mon
 
 def test_chunks_are_gathered_into_row_groups_with_the_same_rows(tmp_path, monkeypatch):
     """Each row group stores the gene names again (its dictionary): chunks are gathered into
-    row groups of ROW_GROUP_CELLS cells, whole chunks, the last one smaller; same rows as one
-    row group per chunk."""
+    row groups of ROW_GROUP_CELLS cells, whole chunks; the chunks of the file's last
+    ROW_GROUP_CELLS rows are written one by one (the stream does not end on a large write).
+    Same rows as one row group per chunk."""
     import pyarrow.parquet as pq
 
     import cello.data.cells as cells_mod
 
     path = _write(make_adata(n_cells=60, seed=3), tmp_path / "toy.h5ad")
-    tables = {}
-    for cells in (4, 12):
+
+    def row_groups(cells: int, chunk_size: int) -> list[int]:
         monkeypatch.setattr(cells_mod, "ROW_GROUP_CELLS", cells)
-        out = tmp_path / f"c{cells}.parquet"
-        make_cells([path], out, cfg=CellsConfig(top_n=5, chunk_size=4))
+        out = tmp_path / f"c{cells}-{chunk_size}.parquet"
+        make_cells([path], out, cfg=CellsConfig(top_n=5, chunk_size=chunk_size))
         meta = pq.ParquetFile(out).metadata
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        assert sizes == [cells] * (60 // cells), sizes
-        tables[cells] = pq.read_table(out)
-    assert tables[12].equals(tables[4])
-    monkeypatch.setattr(cells_mod, "ROW_GROUP_CELLS", 12)
-    make_cells([path], tmp_path / "odd.parquet", cfg=CellsConfig(top_n=5, chunk_size=8))  # 16 > 12
-    meta = pq.ParquetFile(tmp_path / "odd.parquet").metadata
-    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [16] * 3 + [12]
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    assert row_groups(4, 4) == [4] * 15
+    assert row_groups(12, 4) == [12] * 4 + [4] * 3
+    assert row_groups(12, 8) == [16] * 3 + [8, 4]  # a group ends with the chunk that fills it
+    assert row_groups(1000, 4) == [4] * 15  # the whole file is its last rows
+    first = pq.read_table(tmp_path / "c4-4.parquet")
+    for name in ("c12-4", "c12-8", "c1000-4"):
+        assert pq.read_table(tmp_path / f"{name}.parquet").equals(first)
