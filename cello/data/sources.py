@@ -151,13 +151,32 @@ def _read_elem(h5, key: str, source: str, columns: Collection[str] | None = None
     wanted = [c for c in in_file if c in columns]
     frame = pd.DataFrame(
         {c: ad.io.read_elem(elem[c]) for c in wanted},
-        index=ad.io.read_elem(elem[elem.attrs["_index"]]),
+        index=_read_names(elem[elem.attrs["_index"]]),
         columns=wanted or None,
     )
     if elem.attrs["_index"] != "_index":
         frame.index.name = elem.attrs["_index"]  # as anndata names it
     frame.attrs["columns_in_file"] = in_file
     return frame
+
+
+def _read_names(ds) -> pd.Index:
+    """A dataframe's index (the obs names): a string dataset goes to Arrow through numpy's
+    StringDType (numpy 2, h5py >= 3.14), with no Python string per name: 200,000 obs names in
+    ~50 instead of ~100 ms, and the cell ids are made from Arrow anyway. Anything else (or an
+    older numpy or h5py) through AnnData's reader."""
+    import anndata as ad
+    import h5py
+    import pyarrow as pa
+
+    if getattr(ds, "ndim", None) == 1 and h5py.check_string_dtype(ds.dtype) is not None:
+        try:
+            values = ds.astype("T")[()]
+        except Exception as exc:  # noqa: BLE001  no StringDType here: AnnData's reader says what is wrong, if anything
+            log.debug("%s: not read as StringDType (%s)", ds.name, exc)
+        else:
+            return pd.Index(pd.arrays.ArrowStringArray(pa.array(values, pa.large_string())))
+    return pd.Index(ad.io.read_elem(ds))
 
 
 @contextlib.contextmanager

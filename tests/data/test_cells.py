@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 from functools import partial
 
 import numpy as np
@@ -429,6 +430,32 @@ def test_duplicate_obs_names_get_unique_cell_ids(tmp_path):
     make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
     ids = pd.read_parquet(tmp_path / "c.parquet").cell_id
     assert ids.is_unique and ids.str.startswith("dup:same#").sum() == 5
+
+
+def test_obs_names_read_through_arrow_equal_anndatas(tmp_path):
+    """The obs names are read as numpy StringDType straight to Arrow (sources._read_names): the
+    same names as AnnData's reader, whatever the characters, and cell ids from them."""
+    import anndata as ad
+    import h5py
+
+    from cello.data.sources import _read_names
+
+    adata = make_adata(n_cells=6)
+    adata.obs_names = ["é≈-1", "", "a" * 300, "AAACCTG-1", "x y", "中文"]
+    path = _write(adata, tmp_path / "names.h5ad")
+    with h5py.File(path) as h5:
+        fast, reference = _read_names(h5["obs/_index"]), ad.io.read_elem(h5["obs/_index"])
+        assert list(fast) == list(reference)
+    with h5py.File(tmp_path / "ascii.h5", "w") as h5:
+        h5.create_dataset("names", data=np.array([b"c1", b"", b"c3"], dtype=h5py.string_dtype("ascii")))
+        h5.create_dataset("fixed", data=np.array([b"c1", b"c22"], dtype="S3"))
+    with h5py.File(tmp_path / "ascii.h5") as h5, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no encoding metadata: AnnData warns
+        for name in ("names", "fixed"):  # read fast where HDF5 converts, else by AnnData: the same
+            assert list(_read_names(h5[name])) == list(ad.io.read_elem(h5[name]))
+    make_cells([path], tmp_path / "c.parquet", cfg=CellsConfig(top_n=3))
+    ids = pd.read_parquet(tmp_path / "c.parquet").cell_id
+    assert sorted(ids) == sorted(f"names:{n}" for n in adata.obs_names)
 
 
 @BOTH_PATHS
