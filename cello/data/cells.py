@@ -48,8 +48,8 @@ from cello.data.cells_table import chunk_table, conform, file_columns, parquet_w
 from cello.data.checks import check_cell_types, check_unique_datasets
 from cello.data.context import clean_categorical, constant, context_columns, sentences
 from cello.data.seeds import stable_seed
-from cello.data.sources import BUILTIN_PREFIX, MatrixReader, open_builtin, open_h5ad
-from cello.data.topgenes import COMPILED_FROM_CELLS, pad_unexpressed, top_genes
+from cello.data.sources import BUILTIN_PREFIX, MatrixReader, count_cells, open_builtin, open_h5ad
+from cello.data.topgenes import COMPILED_FROM_CELLS, load_compiled_in_background, pad_unexpressed, top_genes
 from cello.errors import InputError
 
 # Cells a Parquet row group holds (whole chunks): each row group stores the gene names again
@@ -270,6 +270,8 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
     if source.startswith(BUILTIN_PREFIX):
         handle = open_builtin(source)
     else:
+        if (count_cells(source) or 0) >= COMPILED_FROM_CELLS:
+            load_compiled_in_background()  # while obs is read
         handle = open_h5ad(source, matrix=cfg.matrix, obs_columns=_obs_columns(cfg))
     with handle as (dataset, obs, var, reader):
         reader: MatrixReader

@@ -160,6 +160,19 @@ def _read_elem(h5, key: str, source: str, columns: Collection[str] | None = None
     return frame
 
 
+def count_cells(path: str) -> int | None:
+    """The number of cells of an .h5ad file, from the length of its obs names, without reading
+    anything else; None where that cannot be read (`open_h5ad` then says what is wrong)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            obs = h5["obs"]
+            return int(obs[obs.attrs["_index"]].shape[0])
+    except Exception:  # noqa: BLE001  only a hint: open_h5ad reports the real problem
+        return None
+
+
 def _read_names(ds) -> pd.Index:
     """A dataframe's index (the obs names): a string dataset goes to Arrow through numpy's
     StringDType (numpy 2, h5py >= 3.14), with no Python string per name: 200,000 obs names in

@@ -635,3 +635,32 @@ def test_chunks_are_gathered_into_row_groups_with_the_same_rows(tmp_path, monkey
     first = pq.read_table(tmp_path / "c4-4.parquet")
     for name in ("c12-4", "c12-8", "c1000-4"):
         assert pq.read_table(tmp_path / f"{name}.parquet").equals(first)
+
+
+def test_the_kernel_loads_in_the_background_for_large_files_only(tmp_path, monkeypatch):
+    """From COMPILED_FROM_CELLS cells on, the kernel starts loading before obs is read (its
+    load then overlaps the file's start-up); below it, nothing loads it. Threads that rank
+    while it loads wait for it (one load)."""
+    import cello.data.cells as cells_mod
+    import cello.data.topgenes as topgenes
+    from cello.data.sources import count_cells
+
+    path = _write(make_adata(n_cells=40), tmp_path / "toy.h5ad")
+    assert count_cells(path) == 40 and count_cells(str(tmp_path / "missing.h5ad")) is None
+    started = []
+    monkeypatch.setattr(cells_mod, "load_compiled_in_background", lambda: started.append(True))
+    make_cells([path], tmp_path / "a.parquet", cfg=CellsConfig(top_n=3))
+    assert not started
+    monkeypatch.setattr(cells_mod, "COMPILED_FROM_CELLS", 40)
+    make_cells([path], tmp_path / "b.parquet", cfg=CellsConfig(top_n=3))
+    assert started == [True]
+
+    topgenes._compiled_kernels.cache_clear()
+    try:
+        topgenes.load_compiled_in_background()
+        block = sp.random(20, 300, density=0.2, format="csr", random_state=1, dtype=np.float32)
+        got = top_genes(block, 10, compiled=True)  # waits for the load started above
+        assert topgenes._compiled_kernels() is not None
+        assert (got == top_genes(block, 10)).all()
+    finally:
+        topgenes._compiled_kernels.cache_clear()
