@@ -333,7 +333,7 @@ def _process_source(source: str, part: str, cfg: CellsConfig, *, progress: bool)
                 for key, value in counts.items():
                     setattr(summary, key, getattr(summary, key) + value)
             full = sum(t.num_rows for t in pending) >= ROW_GROUP_CELLS or rows_after < ROW_GROUP_CELLS
-            if pending and (table is None or full):
+            if pending and full:  # (the final call, table None, has rows_after 0)
                 if writer is None:
                     writer = parquet_writer(part, pending[0].schema)
                 writer.write_table(pa.concat_tables(pending))  # one row group: no copy
